@@ -1,0 +1,231 @@
+"""`atomdd …`: parses flags and calls the library; user errors exit with status 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from atomdd.errors import AtomddError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(p: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per config field; a flag left out keeps the preset / config-file value."""
+    group = p.add_argument_group("overrides (default: the published preset for the dataset × IPC × method)")
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        if f.type in (bool, "bool"):
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(_flag(f.name), default=None, metavar=f.name.upper())
+
+
+def _overrides(args: argparse.Namespace, config_cls: type, skip: Sequence[str] = ()) -> dict:
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(config_cls)
+        if f.name not in skip and getattr(args, f.name, None) is not None
+    }
+
+
+@command
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from atomdd.data import DATASETS, load_dataset
+    from atomdd.data.download import locate
+
+    if args.name:
+        info = locate(args.name, args.data_root)
+        if info["found"]:
+            info |= load_dataset(args.name, args.data_root).summary()
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [locate(name, args.data_root) for name in DATASETS]
+    print(f"{'dataset':<14} {'found':<6} {'classes':>7} {'shape':>10}  path / description")
+    for r in rows:
+        shape = f"{r.get('channels') or '?'}×{r.get('image_size') or '?'}"
+        print(
+            f"{r['name']:<14} {'yes' if r['found'] else 'no':<6} {r.get('classes') or '?':>7} {shape:>10}  "
+            f"{r['path']}  — {r['description']}"
+        )
+    return 0
+
+
+@command
+def cmd_models(args: argparse.Namespace) -> int:
+    from atomdd.models import MODELS
+
+    for spec in MODELS.values():
+        opts = ", ".join(
+            f"{k}={v!r}" + (f" ∈ {{{', '.join(map(str, spec.choices[k]))}}}" if k in spec.choices else "")
+            for k, v in spec.options.items()
+        )
+        print(f"{spec.name:<12} {spec.description}")
+        if opts:
+            print(f"{'':<12} options: {opts}")
+    return 0
+
+
+_DISTILL_OWN = ("dataset", "ipc", "method", "iterations", "seed", "data_root")
+
+
+@command
+def cmd_distill(args: argparse.Namespace) -> int:
+    from atomdd.distill import DistillConfig, distill
+
+    overrides = _overrides(args, DistillConfig, skip=_DISTILL_OWN)
+    overrides |= {
+        k: getattr(args, k) for k in ("iterations", "seed", "data_root") if getattr(args, k) is not None
+    }
+    result = distill(
+        dataset=args.dataset,
+        ipc=args.ipc,
+        method=args.method,
+        out=args.out,
+        resume=args.resume,
+        quiet=args.quiet,
+        config_file=args.config,
+        **overrides,
+    )
+    if not args.quiet:
+        print(f"wrote {len(result.labels)} synthetic images to {args.out}")
+    return 0
+
+
+@command
+def cmd_coreset(args: argparse.Namespace) -> int:
+    from atomdd.coreset import select
+
+    result = select(args.dataset, args.ipc, args.method, seed=args.seed, data_root=args.data_root)
+    result.save(args.out)
+    print(f"wrote {len(result.labels)} {args.method} images ({args.ipc} per class) to {args.out}")
+    return 0
+
+
+@command
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from atomdd import evaluate as ev
+
+    cfg = ev.EvalConfig(
+        **{k: v for k, v in vars(args).items() if k in ev.EvalConfig.__dataclass_fields__ and v is not None}
+    )
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.whole:
+        if not args.dataset:
+            raise AtomddError("--whole needs --dataset NAME")
+        report = ev.evaluate_whole(args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out)
+    else:
+        if not args.path:
+            raise AtomddError(
+                "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
+            )
+        syn = ev.load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
+        report = ev.evaluate_set(
+            syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
+        )
+    print(ev.format_table(report))
+    return 0
+
+
+def _set_dir(path: str) -> str | None:
+    from pathlib import Path
+
+    p = Path(path)
+    return str(p) if p.is_dir() else None
+
+
+@command
+def cmd_demo(args: argparse.Namespace) -> int:
+    from atomdd.demo import run_demo
+
+    run_demo(out=args.out, iterations=args.iterations, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from atomdd import __version__
+    from atomdd.distill import DistillConfig
+
+    parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
+    parser.add_argument("--version", action="version", version=f"atomdd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list datasets, whether they are found locally, and where")
+    p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--data-root", default=None, help="folder holding MNIST/, cifar-10-batches-py/, ... (or $ATOMDD_DATA)"
+    )
+
+    sub.add_parser("models", help="list models and their options")
+
+    p = sub.add_parser("distill", help="distil a dataset into a few synthetic images per class")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--method", default="atom", help="atom | atom-channel | datadam | dm")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--config", default=None, help="YAML/TOML file of config values")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_flags(p, DistillConfig, skip=_DISTILL_OWN)
+
+    p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--method", default="random", help="random | herding | kcenter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-root", default=None)
+
+    p = sub.add_parser("evaluate", help="train fresh models on a set and test them on the real test set")
+    p.add_argument("path", nargs="?", help="a run folder (synthetic.safetensors) or a peer's .pt")
+    p.add_argument("--models", default="convnet")
+    p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--whole", action="store_true", help="train on the whole train set (upper bound)")
+    p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt, or for --whole")
+    p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--precision", default=None)
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
+    p.add_argument("--out", default="atomdd-demo")
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AtomddError as e:
+        from atomdd.distill import Interrupted
+
+        print(f"atomdd: error: {e}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("atomdd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

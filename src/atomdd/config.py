@@ -1,0 +1,76 @@
+"""Plain config values: dataclasses filled from presets, then a YAML/TOML file, then flags.
+
+Unknown keys are an error (a typo must not silently fall back to a default), and values are
+coerced to the field's type so a config file and a flag mean the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomdd.errors import AtomddError
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a flat mapping from a .yaml/.yml/.toml/.json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AtomddError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise AtomddError(f"config file {path}: use a .yaml, .yml, .toml or .json file")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise AtomddError(f"config file {path} does not parse: {e}") from None
+    if not isinstance(data, dict):
+        raise AtomddError(f"config file {path} must hold a mapping of key: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise AtomddError(f"{name}={value!r}: expected {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], what: str = "option") -> Any:
+    """A copy of dataclass `obj` with `overrides` applied; unknown keys list the valid ones."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(names)}")
+    return dataclasses.replace(obj, **{k: _coerce(k, v, hints[k]) for k, v in overrides.items()})

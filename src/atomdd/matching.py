@@ -1,0 +1,130 @@
+"""The attention mixer: spatial- and channel-wise attention of feature maps, and the matching loss.
+
+ATOM, its channel-only variant, DataDAM and DM are one loss with different weights (DESIGN.md §1):
+
+    L = scale · Σ_k [ Σ_{l in layers} ( w_s‖ā_s(T_k) − ā_s(S_k)‖² + w_c‖ā_c(T_k) − ā_c(S_k)‖² )
+                      + λ‖ē(T_k) − ē(S_k)‖² ]
+
+where ā is the class mean of per-sample, L2-normalised attention vectors and ē the class mean of
+the embedding. The loss only needs per-class means of the real batch, so `class_statistics` of the
+real images is computed once without autograd and the synthetic side is compared against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from atomdd.errors import AtomddError, unknown_name
+from atomdd.models import Features
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    spatial: float = 1.0  # w_s
+    channel: float = 1.0  # w_c
+    embedding: float = 0.01  # λ
+    p_spatial: float = 4.0
+    p_channel: float = 4.0
+    layers: str = "all-but-last"  # "all", "all-but-last", or comma-separated block indices ("0,1")
+    scale: float = 100.0  # common factor; behaves like the image learning rate
+
+    def __post_init__(self) -> None:
+        if min(self.spatial, self.channel, self.embedding) < 0 or self.scale <= 0:
+            raise AtomddError("matching weights must be ≥ 0 and scale > 0")
+        if self.spatial == self.channel == self.embedding == 0:
+            raise AtomddError("all matching weights are zero: nothing to match")
+        if self.p_spatial <= 0 or self.p_channel <= 0:
+            raise AtomddError("attention powers p_spatial and p_channel must be > 0")
+        self.layer_indices(8)  # validates the syntax early
+
+    def layer_indices(self, num_blocks: int) -> list[int]:
+        if self.layers == "all":
+            return list(range(num_blocks))
+        if self.layers == "all-but-last":
+            return list(range(max(num_blocks - 1, 0)))
+        try:
+            idx = [int(s) for s in str(self.layers).split(",") if s.strip()]
+        except ValueError:
+            raise AtomddError(
+                f"layers={self.layers!r}: use 'all', 'all-but-last' or indices like '0,1'"
+            ) from None
+        if any(i < -num_blocks or i >= num_blocks for i in idx):
+            raise AtomddError(f"layers={self.layers!r}: the model has blocks 0..{num_blocks - 1}")
+        return idx
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+METHODS: dict[str, MatchConfig] = {
+    "atom": MatchConfig(spatial=1.0, channel=1.0, embedding=0.01),
+    "atom-channel": MatchConfig(spatial=0.0, channel=1.0, embedding=0.01),
+    "datadam": MatchConfig(spatial=1.0, channel=0.0, embedding=0.01),
+    "dm": MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=1.0),
+}
+
+
+def method_config(method: str, **overrides) -> MatchConfig:
+    try:
+        base = METHODS[method]
+    except KeyError:
+        raise unknown_name("method", method, list(METHODS)) from None
+    return replace(base, **overrides)
+
+
+def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+    """B×C×H×W → B×(H·W): Σ_c |f|^p, L2-normalised per sample."""
+    return F.normalize(f.float().abs().pow(p).sum(1).flatten(1), dim=1)
+
+
+def channel_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+    """B×C×H×W → B×C: Σ_{h,w} |f|^p, L2-normalised per sample."""
+    return F.normalize(f.float().abs().pow(p).sum((2, 3)), dim=1)
+
+
+def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
+    """Per-class means (K×D each) of every matched quantity; samples are class-major, equal counts."""
+    k = num_classes
+
+    def means(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(k, v.shape[0] // k, -1).mean(1)
+
+    stats = []
+    for i in cfg.layer_indices(len(feats.activations)):
+        f = feats.activations[i]
+        if cfg.spatial:
+            stats.append(means(spatial_attention(f, cfg.p_spatial)))
+        if cfg.channel:
+            stats.append(means(channel_attention(f, cfg.p_channel)))
+    if cfg.embedding:
+        stats.append(means(feats.embedding.float()))
+    return stats
+
+
+def term_weights(num_blocks: int, cfg: MatchConfig) -> list[tuple[str, float]]:
+    """(name, weight) of each entry of `class_statistics`, in the same order."""
+    out = []
+    for i in cfg.layer_indices(num_blocks):
+        if cfg.spatial:
+            out.append((f"spatial{i}", cfg.spatial))
+        if cfg.channel:
+            out.append((f"channel{i}", cfg.channel))
+    if cfg.embedding:
+        out.append(("embedding", cfg.embedding))
+    return out
+
+
+def matching_loss(
+    syn_stats: list[torch.Tensor], real_stats: list[torch.Tensor], num_blocks: int, cfg: MatchConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The total loss (summed over classes) and each term's weighted value, for logging."""
+    total = syn_stats[0].new_zeros(())
+    terms = {}
+    for (name, w), s, r in zip(term_weights(num_blocks, cfg), syn_stats, real_stats, strict=True):
+        term = cfg.scale * w * (s - r).pow(2).sum()
+        terms[name] = term.detach()
+        total = total + term
+    return total, terms

@@ -1,0 +1,109 @@
+"""Pictures and tables: the synthetic images, and the attention maps that drive the method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atomdd.io import atomic_path
+from atomdd.matching import MatchConfig, channel_attention, spatial_attention
+from atomdd.models import FeatureModel
+
+if TYPE_CHECKING:
+    from atomdd.distill import Distiller
+    from atomdd.synthetic import SyntheticSet
+
+
+def _to_uint8(images01: torch.Tensor) -> np.ndarray:
+    """N×C×H×W in [0, 1] → N×H×W×3 uint8."""
+    x = (images01.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(
+    images01: torch.Tensor, labels: torch.Tensor, path: str | Path, max_per_class: int = 10, pad: int = 2
+) -> Path:
+    """One row per class (in label order), up to `max_per_class` images; small images upscaled."""
+    classes = sorted(set(labels.tolist()))
+    cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
+    h, w = images01.shape[2:]
+    zoom = max(1, 64 // max(h, w))
+    ch, cw = h * zoom + pad, w * zoom + pad
+    canvas = np.full((len(classes) * ch + pad, cols * cw + pad, 3), 255, np.uint8)
+    pixels = _to_uint8(images01.detach().float().cpu())
+    for r, c in enumerate(classes):
+        for j, i in enumerate(torch.nonzero(labels == c).flatten()[:cols].tolist()):
+            tile = pixels[i].repeat(zoom, 0).repeat(zoom, 1)
+            canvas[pad + r * ch : pad + r * ch + h * zoom, pad + j * cw : pad + j * cw + w * zoom] = tile
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    return Path(path)
+
+
+@torch.no_grad()
+def save_attention(
+    net: FeatureModel,
+    real: list[torch.Tensor],
+    syn: list[torch.Tensor],
+    class_names: list[str],
+    match: MatchConfig,
+    path: str | Path,
+) -> Path:
+    """Per class: mean spatial attention of real vs synthetic at each matched layer, and the
+    channel profile (real order) of the last matched layer: what the loss pulls together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    feats_r = [net.features(x) for x in real]
+    feats_s = [net.features(x) for x in syn]
+    layers = match.layer_indices(len(feats_r[0].activations)) or [0]
+    ncols = 2 * len(layers) + 1
+    fig, axes = plt.subplots(len(real), ncols, figsize=(2.0 * ncols, 2.0 * len(real)), squeeze=False)
+    for row, (fr, fs, name) in enumerate(zip(feats_r, feats_s, class_names, strict=True)):
+        for j, layer in enumerate(layers):
+            for k, (feats, kind) in enumerate(((fr, "real"), (fs, "syn"))):
+                f = feats.activations[layer]
+                amap = spatial_attention(f, match.p_spatial).mean(0).view(f.shape[2:]).cpu()
+                ax = axes[row, 2 * j + k]
+                ax.imshow(amap.numpy(), cmap="inferno")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(f"{kind} spatial, block {layer}", fontsize=7)
+            axes[row, 0].set_ylabel(name, fontsize=8)
+        layer = layers[-1]
+        prof_r = channel_attention(fr.activations[layer], match.p_channel).mean(0).cpu()
+        prof_s = channel_attention(fs.activations[layer], match.p_channel).mean(0).cpu()
+        order = torch.argsort(prof_r, descending=True)
+        ax = axes[row, -1]
+        ax.plot(prof_r[order].numpy(), label="real", lw=1)
+        ax.plot(prof_s[order].numpy(), label="syn", lw=1)
+        ax.tick_params(labelsize=6)
+        if row == 0:
+            ax.set_title(f"channel profile, block {layer}", fontsize=7)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_run_figures(distiller: Distiller, result: SyntheticSet, out: Path, classes_shown: int = 4) -> None:
+    """grid.png (after inverting the preprocessing) and attention.png for the first few classes."""
+    prep = distiller.prep
+    save_grid(prep.inverse(result.images), result.labels, out / "grid.png")
+    k = min(classes_shown, distiller.k)
+    net = distiller.network(0)
+    real = [distiller.real[idx[:64]] for idx in distiller.class_idx[:k]]
+    ipc = distiller.cfg.ipc
+    syn = [distiller.syn.detach()[c * ipc : (c + 1) * ipc] for c in range(k)]
+    save_attention(net, real, syn, list(distiller.data.classes[:k]), distiller.match, out / "attention.png")

@@ -1,0 +1,157 @@
+import json
+import os
+import signal
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from atomdd.distill import CHECKPOINT, Distiller, Interrupted, distill, make_config
+from atomdd.errors import AtomddError
+from atomdd.synthetic import load_synthetic
+
+MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Small but real: digits (8×8), a narrow ConvNet, few steps.
+FAST = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1)
+
+
+def config(**kw):
+    return make_config("digits", kw.pop("ipc", 2), kw.pop("method", "atom"), **{**FAST, **kw})
+
+
+def test_fused_pass_equals_per_class_loop():
+    cfg = config(iterations=1)
+    fused, loop = Distiller(cfg), Distiller(replace(cfg, fused=False))
+    assert len(fused._class_chunks()) == 1 and len(loop._class_chunks()) == 10
+    loss_f, terms_f = fused.loss_and_grad(0)
+    loss_l, terms_l = loop.loss_and_grad(0)
+    assert torch.allclose(loss_f, loss_l, rtol=1e-5, atol=1e-6)
+    assert terms_f.keys() == terms_l.keys()
+    torch.testing.assert_close(fused.syn.grad, loop.syn.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["atom", "atom-channel", "datadam", "dm"])
+def test_every_method_runs_and_moves_the_pixels(method):
+    d = Distiller(config(method=method, iterations=2))
+    before = d.syn.detach().clone()
+    d.run()
+    assert not torch.equal(before, d.syn.detach())
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = dict(iterations=6, checkpoint_every=3)
+    full = distill("digits", 2, "atom", out=tmp_path / "full", **FAST | cfg)
+    part = tmp_path / "part"
+    distill("digits", 2, "atom", out=part, **FAST | cfg | {"iterations": 3})
+    resumed = distill("digits", 2, "atom", out=part, resume=True, **FAST | cfg)
+    assert torch.equal(full.images, resumed.images)
+    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+
+
+def test_sigint_checkpoints_then_resume_matches(tmp_path):
+    cfg = FAST | dict(iterations=40, checkpoint_every=1000)
+    full = distill("digits", 2, "atom", **cfg)
+    out = tmp_path / "run"
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(Interrupted, match="--resume"):
+        distill("digits", 2, "atom", out=out, **cfg)
+    timer.cancel()
+    assert (out / CHECKPOINT).exists()
+    resumed = distill("digits", 2, "atom", out=out, resume=True, **cfg)
+    assert torch.equal(full.images, resumed.images)
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    distill("digits", 2, "atom", out=tmp_path, **FAST | dict(iterations=2))
+    with pytest.raises(AtomddError, match=r"lr_img: checkpoint 1\.0 vs now 0\.5"):
+        distill("digits", 2, "atom", out=tmp_path, resume=True, **FAST | dict(iterations=4, lr_img=0.5))
+    with pytest.raises(AtomddError, match="already holds a run"):
+        distill("digits", 2, "atom", out=tmp_path, **FAST | dict(iterations=2))
+
+
+def test_outputs_are_written_and_load_back(tmp_path):
+    result = distill("digits", 3, "atom", out=tmp_path, **FAST | dict(iterations=3))
+    for name in (
+        "synthetic.safetensors",
+        "run.json",
+        "grid.png",
+        "attention.png",
+        "metrics.jsonl",
+        CHECKPOINT,
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    loaded = load_synthetic(tmp_path)
+    assert torch.equal(loaded.images, result.images) and torch.equal(loaded.labels, result.labels)
+    assert loaded.labels.bincount().tolist() == [3] * 10
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "done" and run["config"]["ipc"] == 3 and len(run["dataset"]["hash"]) == 64
+    assert {"torch", "atomdd"} <= set(run["versions"]) and run["loss"]["logged"] == 3
+    # the preprocessing travels with the set: inverting it gives back [0, 1] images
+    shown = loaded.preprocess().inverse(loaded.images)
+    assert shown.min() > -0.5 and shown.max() < 1.5
+
+
+def test_distillation_lowers_the_loss_on_mnist():
+    if not (MNIST_ROOT / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {MNIST_ROOT}")
+    cfg = make_config("mnist", 1, "atom", data_root=str(MNIST_ROOT), iterations=30, width=32, batch_real=32)
+    d = Distiller(cfg)
+    probe = range(10_000, 10_004)  # fixed held-out networks and batches
+
+    def probe_loss() -> float:
+        total = sum(float(d.loss_and_grad(s)[0]) for s in probe)
+        d.opt.zero_grad(set_to_none=True)
+        return total
+
+    before = probe_loss()
+    d.run()
+    after = probe_loss()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(AtomddError, match="ipc must be ≥ 1"):
+        config(ipc=0)
+    with pytest.raises(AtomddError, match="has only"):
+        Distiller(config(ipc=500))
+    with pytest.raises(AtomddError, match="unknown config key"):
+        config(learning_rate=1)
+    with pytest.raises(AtomddError, match="unknown method"):
+        config(method="mtt")
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = FAST | dict(checkpoint_every=1)
+    distill("digits", 2, "atom", out=tmp_path, **cfg | dict(iterations=2))
+    honest = Distiller.loss_and_grad
+
+    def poisoned(self, step):
+        loss, terms = honest(self, step)
+        return (loss * float("nan") if step == 3 else loss), terms
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", poisoned)
+    with pytest.raises(AtomddError, match="loss became nan at step 3.*last good checkpoint"):
+        distill("digits", 2, "atom", out=tmp_path, resume=True, **cfg | dict(iterations=5))
+    monkeypatch.undo()
+    d = Distiller(config(iterations=5, checkpoint_every=1))
+    d.load_checkpoint(tmp_path)
+    assert d.step == 3 and torch.isfinite(d.syn).all()
+
+
+def test_config_file_and_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr_img: 0.5\np_spatial: 2\nipc: 3\n")
+    cfg = make_config("digits", 1, "atom", config_file=f, p_spatial=6)
+    assert (cfg.lr_img, cfg.p_spatial, cfg.ipc) == (0.5, 6.0, 3)
+    t = tmp_path / "c.toml"
+    t.write_text("unknown_key = 1\n")
+    with pytest.raises(AtomddError, match="unknown config key"):
+        make_config("digits", 1, "atom", config_file=t)
+    assert make_config("cifar10", 10, "atom").zca and make_config("cifar10", 10, "dm").batch_real == 256
+    tiny = make_config("tinyimagenet", 1, "atom")
+    assert (tiny.depth, tiny.embedding, tiny.zca) == (4, 0.02, False)
