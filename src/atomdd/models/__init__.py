@@ -87,4 +87,4 @@ def create_model(
     return spec.builder(channels, num_classes, size, **merged)
 
 
-from atomdd.models import convnet as _convnet  # noqa: E402,F401  (registers the built-in models)
+from atomdd.models import convnet, cnn, resnet, vit  # noqa: E402,F401,I001  (registers the built-in models)

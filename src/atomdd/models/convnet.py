@@ -34,9 +34,13 @@ class ConvNet(FeatureModel):
         for d in range(depth):
             pad = 3 if channels == 1 and d == 0 else 1
             conv = nn.Conv2d(in_ch, width, 3, padding=pad)
-            step = pooling(pool) if size >= 2 else nn.Identity()
-            self.blocks.append(nn.ModuleDict({"conv": conv, "norm": norm_layer(norm, width), "act": activation(act), "pool": step}))
-            if pool != "none" and size >= 2:
+            step = pooling(pool) if size >= 4 else nn.Identity()  # never pool below 2×2
+            self.blocks.append(
+                nn.ModuleDict(
+                    {"conv": conv, "norm": norm_layer(norm, width), "act": activation(act), "pool": step}
+                )
+            )
+            if pool != "none" and size >= 4:
                 size //= 2
             in_ch = width
         self.embedding_dim = width * size * size

@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from atomdd.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_every_registered_model(capsys):
+    from atomdd.models import MODELS
+
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    for name in MODELS:
+        assert name in out
+    assert "norm='instancenorm'" in out
+
+
+def test_datasets_lists_and_describes(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "datasets", "--data-root", str(tmp_path))
+    assert code == 0 and "digits" in out and "cifar10" in out and "tinyimagenet" in out
+    code, out, _ = run_cli(capsys, "datasets", "digits")
+    info = json.loads(out)
+    assert code == 0 and info["found"] and info["classes"] == 10 and info["train"] + info["test"] == 1797
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["datasets", "imagenet"], "valid datasets"),
+        (["distill", "--dataset", "nope", "--out", "{tmp}/x"], "valid datasets"),
+        (["distill", "--model", "resnet99", "--out", "{tmp}/x"], "valid models"),
+        (["distill", "--method", "mtt", "--out", "{tmp}/x"], "valid methods"),
+        (["distill", "--ipc", "0", "--out", "{tmp}/x"], "ipc must be"),
+        (["distill", "--lr-img", "fast", "--out", "{tmp}/x"], "lr_img='fast': expected float"),
+        (["distill", "--dataset", "mnist", "--data-root", "{tmp}", "--out", "{tmp}/x"], "MNIST"),
+        (["distill", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/x"], "config file not found"),
+        (["distill", "--resume", "--out", "{tmp}/x"], "no checkpoint"),
+    ],
+)
+def test_bad_input_is_a_clear_error_with_exit_code_2(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "atomdd.cli", "distill", "--dataset", "nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "unknown dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_distill_from_the_cli_writes_a_run(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, _ = run_cli(
+        capsys, "distill", "--dataset", "digits", "--ipc", "1", "--iterations", "2", "--width", "16",
+        "--batch-real", "8", "--p-spatial", "2", "--no-fused", "--out", str(out), "--quiet",
+    )
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["p_spatial"] == 2.0 and run["config"]["fused"] is False and run["step"] == 2
