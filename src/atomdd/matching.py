@@ -75,14 +75,26 @@ def method_config(method: str, **overrides) -> MatchConfig:
     return replace(base, **overrides)
 
 
-def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+def abs_pow(f: torch.Tensor, p: float) -> torch.Tensor:
+    """|f|^p in fp32; even integer powers by repeated squaring (no abs, no exp/log)."""
+    f = f.float()
+    if p == 2:
+        return f.square()
+    if p == 4:
+        return f.square().square()
+    return f.abs().pow(p)
+
+
+def spatial_attention(f: torch.Tensor, p: float, powered: torch.Tensor | None = None) -> torch.Tensor:
     """B×C×H×W → B×(H·W): Σ_c |f|^p, L2-normalised per sample."""
-    return F.normalize(f.float().abs().pow(p).sum(1).flatten(1), dim=1)
+    powered = abs_pow(f, p) if powered is None else powered
+    return F.normalize(powered.sum(1).flatten(1), dim=1)
 
 
-def channel_attention(f: torch.Tensor, p: float) -> torch.Tensor:
+def channel_attention(f: torch.Tensor, p: float, powered: torch.Tensor | None = None) -> torch.Tensor:
     """B×C×H×W → B×C: Σ_{h,w} |f|^p, L2-normalised per sample."""
-    return F.normalize(f.float().abs().pow(p).sum((2, 3)), dim=1)
+    powered = abs_pow(f, p) if powered is None else powered
+    return F.normalize(powered.sum((2, 3)), dim=1)
 
 
 def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
@@ -95,10 +107,15 @@ def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> lis
     stats = []
     for i in cfg.layer_indices(len(feats.activations)):
         f = feats.activations[i]
+        shared = (
+            abs_pow(f, cfg.p_spatial)
+            if cfg.spatial and cfg.channel and cfg.p_spatial == cfg.p_channel
+            else None
+        )
         if cfg.spatial:
-            stats.append(means(spatial_attention(f, cfg.p_spatial)))
+            stats.append(means(spatial_attention(f, cfg.p_spatial, shared)))
         if cfg.channel:
-            stats.append(means(channel_attention(f, cfg.p_channel)))
+            stats.append(means(channel_attention(f, cfg.p_channel, shared)))
     if cfg.embedding:
         stats.append(means(feats.embedding.float()))
     return stats

@@ -37,7 +37,9 @@ class Dataset:
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if x.dtype != torch.uint8 or x.ndim != 4:
-                raise AtomddError(f"{self.name}: {split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+                raise AtomddError(
+                    f"{self.name}: {split} images must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}"
+                )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise AtomddError(f"{self.name}: {split} labels must be int64 of length {x.shape[0]}")
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
@@ -96,12 +98,19 @@ class DatasetSpec:
     num_classes: int | None = None
     channels: int | None = None
     image_size: int | None = None
-    downloads: tuple[dict, ...] = field(default=())  # {"url", "md5", "filename"} for verified downloads
+    # {"url", "md5", "filename"} for verified downloads; "extract": True marks an archive whose top
+    # folder is `folder`, so it is saved and unpacked in the data root
+    downloads: tuple[dict, ...] = field(default=())
     embedded: bool = False  # ships inside an installed package; needs no data root
+    files: tuple[str, ...] = ()  # what must exist in the folder (a name is also met by its .gz)
 
     def path(self, data_root: str | os.PathLike | None) -> Path:
         root = resolve_data_root(data_root)
         return root / self.folder if self.folder else root
+
+    def missing(self, path: Path) -> list[str]:
+        """The expected files absent from `path`: a cheap check, reads nothing."""
+        return [f for f in self.files if not ((path / f).exists() or (path / f"{f}.gz").exists())]
 
 
 DATASETS: dict[str, DatasetSpec] = {}
