@@ -1,0 +1,152 @@
+"""Accuracy of every method under one budget: coresets and distillation, through the same protocol.
+
+For each IPC, method and distillation seed: make the set (coreset selection, or distillation with
+`--steps` steps), then train `--runs` fresh ConvNets on it for `--epochs` epochs and test them on the
+real test set. Every set and its eval.json live under --out, and a finished one is reused, so an
+interrupted benchmark continues where it stopped (distillation resumes from its checkpoint).
+
+A method is a registry name with optional overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
+
+    # the budget the official code was re-run with (../shared/reference-numbers.md)
+    python benchmarks/accuracy.py --data-root ../shared/data --steps 200 --epochs 300 --runs 3
+    # longer: judge methods apart
+    python benchmarks/accuracy.py --data-root ../shared/data --steps 1000 --epochs 300 --runs 5 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+CORESETS = ("random", "herding", "kcenter")
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
+    if not m:
+        raise SystemExit(f"bad method spec {spec!r}; e.g. atom or atom[p_spatial=2,p_channel=6]")
+    overrides = dict(kv.split("=", 1) for kv in m.group(2).split(",")) if m.group(2) else {}
+    return m.group(1), overrides
+
+
+def slug(spec: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", spec).strip("_")
+
+
+def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path):
+    from atomdd.coreset import select
+    from atomdd.distill import CHECKPOINT, distill
+    from atomdd.synthetic import FILENAME, load_synthetic
+
+    name, overrides = parse_method(spec)
+    if (folder / FILENAME).exists() and (name in CORESETS or not (folder / CHECKPOINT).exists()):
+        return load_synthetic(folder)
+    if name in CORESETS:
+        syn = select(args.dataset, ipc, name, seed=seed, data_root=args.data_root, **overrides)
+        syn.save(folder)
+        return syn
+    if (folder / "run.json").exists() and json.loads((folder / "run.json").read_text()).get(
+        "status"
+    ) == "done":
+        return load_synthetic(folder)
+    return distill(
+        args.dataset,
+        ipc,
+        name,
+        out=folder,
+        resume=(folder / CHECKPOINT).exists(),
+        quiet=not args.progress,
+        iterations=args.steps,
+        seed=seed,
+        data_root=args.data_root,
+        **overrides,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--methods", nargs="+", default=["random", "herding", "kcenter", "dm", "datadam", "atom"])
+    ap.add_argument("--steps", type=int, default=200, help="distillation steps")
+    ap.add_argument("--epochs", type=int, default=300, help="evaluation epochs")
+    ap.add_argument("--runs", type=int, default=3, help="evaluation models per set")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="distillation / selection seeds")
+    ap.add_argument(
+        "--out", default=None, help="default: benchmarks/results/accuracy-<dataset>-s<steps>-e<epochs>"
+    )
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args()
+
+    from atomdd.evaluate import RESULT_FILE, EvalConfig, evaluate_set
+    from atomdd.io import versions, write_json
+
+    out = Path(args.out or f"benchmarks/results/accuracy-{args.dataset}-s{args.steps}-e{args.epochs}")
+    cfg = EvalConfig(epochs=args.epochs, runs=args.runs)
+    results: dict[str, dict[int, dict]] = {}
+    t0 = time.perf_counter()
+    for ipc in args.ipc:
+        for spec in args.methods:
+            per_seed = []
+            for seed in args.seeds:
+                folder = out / f"ipc{ipc}" / f"{slug(spec)}-seed{seed}"
+                t = time.perf_counter()
+                syn = make_set(spec, ipc, seed, args, folder)
+                made = time.perf_counter() - t
+                eval_file = folder / RESULT_FILE
+                report = json.loads(eval_file.read_text()) if eval_file.exists() else None
+                if (
+                    report is None
+                    or report["config"]["epochs"] != args.epochs
+                    or len(report["models"]["convnet"]["runs"]) != args.runs
+                ):
+                    report = evaluate_set(syn, ["convnet"], cfg, data_root=args.data_root, out_dir=folder)
+                accs = report["models"]["convnet"]["runs"]
+                per_seed.append(
+                    {"seed": seed, "runs": accs, "make_seconds": made, "eval_seconds": report["seconds"]}
+                )
+                print(
+                    f"ipc {ipc:>2} {spec:<40} seed {seed}: {statistics.mean(accs):6.2f} "
+                    f"(make {made:.0f}s, eval {report['seconds']:.0f}s)",
+                    flush=True,
+                )
+            all_runs = [a for s in per_seed for a in s["runs"]]
+            seed_means = [statistics.mean(s["runs"]) for s in per_seed]
+            results.setdefault(spec, {})[ipc] = {
+                "mean": statistics.mean(all_runs),
+                "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
+                "seed_means": seed_means,
+                "seed_std": statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
+                "per_seed": per_seed,
+            }
+    budget = {"steps": args.steps, "epochs": args.epochs, "runs": args.runs, "seeds": args.seeds}
+    write_json(
+        out / "accuracy.json",
+        {
+            "dataset": args.dataset,
+            "budget": budget,
+            "results": results,
+            "seconds": time.perf_counter() - t0,
+            "versions": versions(),
+            "command": " ".join(sys.argv),
+        },
+    )
+    print(
+        f"\n{args.dataset}, {args.steps} distillation steps, {args.epochs} epochs × {args.runs} models, "
+        f"seeds {args.seeds}: test accuracy % (mean ± std over all models of all seeds)"
+    )
+    print("| method | " + " | ".join(f"IPC {i}" for i in args.ipc) + " |")
+    print("|---|" + "---|" * len(args.ipc))
+    for spec, by_ipc in results.items():
+        cells = [f"{by_ipc[i]['mean']:.1f} ± {by_ipc[i]['std']:.1f}" for i in args.ipc]
+        print(f"| {spec} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
