@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -41,14 +40,25 @@ def synthetic_problem(per_class: int = 300):
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.arange(k).repeat_interleave(per_class)
     return Dataset(
-        "random32", images, labels, images[:100], labels[:100], tuple(map(str, range(k))), (0.5,) * 3, (0.25,) * 3
+        "random32",
+        images,
+        labels,
+        images[:100],
+        labels[:100],
+        tuple(map(str, range(k))),
+        (0.5,) * 3,
+        (0.25,) * 3,
     )
 
 
-def one(method: str, ipc: int, precision: str, fused: bool, steps: int, warmup: int) -> dict:
+def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: int, warmup: int) -> dict:
     """Time one configuration (run in a child process)."""
     import resource
 
+    from atomdd.hardware import tune_cpu_allocator
+
+    if tuned:
+        tune_cpu_allocator()
     from torch.utils.flop_counter import FlopCounterMode
 
     from atomdd.distill import Distiller, make_config
@@ -76,6 +86,7 @@ def one(method: str, ipc: int, precision: str, fused: bool, steps: int, warmup: 
         "ipc": ipc,
         "precision": precision,
         "loop": "fused" if fused else "per-class",
+        "allocator": "tuned" if tuned else "glibc default",
         "s_per_step": sec,
         "gflop_per_step": flops / 1e9,
         "achieved_gflops": flops / sec / 1e9,
@@ -90,7 +101,9 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--methods", nargs="+", default=["atom", "atom-channel", "datadam", "dm"])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    ap.add_argument("--baseline", nargs="+", default=["atom"], help="methods also timed with the per-class loop")
+    ap.add_argument(
+        "--baseline", nargs="+", default=["atom"], help="methods also timed with the per-class loop"
+    )
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="benchmarks/results/distill_speed.json")
@@ -102,11 +115,17 @@ def main() -> None:
 
     rates = {"fp32": matmul_gflops(torch.float32, 2048, 10), "bf16": matmul_gflops(torch.bfloat16, 512, 3)}
     jobs = [
-        dict(method=m, ipc=i, precision=p, fused=True)
+        dict(method=m, ipc=i, precision=p, fused=True, tuned=True)
         for i in args.ipc
         for m in args.methods
         for p in args.precisions
-    ] + [dict(method=m, ipc=i, precision="fp32", fused=False) for i in args.ipc for m in args.baseline]
+    ]
+    for i in args.ipc:
+        for m in args.baseline:  # the same step before each optimisation, side by side
+            jobs += [
+                dict(method=m, ipc=i, precision="fp32", fused=False, tuned=True),
+                dict(method=m, ipc=i, precision="fp32", fused=True, tuned=False),
+            ]
     rows = []
     for job in jobs:
         steps = args.steps if job["precision"] == "fp32" else max(1, args.steps // 3)
@@ -122,6 +141,7 @@ def main() -> None:
         rows.append(row)
         print(
             f"{row['method']:<13} ipc {row['ipc']:>2} {row['precision']} {row['loop']:<9} "
+            f"{row['allocator']:<13} "
             f"{row['s_per_step']:.3f} s/step  {row['gflop_per_step']:.1f} GFLOP  "
             f"{row['achieved_gflops']:.0f}/{row['machine_gflops']:.0f} GFLOP/s  peak {row['peak_mb']:.0f} MB",
             flush=True,
@@ -129,12 +149,15 @@ def main() -> None:
     from atomdd.io import versions, write_json
 
     write_json(args.json, {"rows": rows, "matmul_gflops": rates, "versions": versions(), "command": sys.argv})
-    print("\n| method | IPC | precision | loop | s/step | GFLOP/step | achieved GFLOP/s | matmul GFLOP/s | "
-          "% of limit | peak MB |")
+    print(
+        "\n| method | IPC | precision | loop | s/step | GFLOP/step | achieved GFLOP/s | matmul GFLOP/s | "
+        "% of limit | peak MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['method']} | {r['ipc']} | {r['precision']} | {r['loop']} | {r['s_per_step']:.3f} | "
+            f"| {r['method']} | {r['ipc']} | {r['precision']} | {r['loop']} | {r['allocator']} | "
+            f"{r['s_per_step']:.3f} | "
             f"{r['gflop_per_step']:.1f} | {r['achieved_gflops']:.0f} | {r['machine_gflops']:.0f} | "
             f"{100 * r['fraction_of_limit']:.0f} % | {r['peak_mb']:.0f} |"
         )

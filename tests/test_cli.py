@@ -64,9 +64,41 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
 def test_distill_from_the_cli_writes_a_run(capsys, tmp_path):
     out = tmp_path / "run"
     code, _, _ = run_cli(
-        capsys, "distill", "--dataset", "digits", "--ipc", "1", "--iterations", "2", "--width", "16",
-        "--batch-real", "8", "--p-spatial", "2", "--no-fused", "--out", str(out), "--quiet",
+        capsys,
+        "distill",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--width",
+        "16",
+        "--batch-real",
+        "8",
+        "--p-spatial",
+        "2",
+        "--no-fused",
+        "--out",
+        str(out),
+        "--quiet",
     )
     assert code == 0
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["p_spatial"] == 2.0 and run["config"]["fused"] is False and run["step"] == 2
+
+
+def test_truncated_file_is_named_with_exit_code_2(capsys, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (raw / name).write_bytes(
+            b"\0\0\x08\x03" + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 10
+        )
+    code, _, err = run_cli(capsys, "datasets", "mnist", "--data-root", str(tmp_path))
+    assert code == 2 and "train-images-idx3-ubyte" in err and "ends early" in err and "Traceback" not in err

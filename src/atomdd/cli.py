@@ -214,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from atomdd.hardware import tune_cpu_allocator
+
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()
     try:
         return COMMANDS[args.command](args)
     except AtomddError as e:

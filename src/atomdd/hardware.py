@@ -6,6 +6,7 @@ fp32, so asking for bf16 there falls back to fp32 with a warning rather than cra
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -30,7 +31,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 def fast_bf16(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 is slow
     if device.type == "cpu":
         return torch.cpu._is_amx_tile_supported()
     return False
@@ -48,3 +49,25 @@ def resolve_precision(requested: str, device: torch.device | str) -> str:
         )
         return "fp32"
     return requested
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process instead of returning it to the OS (glibc only).
+
+    glibc serves every allocation above 32 MB with a fresh mmap, so each activation of a
+    distillation step (hundreds of MB) is page-faulted in anew, every step: measured ≈ 2× slower
+    steps (benchmarks/distill_speed.py, the "glibc default" rows). Process-wide, so the entry
+    points (CLI, benchmarks) call it, not the library on import. Returns whether it applied.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or os.environ.get("ATOMDD_NO_MALLOC_TUNING"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
