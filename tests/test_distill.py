@@ -146,8 +146,9 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 def test_config_file_and_precedence(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("lr_img: 0.5\np_spatial: 2\nipc: 3\n")
-    cfg = make_config("digits", 1, "atom", config_file=f, p_spatial=6)
-    assert (cfg.lr_img, cfg.p_spatial, cfg.ipc) == (0.5, 6.0, 3)
+    cfg = make_config(config_file=f, p_spatial=6)
+    assert (cfg.dataset, cfg.lr_img, cfg.p_spatial, cfg.ipc) == ("digits", 0.5, 6.0, 3)
+    assert make_config("digits", 1, config_file=f).ipc == 1  # an explicit argument beats the file
     t = tmp_path / "c.toml"
     t.write_text("unknown_key = 1\n")
     with pytest.raises(AtomddError, match="unknown config key"):

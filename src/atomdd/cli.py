@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list models and their options")
 
     p = sub.add_parser("distill", help="distil a dataset into a few synthetic images per class")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--ipc", type=int, default=10, help="images per class")
-    p.add_argument("--method", default="atom", help="atom | atom-channel | datadam | dm")
+    p.add_argument("--dataset", default=None, help="default: digits (or the config file's)")
+    p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
+    p.add_argument("--method", default=None, help="atom (default) | atom-channel | datadam | dm")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data-root", default=None)

@@ -131,13 +131,24 @@ def preset(dataset: str, ipc: int, method: str) -> dict[str, Any]:
     return values
 
 
-def make_config(dataset: str, ipc: int, method: str = "atom", config_file: str | Path | None = None, **flags):
-    """Preset, then the config file, then explicit flags (None means 'not given')."""
+def make_config(
+    dataset: str | None = None,
+    ipc: int | None = None,
+    method: str | None = None,
+    config_file: str | Path | None = None,
+    **flags: Any,
+) -> DistillConfig:
+    """The preset for (dataset, ipc, method), then the config file, then `flags`; an argument given
+    (not None) beats the file, and the file beats the defaults (digits, 10, atom)."""
     file_values = load_config_file(config_file) if config_file else {}
-    dataset = flags.pop("dataset", None) or file_values.pop("dataset", None) or dataset
-    ipc = flags.pop("ipc", None) or file_values.pop("ipc", None) or ipc
-    method = flags.pop("method", None) or file_values.pop("method", None) or method
-    cfg = apply_overrides(DistillConfig(), preset(dataset, int(ipc), method), "config key")
+    dataset = dataset or file_values.pop("dataset", None) or "digits"
+    ipc = ipc if ipc is not None else file_values.pop("ipc", 10)
+    if not isinstance(ipc, int) or isinstance(ipc, bool):
+        raise AtomddError(f"ipc={ipc!r}: expected a whole number of images per class")
+    method = method or file_values.pop("method", None) or "atom"
+    for key in ("dataset", "ipc", "method"):
+        file_values.pop(key, None)
+    cfg = apply_overrides(DistillConfig(), preset(dataset, ipc, method), "config key")
     cfg = apply_overrides(cfg, file_values, "config key")
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "config key")
     validate(cfg)
@@ -469,16 +480,16 @@ def _progress(start: int, total: int, quiet: bool):
 
 
 def distill(
-    dataset: str = "digits",
-    ipc: int = 10,
-    method: str = "atom",
+    dataset: str | None = None,
+    ipc: int | None = None,
+    method: str | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     quiet: bool = True,
     config_file: str | Path | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
-    """Distil `dataset` to `ipc` images per class with `method`; returns the synthetic set.
+    """Distil `dataset` (default digits) to `ipc` (10) images per class with `method` (atom).
 
     `overrides` are any `DistillConfig` fields (e.g. iterations=1000, lr_img=1.0, p_spatial=2).
     With `out`, writes synthetic.safetensors, run.json, metrics.jsonl, grid.png, attention.png and a

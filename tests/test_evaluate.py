@@ -1,0 +1,280 @@
+"""The evaluation protocol: batched = sequential per run, the report, peers' files, precision."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from atomdd import evaluate as ev
+from atomdd.coreset import select
+from atomdd.data import load_dataset
+from atomdd.errors import AtomddError
+from atomdd.hardware import fast_bf16, resolve_precision
+from atomdd.models import MODELS, ModelSpec
+from atomdd.models.convnet import ConvNet
+from atomdd.synthetic import SyntheticSet
+
+FAST = ev.EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small batches gain nothing from a second thread on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def small_set(digits) -> SyntheticSet:
+    return select(digits, 5, "random", seed=0)
+
+
+@pytest.fixture
+def tiny_bn(monkeypatch):
+    """A small batch-norm ConvNet, registered for the test only."""
+    spec = ModelSpec("tiny_bn", "test", lambda c, k, s: ConvNet(c, k, s, depth=2, width=16, norm="batchnorm"))
+    monkeypatch.setitem(MODELS, "tiny_bn", spec)
+    return "tiny_bn"
+
+
+def _train_and_test(name: str, syn: SyntheticSet, digits, config: ev.EvalConfig):
+    models = ev.train_models(name, syn.images, syn.labels, 10, config)
+    test_x = syn.preprocess()(digits.test_images)
+    return models, ev.test_models(models, test_x, digits.test_labels, config)
+
+
+@pytest.mark.parametrize("name", ["convnet", "mlp", "tiny_bn"])
+def test_batched_equals_sequential(name, small_set, digits, tiny_bn):
+    """Same seeds, same per-run accuracies and (nearly) the same weights and BN statistics."""
+    batched, acc_b = _train_and_test(name, small_set, digits, replace(FAST, batched=True))
+    single, acc_s = _train_and_test(name, small_set, digits, replace(FAST, batched=False))
+    assert acc_b == acc_s
+    for mb, ms in zip(batched, single, strict=True):
+        sb, ss = mb.state_dict(), ms.state_dict()
+        assert sb.keys() == ss.keys()
+        for key in sb:
+            torch.testing.assert_close(sb[key], ss[key], atol=1e-4, rtol=1e-4, msg=key)
+    if name == "tiny_bn":  # the running statistics were really updated, per run
+        stats = [m.state_dict()["blocks.0.norm.running_mean"] for m in batched]
+        assert all(s.abs().sum() > 0 for s in stats) and not torch.equal(stats[0], stats[1])
+
+
+def test_run_depends_only_on_seed_and_run_number(small_set):
+    """Run 1 alone, in a stack of three, or in stacks of one: the same model."""
+    cfg = replace(FAST, epochs=1, runs=3, batched=True)
+    three = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
+    alone = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg, runs=[1])
+    split = ev.train_models("mlp", small_set.images, small_set.labels, 10, replace(cfg, stack_size=1))
+    for other in (alone[0], split[1]):
+        for a, b in zip(three[1].parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(three[0].classifier.weight, three[1].classifier.weight)
+
+
+def test_default_path_is_batched_on_cuda_only():
+    assert ev.use_batched(FAST, torch.device("cuda")) and not ev.use_batched(FAST, torch.device("cpu"))
+    assert ev.use_batched(replace(FAST, batched=True), torch.device("cpu"))
+
+
+def test_training_on_real_subset_beats_chance(digits):
+    syn = select(digits, 20, "random", seed=0)
+    report = ev.evaluate_set(
+        syn, ("convnet",), ev.EvalConfig(epochs=10, runs=2, device="cpu"), dataset=digits
+    )
+    assert report["models"]["convnet"]["mean"] > 50  # chance is 10 %; typically ~85 % here
+
+
+def test_eval_json_schema_and_table(small_set, digits, tmp_path):
+    report = ev.evaluate_set(small_set, ("mlp", "lenet"), FAST, out_dir=tmp_path, dataset=digits)
+    saved = json.loads((tmp_path / ev.RESULT_FILE).read_text())
+    assert saved["models"].keys() == {"mlp", "lenet"}
+    for r in saved["models"].values():
+        assert len(r["runs"]) == FAST.runs and all(0 <= a <= 100 for a in r["runs"])
+        assert r["mean"] == pytest.approx(np.mean(r["runs"])) and r["std"] == pytest.approx(np.std(r["runs"]))
+    assert saved["config"]["epochs"] == FAST.epochs and saved["precision"] == "fp32"
+    assert saved["batched"] is False and saved["device"] == "cpu"  # the CPU default path
+    assert saved["dataset"] == "digits" and saved["dataset_hash"] == digits.content_hash
+    assert saved["set"]["kind"] == "synthetic" and saved["set"]["images"] == 50
+    assert saved["seconds"] > 0 and "torch" in saved["versions"]
+    assert saved["models"] == json.loads(json.dumps(report["models"]))
+    table = ev.format_table(report)
+    assert "| mlp |" in table and "| lenet |" in table and "±" in table
+
+
+def test_evaluate_whole(digits, tmp_path):
+    cfg = replace(FAST, epochs=1, runs=1, batch_size=256)
+    report = ev.evaluate_whole(digits, ("mlp",), cfg, out_dir=tmp_path, zca=True)
+    assert report["set"] == {"kind": "whole", "images": len(digits.train_labels), "zca": True}
+    assert (tmp_path / ev.RESULT_FILE).exists() and report["models"]["mlp"]["mean"] > 10
+
+
+def test_set_from_other_data_or_shape_is_refused(small_set, digits):
+    other = replace(small_set, meta={**small_set.meta, "dataset_hash": "0" * 64})
+    with pytest.raises(AtomddError, match="different copy"):
+        ev.evaluate_set(other, ("mlp",), FAST, dataset=digits)
+    wrong = replace(small_set, images=torch.zeros(50, 3, 8, 8))
+    with pytest.raises(AtomddError, match="C×H×W"):
+        ev.evaluate_set(wrong, ("mlp",), FAST, dataset=digits)
+    with pytest.raises(AtomddError, match="unknown model"):
+        ev.evaluate_set(small_set, ("nope",), FAST, dataset=digits)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("epochs", 0), ("runs", 0), ("lr", 0.0), ("decay_at", 2.0), ("precision", "fp16")]
+)
+def test_bad_config_is_a_clear_error(field, value):
+    with pytest.raises(AtomddError, match=field):
+        replace(FAST, **{field: value})
+
+
+def test_unknown_augmentation_is_an_error():
+    with pytest.raises(AtomddError, match="unknown augmentation"):
+        replace(FAST, dsa="color_warp")
+
+
+# --- precision --------------------------------------------------------------------------------
+
+
+def test_bf16_falls_back_without_amx(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not fast_bf16("cpu")
+    with pytest.warns(UserWarning, match="fp32"):
+        assert resolve_precision("bf16", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_bf16_on_cuda_needs_native_support(monkeypatch):
+    """A pre-Ampere GPU "supports" bf16 only by emulation, which is slow: fall back there."""
+    native = {"ok": False}
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native["ok"] or including_emulation
+    )
+    with pytest.warns(UserWarning):
+        assert resolve_precision("bf16", "cuda") == "fp32"
+    native["ok"] = True
+    assert resolve_precision("bf16", "cuda") == "bf16"
+    with pytest.raises(AtomddError, match="precision"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_report_records_the_precision_used(monkeypatch, small_set, digits):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning):
+        report = ev.evaluate_set(small_set, ("mlp",), replace(FAST, precision="bf16"), dataset=digits)
+    assert report["precision"] == "fp32" and report["config"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_bf16_path_runs(small_set, batched):
+    """The bf16 path itself (forced, whatever the hardware): fp32 master weights, finite results."""
+    cfg = replace(FAST, epochs=1, runs=2, precision="bf16", batched=batched)
+    models = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for m in models for p in m.parameters())
+
+
+def test_batched_bf16_computes_convolutions_in_bf16():
+    """Autocast does not reach convolutions under vmap; the stacked path casts them itself."""
+    models = ev.init_models("convnet", 1, 10, 8, [0, 1], seed=0)
+    x = torch.randn(2, 4, 1, 8, 8)
+    with torch.no_grad():
+        fp32 = torch.stack([m(xi) for m, xi in zip(models, x, strict=True)])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            amp = torch.stack([m(xi).float() for m, xi in zip(models, x, strict=True)])
+        stacked = ev._Stack(models, "bf16")(x)
+    assert stacked.dtype == torch.float32
+    assert (stacked - fp32).abs().max() > 1e-4  # bf16 rounding is there
+    torch.testing.assert_close(stacked, amp, atol=5e-2, rtol=5e-2)
+
+
+# --- peers' files -----------------------------------------------------------------------------
+
+
+def _peer_images(n_per_class: int = 2, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return torch.randn(len(labels), 1, 8, 8, generator=g), labels
+
+
+def test_peer_formats(tmp_path, digits):
+    x, y = _peer_images()
+    torch.save({"data": [[x * 0, y], [x, y]], "accs_all_exps": {"ConvNet": [[50.0]]}}, tmp_path / "dc.pt")
+    torch.save((x, y), tmp_path / "pair.pt")
+    torch.save({"image_syn": x, "label_syn": y.int()}, tmp_path / "keys.pt")
+    for name in ("dc.pt", "pair.pt", "keys.pt"):
+        syn = ev.load_peer_set(tmp_path / name, digits)
+        assert torch.equal(syn.images, x) and torch.equal(syn.labels, y) and syn.labels.dtype == torch.int64
+        assert syn.dataset == "digits" and syn.meta["source"].endswith(name)
+    dc = ev.load_peer_set(tmp_path / "dc.pt", digits)
+    assert dc.meta["experiment"] == 1 and dc.meta["experiments"] == 2  # the last experiment
+    zca = ev.load_peer_set(tmp_path / "pair.pt", digits, zca=True)
+    assert zca.preprocess_meta["zca"] and "zca_eigvecs" in zca.preprocess_tensors
+    report = ev.evaluate_set(zca, ("mlp",), replace(FAST, epochs=1, runs=1), dataset=digits)
+    assert report["set"]["method"] == "peer"
+
+
+class Unsafe:
+    """Pickled by reference: loading it would import and call code."""
+
+
+def _malformed(tmp_path) -> dict[str, tuple[str, str]]:
+    x, y = _peer_images()
+    files = {
+        "garbage.pt": (None, "not a torch.save file"),
+        "empty.pt": (b"", "not a readable"),
+        "truncated.pt": ("cut", "not a readable"),
+        "refused.pt": ({"data": [[x, y]], "extra": Unsafe()}, "refused"),
+        "structure.pt": ({"weights": x}, "expected"),
+        "no_pairs.pt": ({"data": []}, "pairs"),
+        "shape.pt": ((torch.randn(20, 3, 8, 8), y), "C×H×W"),
+        "uint8.pt": ((torch.zeros(20, 1, 8, 8, dtype=torch.uint8), y), "float"),
+        "range.pt": ((x, y + 5), "labels range"),
+        "float_labels.pt": ((x, y.float()), "integer"),
+        "count.pt": ((x, y[:-1]), "labels of shape"),
+    }
+    out = {}
+    for name, (content, match) in files.items():
+        path = tmp_path / name
+        if content is None:
+            path.write_bytes(bytes(range(256)) * 4)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content == "cut":
+            torch.save((x, y), path)
+            path.write_bytes(path.read_bytes()[:200])
+        else:
+            torch.save(content, path)
+        out[name] = (str(path), match)
+    return out
+
+
+def test_malformed_peer_files_are_clear_errors(tmp_path, digits):
+    for name, (path, match) in _malformed(tmp_path).items():
+        with pytest.raises(AtomddError, match=match) as err:
+            ev.load_peer_set(path, digits)
+        assert name in str(err.value)
+    with pytest.raises(AtomddError, match="no such file"):
+        ev.load_peer_set(tmp_path / "missing.pt", digits)
+
+
+def test_load_any_dispatches(tmp_path, small_set, digits):
+    small_set.save(tmp_path / "run")
+    assert torch.equal(ev.load_any(tmp_path / "run").images, small_set.images)
+    torch.save(_peer_images(), tmp_path / "peer.pt")
+    with pytest.raises(AtomddError, match="--dataset"):
+        ev.load_any(tmp_path / "peer.pt")
+    assert ev.load_any(tmp_path / "peer.pt", dataset="digits").meta["method"] == "peer"
+    with pytest.raises(AtomddError, match="no such"):
+        ev.load_any(tmp_path / "nothing.pt", dataset="digits")
