@@ -102,3 +102,20 @@ def test_truncated_file_is_named_with_exit_code_2(capsys, tmp_path):
         )
     code, _, err = run_cli(capsys, "datasets", "mnist", "--data-root", str(tmp_path))
     assert code == 2 and "train-images-idx3-ubyte" in err and "ends early" in err and "Traceback" not in err
+
+
+def test_coreset_then_evaluate_from_the_cli(capsys, tmp_path):
+    out = tmp_path / "herding"
+    code, text, _ = run_cli(
+        capsys, "coreset", "--dataset", "digits", "--ipc", "2", "--method", "herding", "--out", str(out)
+    )
+    assert code == 0 and "2 per class" in text
+    code, text, _ = run_cli(
+        capsys, "evaluate", str(out), "--models", "convnet,mlp", "--runs", "2", "--epochs", "2"
+    )
+    assert code == 0 and "| convnet |" in text and "| mlp |" in text
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["models"]) == {"convnet", "mlp"} and len(report["models"]["mlp"]["runs"]) == 2
+    assert report["config"]["epochs"] == 2 and isinstance(report["seconds"], float)
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "nothing-here"))
+    assert code == 2 and "Traceback" not in err

@@ -136,4 +136,4 @@ def test_bad_requests_are_clear_errors(digits):
     with pytest.raises(AtomddError, match="unknown coreset method"):
         select(digits, 1, "kmeans")
     with pytest.raises(AtomddError, match="embedding network"):
-        select(digits, 1, "herding", embed="imagenet")
+        select(digits, 1, "random", embed="imagenet")

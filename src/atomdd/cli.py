@@ -109,7 +109,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_coreset(args: argparse.Namespace) -> int:
     from atomdd.coreset import select
 
-    result = select(args.dataset, args.ipc, args.method, seed=args.seed, data_root=args.data_root)
+    result = select(
+        args.dataset,
+        args.ipc,
+        args.method,
+        seed=args.seed,
+        data_root=args.data_root,
+        embed=args.embed,
+        zca=args.zca,
+    )
     result.save(args.out)
     print(f"wrote {len(result.labels)} {args.method} images ({args.ipc} per class) to {args.out}")
     return 0
@@ -126,7 +134,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
-        report = ev.evaluate_whole(args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out)
+        report = ev.evaluate_whole(
+            args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out, zca=args.zca
+        )
     else:
         if not args.path:
             raise AtomddError(
@@ -191,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--embed", default="random", help="herding/k-center feature space: random (ConvNet at init) | trained"
+    )
+    p.add_argument("--zca", action="store_true", help="store the images ZCA-whitened (as CIFAR runs use)")
 
     p = sub.add_parser("evaluate", help="train fresh models on a set and test them on the real test set")
     p.add_argument("path", nargs="?", help="a run folder (synthetic.safetensors) or a peer's .pt")
@@ -203,8 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--precision", default=None)
+    p.add_argument("--precision", default=None, help="fp32 (default) | bf16 (where the hardware is fast)")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--batched",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the runs together (default: on CUDA only; slower on CPU, see README)",
+    )
+    p.add_argument("--test-batch", type=int, default=None)
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")

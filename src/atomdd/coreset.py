@@ -128,6 +128,8 @@ def select(
         raise AtomddError(f"unknown coreset method {method!r}; choose one of {', '.join(METHODS)}")
     if ipc < 1:
         raise AtomddError(f"images per class must be at least 1, got {ipc}")
+    if embed not in EMBEDDINGS:
+        raise AtomddError(f"embedding network {embed!r}: choose one of {', '.join(EMBEDDINGS)}")
     data = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
     per_class = data.class_indices()
     for c, idx in enumerate(per_class):

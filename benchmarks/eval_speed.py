@@ -1,0 +1,283 @@
+"""Evaluation speed: N models trained together (vmap) vs one after another, fp32 vs bf16 autocast.
+
+Problems shaped like a synthetic set: IPC images per class of 10 classes, random pixels (speed does
+not depend on content), MNIST-shaped 28×28×1 and CIFAR-shaped 32×32×3; ConvNet-3 by default, the
+full protocol step (DSA, SGD with momentum and weight decay). Per row: seconds per training epoch
+of all N models (after a one-epoch warm-up), seconds to test them on `--test-images` images, the
+FLOPs of an epoch over the seconds, and the machine's dense fp32 matmul rate measured in the same
+run. bf16 rows use `--bf16-ipc`, `--bf16-epochs` and `--bf16-test-images`: without AMX, bf16 is
+emulated and far slower.
+Accuracy: real digits (a random IPC-10 coreset), fp32 vs forced bf16, same seeds.
+Diagnosis: each ConvNet convolution fwd+bwd as N separate convs vs one grouped conv (what vmap
+lowers a stacked conv to), and group norm under vmap vs per model.
+
+    python benchmarks/eval_speed.py --threads 1            # what the report quotes (~15 min, 2 cores)
+    python benchmarks/eval_speed.py --ipc 10 --epochs 2 --precisions fp32 --parts speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from atomdd import evaluate as ev
+
+
+def best_of(fn: Callable[[], object], reps: int = 5) -> float:
+    """Fastest of `reps` timed calls after one warm-up: the least disturbed by other load."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_gflops(n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / best_of(lambda: a @ b) / 1e9
+
+
+def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor, ...]:
+    c, s = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10 * ipc, c, s, s, generator=g)
+    test = torch.randn(n_test, c, s, s, generator=g)
+    return x, torch.arange(10).repeat_interleave(ipc), test, torch.randint(0, 10, (n_test,), generator=g)
+
+
+def epoch_flops(model_name: str, x: torch.Tensor, runs: int, batch: int) -> float:
+    """Training FLOPs of one epoch of `runs` models (convolutions and matmuls, fwd + bwd)."""
+    (model,) = ev.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
+    total = 0.0
+    for xb in x.split(batch):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            F.cross_entropy(model(xb), torch.zeros(len(xb), dtype=torch.long)).backward()
+        total += counter.get_total_flops()
+    return total * runs
+
+
+def time_row(
+    args: argparse.Namespace, shape: tuple[int, int], ipc: int, precision: str, batched: bool
+) -> dict:
+    epochs = args.bf16_epochs if precision == "bf16" else args.epochs
+    x, y, tx, ty = problem(shape, ipc, args.test_images)
+    cfg = ev.EvalConfig(
+        epochs=1, runs=args.runs, device="cpu", precision=precision, batched=batched, seed=args.seed
+    )
+    ev.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives
+    t = time.perf_counter()
+    models = ev.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs))
+    train_s = (time.perf_counter() - t) / epochs
+    t = time.perf_counter()
+    n_test = args.bf16_test_images if precision == "bf16" else args.test_images
+    ev.test_models(models, tx[:n_test], ty[:n_test], cfg)
+    test_s = time.perf_counter() - t
+    flops = epoch_flops(args.model, x, args.runs, cfg.batch_size)
+    return {
+        "shape": f"{shape[1]}x{shape[1]}x{shape[0]}",
+        "ipc": ipc,
+        "precision": precision,
+        "path": "batched" if batched else "sequential",
+        "epochs_timed": epochs,
+        "s_per_epoch": train_s,
+        "test_s": test_s,
+        "test_images": n_test,
+        "gflop_per_epoch": flops / 1e9,
+        "gflops": flops / train_s / 1e9,
+    }
+
+
+def accuracy(args: argparse.Namespace, precision: str) -> dict:
+    from atomdd.coreset import select
+
+    syn = select("digits", args.acc_ipc, "random", seed=args.seed)
+    cfg = ev.EvalConfig(
+        epochs=args.acc_epochs, runs=args.acc_runs, device="cpu", precision=precision, seed=args.seed
+    )
+    t = time.perf_counter()
+    models = ev.train_models(args.model, syn.images, syn.labels, 10, cfg)
+    from atomdd.data import load_dataset
+
+    data = load_dataset("digits")
+    accs = ev.test_models(models, syn.preprocess()(data.test_images), data.test_labels, cfg)
+    return {
+        "precision": precision,
+        "mean": statistics.fmean(accs),
+        "std": statistics.pstdev(accs),
+        "runs": accs,
+        "seconds": time.perf_counter() - t,
+    }
+
+
+def diagnose(args: argparse.Namespace, shape: tuple[int, int], ipc: int) -> list[dict]:
+    """Why batching does (not) pay here: the layers of one step, stacked vs one model at a time."""
+    r, b = args.runs, 10 * ipc
+    (model,) = ev.init_models(args.model, shape[0], 10, shape[1], [0], 0)
+    seen: list[tuple[nn.Module, torch.Size]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0].shape)))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.GroupNorm))
+    ]
+    model(torch.randn(1, shape[0], shape[1], shape[1]))
+    for h in hooks:
+        h.remove()
+    rows = []
+    for mod, in_shape in seen:
+        xs = [torch.randn(b, *in_shape[1:], requires_grad=True) for _ in range(r)]  # one leaf per model
+        x = torch.stack(xs).detach().requires_grad_()  # R × B × C × H × W, as vmap sees it
+        if isinstance(mod, nn.Conv2d):
+            ws = [torch.randn(mod.weight.shape, requires_grad=True) for _ in range(r)]
+            w = torch.stack(ws).detach().requires_grad_()
+
+            def one(xi: torch.Tensor, wi: torch.Tensor, mod: nn.Module = mod) -> torch.Tensor:
+                return F.conv2d(xi, wi, padding=mod.padding)
+
+            def stacked(x: torch.Tensor, w: torch.Tensor, mod: nn.Module = mod) -> torch.Tensor:
+                out = F.conv2d(
+                    x.transpose(0, 1).flatten(1, 2), w.flatten(0, 1), padding=mod.padding, groups=r
+                )
+                return out.unflatten(1, (r, -1)).transpose(0, 1)  # what vmap lowers a stacked conv to
+
+            name = f"conv {in_shape[1]}→{mod.out_channels} @ {in_shape[2]}px, grouped"
+        else:
+            ws = [torch.randn(mod.num_channels, requires_grad=True) for _ in range(r)]
+            w = torch.stack(ws).detach().requires_grad_()
+
+            def one(xi: torch.Tensor, wi: torch.Tensor, mod: nn.Module = mod) -> torch.Tensor:
+                return F.group_norm(xi, mod.num_groups, wi, wi)
+
+            def stacked(x: torch.Tensor, w: torch.Tensor, mod: nn.Module = mod) -> torch.Tensor:
+                return torch.vmap(lambda xi, wi: F.group_norm(xi, mod.num_groups, wi, wi))(x, w)
+
+            name = f"group norm {in_shape[1]} ch @ {in_shape[2]}px, vmap"
+
+        def separate(one=one, xs=xs, ws=ws) -> None:
+            for xi, wi in zip(xs, ws, strict=True):
+                out = one(xi, wi)
+                torch.autograd.grad(out, (xi, wi), torch.ones_like(out))
+
+        def together(stacked=stacked, x=x, w=w) -> None:
+            out = stacked(x, w)
+            torch.autograd.grad(out, (x, w), torch.ones_like(out))
+
+        sep, st = best_of(separate, 3), best_of(together, 3)
+        rows.append({"layer": name, "separate_ms": sep * 1e3, "stacked_ms": st * 1e3, "ratio": sep / st})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="convnet")
+    ap.add_argument("--runs", type=int, default=10, help="models per protocol (trained together or not)")
+    ap.add_argument("--shapes", nargs="+", default=["28x1", "32x3"], help="SIZExCHANNELS")
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--bf16-ipc", type=int, default=1)
+    ap.add_argument("--bf16-epochs", type=int, default=1)
+    ap.add_argument("--test-images", type=int, default=500)
+    ap.add_argument("--bf16-test-images", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--parts", nargs="+", default=["speed", "accuracy", "diagnosis"])
+    ap.add_argument("--acc-ipc", type=int, default=10)
+    ap.add_argument("--acc-runs", type=int, default=3)
+    ap.add_argument("--acc-epochs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="benchmarks/results/eval_speed.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [(int(s.split("x")[1]), int(s.split("x")[0])) for s in args.shapes]
+    start = time.perf_counter()
+    rates = {"fp32_matmul_gflops": matmul_gflops(), "threads": torch.get_num_threads()}
+    print(
+        f"fp32 matmul: {rates['fp32_matmul_gflops']:.0f} GFLOP/s on {rates['threads']} thread(s)", flush=True
+    )
+
+    rows = []
+    for shape in shapes if "speed" in args.parts else []:
+        for precision in args.precisions:
+            for ipc in [args.bf16_ipc] if precision == "bf16" else args.ipc:
+                for batched in (True, False):
+                    row = time_row(args, shape, ipc, precision, batched)
+                    rows.append(row)
+                    print(f"  {row}", file=sys.stderr, flush=True)
+    acc = [accuracy(args, p) for p in args.precisions] if "accuracy" in args.parts else []
+    diag = diagnose(args, shapes[0], max(args.ipc)) if "diagnosis" in args.parts else []
+
+    from atomdd.io import versions, write_json
+
+    write_json(
+        args.json,
+        {
+            "rows": rows,
+            "accuracy": acc,
+            "diagnosis": diag,
+            "machine": rates,
+            "model": args.model,
+            "runs": args.runs,
+            "seconds": time.perf_counter() - start,
+            "versions": versions(),
+            "command": sys.argv,
+        },
+    )
+    print_tables(args, rows, acc, diag, rates)
+
+
+def print_tables(
+    args: argparse.Namespace, rows: list[dict], acc: list[dict], diag: list[dict], rates: dict
+) -> None:
+    print(
+        f"\n{args.runs} × {args.model}, fp32 matmul {rates['fp32_matmul_gflops']:.0f} GFLOP/s, "
+        f"{rates['threads']} thread(s)"
+    )
+    print(
+        "\n| shape | IPC | precision | batched s/epoch | sequential s/epoch | seq/batched | bf16/fp32 (b, s) "
+        "| GFLOP/epoch | achieved GFLOP/s (best path) | test s (batched / seq), images |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    key = {(r["shape"], r["ipc"], r["precision"], r["path"]): r for r in rows}
+    for bat, seq in zip(rows[::2], rows[1::2], strict=True):
+        ratio = "–"
+        fp32 = [key.get((bat["shape"], bat["ipc"], "fp32", p)) for p in ("batched", "sequential")]
+        if bat["precision"] != "fp32" and all(fp32):
+            ratio = " / ".join(
+                f"{r['s_per_epoch'] / f['s_per_epoch']:.1f}×" for r, f in zip((bat, seq), fp32, strict=True)
+            )
+        print(
+            f"| {bat['shape']} | {bat['ipc']} | {bat['precision']} | {bat['s_per_epoch']:.3f} | "
+            f"{seq['s_per_epoch']:.3f} | {seq['s_per_epoch'] / bat['s_per_epoch']:.2f} | {ratio} | "
+            f"{bat['gflop_per_epoch']:.1f} | {max(bat['gflops'], seq['gflops']):.0f} | "
+            f"{bat['test_s']:.2f} / {seq['test_s']:.2f}, {bat['test_images']} |"
+        )
+    if acc:
+        print("\n| precision | digits accuracy (%) | runs | epochs | seconds |\n|---|---|---|---|---|")
+        for a in acc:
+            print(
+                f"| {a['precision']} | {a['mean']:.2f} ± {a['std']:.2f} | {len(a['runs'])} | "
+                f"{args.acc_epochs} | {a['seconds']:.0f} |"
+            )
+    if diag:
+        print(
+            f"\n| layer fwd+bwd, {args.runs} models × {10 * max(args.ipc)} images | separate ms | stacked ms "
+            "| separate/stacked |\n|---|---|---|---|"
+        )
+        for d in diag:
+            print(f"| {d['layer']} | {d['separate_ms']:.1f} | {d['stacked_ms']:.1f} | {d['ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
