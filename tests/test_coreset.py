@@ -7,24 +7,11 @@ import pytest
 import torch
 
 from atomdd.coreset import METHODS, herding, kcenter, select
-from atomdd.data import load_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.synthetic import load_synthetic
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches gain nothing from a second thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_herding(points: np.ndarray, k: int) -> list[int]:

@@ -11,7 +11,6 @@ import torch
 
 from atomdd import evaluate as ev
 from atomdd.coreset import select
-from atomdd.data import load_dataset
 from atomdd.errors import AtomddError
 from atomdd.hardware import fast_bf16, resolve_precision
 from atomdd.models import MODELS, ModelSpec
@@ -21,18 +20,7 @@ from atomdd.synthetic import SyntheticSet
 FAST = ev.EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches gain nothing from a second thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from atomdd.models.layers import ACTIVATIONS, NORMS, POOLINGS
 CLASSES = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches gain nothing from intra-op threads, and on a shared 2-core machine spinning
-    OpenMP threads made these tests 20× slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def check_forward(model: torch.nn.Module, channels: int, size: int, batch: int = 2) -> None:

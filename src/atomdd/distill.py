@@ -34,7 +34,7 @@ from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import append_jsonl, atomic_path, read_jsonl, versions, write_bytes, write_json
-from atomdd.matching import METHODS, class_statistics, matching_loss, method_config
+from atomdd.matching import METHODS, MatchConfig, class_statistics, matching_loss, method_config
 from atomdd.models import FeatureModel, create_model, get_spec
 from atomdd.synthetic import SyntheticSet
 
@@ -81,17 +81,8 @@ class DistillConfig:
     data_root: str | None = None
     download: bool = False
 
-    def match(self):
-        return method_config(
-            "atom",
-            spatial=self.spatial,
-            channel=self.channel,
-            embedding=self.embedding,
-            p_spatial=self.p_spatial,
-            p_channel=self.p_channel,
-            layers=self.layers,
-            scale=self.scale,
-        )
+    def match(self) -> MatchConfig:
+        return MatchConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MatchConfig)})
 
     def model_options(self) -> dict[str, Any]:
         if self.model != "convnet":
