@@ -1,10 +1,11 @@
 """Seconds per distillation step, peak memory and achieved FLOP rate, against the machine's limit.
 
 A 10-class 32×32 RGB problem (random pixels: speed does not depend on content), ConvNet-3 width 128,
-each method at IPC 1/10/50, fp32 and bf16 autocast, and the same loss computed one class at a time
-(the published loop) as the baseline. Each configuration runs in its own process so its peak
-memory is its own. In the same run, the machine's dense matmul rate per dtype is measured: the
-limit a step could reach is its FLOPs divided by that rate.
+each method at IPC 1/10/50 in fp32; for the baseline methods also bf16 autocast, the same loss
+computed one class at a time (the published loop), and glibc's default allocator. Each
+configuration runs in its own process so its peak memory is its own. In the same run, the
+machine's dense matmul rate per dtype is measured: the limit a step could reach is its FLOPs
+divided by that rate.
 
     python benchmarks/distill_speed.py                      # everything (tens of minutes on 2 cores)
     python benchmarks/distill_speed.py --ipc 10 --methods atom --steps 5
@@ -100,10 +101,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--methods", nargs="+", default=["atom", "atom-channel", "datadam", "dm"])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument(
-        "--baseline", nargs="+", default=["atom"], help="methods also timed with the per-class loop"
+        "--baseline",
+        nargs="+",
+        default=["atom"],
+        help="methods also timed in bf16, per class, untuned allocator",
     )
+    ap.add_argument("--no-bf16", dest="bf16", action="store_const", const=[], default=[True])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="benchmarks/results/distill_speed.json")
@@ -115,13 +119,13 @@ def main() -> None:
 
     rates = {"fp32": matmul_gflops(torch.float32, 2048, 10), "bf16": matmul_gflops(torch.bfloat16, 512, 3)}
     jobs = [
-        dict(method=m, ipc=i, precision=p, fused=True, tuned=True)
+        dict(method=m, ipc=i, precision="fp32", fused=True, tuned=True)
         for i in args.ipc
         for m in args.methods
-        for p in args.precisions
     ]
     for i in args.ipc:
-        for m in args.baseline:  # the same step before each optimisation, side by side
+        for m in args.baseline:  # the same step in bf16, and before each optimisation, side by side
+            jobs += [dict(method=m, ipc=i, precision="bf16", fused=True, tuned=True) for _ in args.bf16]
             jobs += [
                 dict(method=m, ipc=i, precision="fp32", fused=False, tuned=True),
                 dict(method=m, ipc=i, precision="fp32", fused=True, tuned=False),

@@ -467,7 +467,16 @@ def _signals_to_flag() -> Iterator[_Flag]:
 def _progress(start: int, total: int, quiet: bool):
     from tqdm import tqdm
 
-    return tqdm(initial=start, total=total, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stderr)
+    interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s, not every step
+    return tqdm(
+        initial=start,
+        total=total,
+        disable=quiet,
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=interval,
+    )
 
 
 def distill(
