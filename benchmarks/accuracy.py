@@ -83,6 +83,9 @@ def main() -> None:
     )
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    from atomdd.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()
 
     from atomdd.evaluate import RESULT_FILE, EvalConfig, evaluate_set
     from atomdd.io import versions, write_json

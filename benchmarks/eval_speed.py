@@ -198,6 +198,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="benchmarks/results/eval_speed.json")
     args = ap.parse_args()
+    from atomdd.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [(int(s.split("x")[1]), int(s.split("x")[0])) for s in args.shapes]

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,18 +51,26 @@ def test_resume_is_bit_identical(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))
 
 
-def test_sigint_checkpoints_then_resume_matches(tmp_path):
-    cfg = FAST | dict(iterations=40, checkpoint_every=1000)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_then_resume_matches(tmp_path, monkeypatch, sig):
+    cfg = FAST | dict(iterations=8, checkpoint_every=1000)
     full = distill("digits", 2, "atom", **cfg)
+    honest = Distiller.loss_and_grad
+
+    def signalled(self, step):
+        if step == 3:
+            os.kill(os.getpid(), sig)  # arrives mid-run, as Ctrl-C or a pre-emption would
+        return honest(self, step)
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", signalled)
     out = tmp_path / "run"
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(Interrupted, match="--resume"):
+    with pytest.raises(Interrupted, match="interrupted at step 4.*--resume"):
         distill("digits", 2, "atom", out=out, **cfg)
-    timer.cancel()
-    assert (out / CHECKPOINT).exists()
+    monkeypatch.undo()
+    assert (out / CHECKPOINT).exists() and not (out / "synthetic.safetensors").exists()
     resumed = distill("digits", 2, "atom", out=out, resume=True, **cfg)
     assert torch.equal(full.images, resumed.images)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
