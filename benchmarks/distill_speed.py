@@ -154,10 +154,10 @@ def main() -> None:
 
     write_json(args.json, {"rows": rows, "matmul_gflops": rates, "versions": versions(), "command": sys.argv})
     print(
-        "\n| method | IPC | precision | loop | s/step | GFLOP/step | achieved GFLOP/s | matmul GFLOP/s | "
-        "% of limit | peak MB |"
+        "\n| method | IPC | precision | loop | allocator | s/step | GFLOP/step | achieved GFLOP/s | "
+        "matmul GFLOP/s | % of limit | peak MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['method']} | {r['ipc']} | {r['precision']} | {r['loop']} | {r['allocator']} | "

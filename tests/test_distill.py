@@ -22,7 +22,7 @@ def config(**kw):
 
 
 def test_fused_pass_equals_per_class_loop():
-    cfg = config(iterations=1)
+    cfg = config(iterations=1, chunk_images=4096)
     fused, loop = Distiller(cfg), Distiller(replace(cfg, fused=False))
     assert len(fused._class_chunks()) == 1 and len(loop._class_chunks()) == 10
     loss_f, terms_f = fused.loss_and_grad(0)
