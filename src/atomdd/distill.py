@@ -10,7 +10,6 @@ only to bound memory, and the real branch runs without autograd.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import resource
@@ -33,7 +32,7 @@ from atomdd.data import Dataset, load_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import append_jsonl, atomic_path, read_jsonl, versions, write_bytes, write_json
+from atomdd.io import append_jsonl, atomic_path, derive_seed, read_jsonl, versions, write_bytes, write_json
 from atomdd.matching import METHODS, MatchConfig, class_statistics, matching_loss, method_config
 from atomdd.models import FeatureModel, create_model, get_spec
 from atomdd.synthetic import SyntheticSet
@@ -164,8 +163,7 @@ def validate(cfg: DistillConfig) -> None:
 
 def step_seed(seed: int, step: int, purpose: str) -> int:
     """A 63-bit seed for one purpose at one step, independent of everything else that ran."""
-    digest = hashlib.sha256(f"{seed}:{step}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derive_seed(seed, step, purpose)
 
 
 def _generator(seed: int, step: int, purpose: str) -> torch.Generator:

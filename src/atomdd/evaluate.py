@@ -21,7 +21,6 @@ the batched path too: their running statistics are stacked buffers updated in pl
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import pickle
@@ -43,7 +42,7 @@ from atomdd.data import Dataset, load_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import PRECISIONS, resolve_device, resolve_precision
-from atomdd.io import versions, write_json
+from atomdd.io import derive_seed, versions, write_json
 from atomdd.models import FeatureModel, create_model, get_spec
 from atomdd.synthetic import FILENAME, SyntheticSet, load_synthetic
 
@@ -92,8 +91,7 @@ class EvalConfig:
 
 def run_seed(seed: int, run: int, purpose: str) -> int:
     """A 63-bit seed for one purpose of one run, independent of every other run and of the path."""
-    digest = hashlib.sha256(f"eval:{seed}:{run}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derive_seed("eval", seed, run, purpose)
 
 
 def model_options(name: str, image_size: int) -> dict[str, Any]:

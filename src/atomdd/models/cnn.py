@@ -15,7 +15,7 @@ from torch import nn
 
 from atomdd.errors import AtomddError
 from atomdd.models import FeatureModel, Features, ModelSpec, register
-from atomdd.models.layers import NORMS, norm_layer
+from atomdd.models.layers import NORMS, norm_layer, run_conv_blocks
 
 # One conv block: (out channels, kernel, padding, max-pool after it).
 ConvCfg = tuple[int, int, int, bool]
@@ -57,11 +57,7 @@ class PlainNet(FeatureModel):
         self.classifier = nn.Linear(width, num_classes)
 
     def features(self, x: torch.Tensor) -> Features:
-        acts = []
-        for block in self.blocks:
-            x = block["act"](block["norm"](block["conv"](x)))
-            acts.append(x)
-            x = block["pool"](x)
+        x, acts = run_conv_blocks(self.blocks, x)
         x = self.head(x).flatten(1)
         for layer in self.hidden:
             x = layer(x)

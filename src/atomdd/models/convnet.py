@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from atomdd.models import FeatureModel, Features, ModelSpec, register
-from atomdd.models.layers import ACTIVATIONS, NORMS, POOLINGS, activation, norm_layer, pooling
+from atomdd.models.layers import (
+    ACTIVATIONS,
+    NORMS,
+    POOLINGS,
+    activation,
+    norm_layer,
+    pooling,
+    run_conv_blocks,
+)
 
 
 class ConvNet(FeatureModel):
@@ -47,11 +55,7 @@ class ConvNet(FeatureModel):
         self.classifier = nn.Linear(self.embedding_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> Features:
-        acts = []
-        for block in self.blocks:
-            x = block["act"](block["norm"](block["conv"](x)))
-            acts.append(x)
-            x = block["pool"](x)
+        x, acts = run_conv_blocks(self.blocks, x)
         return Features(acts, x.flatten(1))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
@@ -34,3 +35,13 @@ def pooling(kind: str) -> nn.Module:
         "maxpool": lambda: nn.MaxPool2d(2, 2),
         "none": nn.Identity,
     }[kind]()
+
+
+def run_conv_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """conv → norm → act → pool per block; returns the pooled output and each block's activation."""
+    acts = []
+    for block in blocks:
+        x = block["act"](block["norm"](block["conv"](x)))
+        acts.append(x)
+        x = block["pool"](x)
+    return x, acts
