@@ -68,6 +68,54 @@ def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: P
     )
 
 
+def finished(folder: Path, args: argparse.Namespace) -> dict | None:
+    """The eval report of a finished set evaluated under this budget, else None."""
+    from atomdd.evaluate import RESULT_FILE
+
+    eval_file = folder / RESULT_FILE
+    if not eval_file.exists():
+        return None
+    report = json.loads(eval_file.read_text())
+    if report["config"]["epochs"] != args.epochs or len(report["models"]["convnet"]["runs"]) != args.runs:
+        return None
+    return report
+
+
+def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+    """Every finished seed of each method on disk, not just this invocation's: runs add up across sessions."""
+    results: dict[str, dict[int, dict]] = {}
+    for spec in args.methods:
+        for ipc in args.ipc:
+            per_seed = []
+            for folder in sorted((out / f"ipc{ipc}").glob(f"{slug(spec)}-seed*")):
+                report = finished(folder, args)
+                seed = folder.name.rsplit("-seed", 1)[1]
+                if report is None or not seed.isdigit():
+                    continue
+                run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+                per_seed.append(
+                    {
+                        "seed": int(seed),
+                        "runs": report["models"]["convnet"]["runs"],
+                        "make_seconds": run.get("wall_seconds"),
+                        "eval_seconds": report["seconds"],
+                    }
+                )
+            if not per_seed:
+                continue
+            all_runs = [a for s in per_seed for a in s["runs"]]
+            seed_means = [statistics.mean(s["runs"]) for s in per_seed]
+            results.setdefault(spec, {})[ipc] = {
+                "mean": statistics.mean(all_runs),
+                "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
+                "seeds": [s["seed"] for s in per_seed],
+                "seed_means": seed_means,
+                "seed_std": statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
+                "per_seed": per_seed,
+            }
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist")
@@ -81,54 +129,39 @@ def main() -> None:
     ap.add_argument(
         "--out", default=None, help="default: benchmarks/results/accuracy-<dataset>-s<steps>-e<epochs>"
     )
+    ap.add_argument("--report", action="store_true", help="only tabulate the finished sets under --out")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    from atomdd.errors import AtomddError
+    from atomdd.evaluate import EvalConfig, evaluate_set
     from atomdd.hardware import tune_cpu_allocator
-
-    tune_cpu_allocator()
-
-    from atomdd.evaluate import RESULT_FILE, EvalConfig, evaluate_set
     from atomdd.io import versions, write_json
 
+    tune_cpu_allocator()
     out = Path(args.out or f"benchmarks/results/accuracy-{args.dataset}-s{args.steps}-e{args.epochs}")
     cfg = EvalConfig(epochs=args.epochs, runs=args.runs)
-    results: dict[str, dict[int, dict]] = {}
     t0 = time.perf_counter()
-    for ipc in args.ipc:
+    for ipc in [] if args.report else args.ipc:
         for spec in args.methods:
-            per_seed = []
             for seed in args.seeds:
                 folder = out / f"ipc{ipc}" / f"{slug(spec)}-seed{seed}"
                 t = time.perf_counter()
-                syn = make_set(spec, ipc, seed, args, folder)
+                try:
+                    syn = make_set(spec, ipc, seed, args, folder)
+                except AtomddError as e:  # e.g. interrupted: the checkpoint is kept, a rerun resumes
+                    raise SystemExit(str(e)) from None
                 made = time.perf_counter() - t
-                eval_file = folder / RESULT_FILE
-                report = json.loads(eval_file.read_text()) if eval_file.exists() else None
-                if (
-                    report is None
-                    or report["config"]["epochs"] != args.epochs
-                    or len(report["models"]["convnet"]["runs"]) != args.runs
-                ):
+                report = finished(folder, args)
+                if report is None:
                     report = evaluate_set(syn, ["convnet"], cfg, data_root=args.data_root, out_dir=folder)
                 accs = report["models"]["convnet"]["runs"]
-                per_seed.append(
-                    {"seed": seed, "runs": accs, "make_seconds": made, "eval_seconds": report["seconds"]}
-                )
                 print(
                     f"ipc {ipc:>2} {spec:<40} seed {seed}: {statistics.mean(accs):6.2f} "
                     f"(make {made:.0f}s, eval {report['seconds']:.0f}s)",
                     flush=True,
                 )
-            all_runs = [a for s in per_seed for a in s["runs"]]
-            seed_means = [statistics.mean(s["runs"]) for s in per_seed]
-            results.setdefault(spec, {})[ipc] = {
-                "mean": statistics.mean(all_runs),
-                "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
-                "seed_means": seed_means,
-                "seed_std": statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
-                "per_seed": per_seed,
-            }
-    budget = {"steps": args.steps, "epochs": args.epochs, "runs": args.runs, "seeds": args.seeds}
+    results = collect(out, args)
+    budget = {"steps": args.steps, "epochs": args.epochs, "runs": args.runs}
     write_json(
         out / "accuracy.json",
         {
@@ -141,13 +174,16 @@ def main() -> None:
         },
     )
     print(
-        f"\n{args.dataset}, {args.steps} distillation steps, {args.epochs} epochs × {args.runs} models, "
-        f"seeds {args.seeds}: test accuracy % (mean ± std over all models of all seeds)"
+        f"\n{args.dataset}, {args.steps} distillation steps, {args.epochs} epochs × {args.runs} models: "
+        "test accuracy % (mean ± std over all models of all seeds; n = seeds)"
     )
     print("| method | " + " | ".join(f"IPC {i}" for i in args.ipc) + " |")
     print("|---|" + "---|" * len(args.ipc))
     for spec, by_ipc in results.items():
-        cells = [f"{by_ipc[i]['mean']:.1f} ± {by_ipc[i]['std']:.1f}" for i in args.ipc]
+        cells = [
+            f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if (r := by_ipc.get(i)) else "–"
+            for i in args.ipc
+        ]
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 
