@@ -82,30 +82,29 @@ def finished(folder: Path, args: argparse.Namespace) -> dict | None:
 
 
 def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
-    """Every finished seed of each method on disk, not just this invocation's: runs add up across sessions."""
+    """Every finished set under `out`, by method and IPC: runs and seeds add up across invocations."""
+    found: dict[str, dict[int, list[dict]]] = {}
+    for folder in sorted(out.glob("ipc*/*-seed*")):
+        label, _, seed = folder.name.rpartition("-seed")
+        report = finished(folder, args)
+        if report is None or not seed.isdigit() or not folder.parent.name[3:].isdigit():
+            continue
+        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
+        found.setdefault(label, {}).setdefault(int(folder.parent.name[3:]), []).append(
+            {
+                "seed": int(seed),
+                "runs": report["models"]["convnet"]["runs"],
+                "make_seconds": run.get("wall_seconds"),
+                "eval_seconds": report["seconds"],
+            }
+        )
+    order = [slug(m) for m in args.methods]
     results: dict[str, dict[int, dict]] = {}
-    for spec in args.methods:
-        for ipc in args.ipc:
-            per_seed = []
-            for folder in sorted((out / f"ipc{ipc}").glob(f"{slug(spec)}-seed*")):
-                report = finished(folder, args)
-                seed = folder.name.rsplit("-seed", 1)[1]
-                if report is None or not seed.isdigit():
-                    continue
-                run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-                per_seed.append(
-                    {
-                        "seed": int(seed),
-                        "runs": report["models"]["convnet"]["runs"],
-                        "make_seconds": run.get("wall_seconds"),
-                        "eval_seconds": report["seconds"],
-                    }
-                )
-            if not per_seed:
-                continue
+    for label in sorted(found, key=lambda x: (order.index(x) if x in order else len(order), x)):
+        for ipc, per_seed in sorted(found[label].items()):
             all_runs = [a for s in per_seed for a in s["runs"]]
             seed_means = [statistics.mean(s["runs"]) for s in per_seed]
-            results.setdefault(spec, {})[ipc] = {
+            results.setdefault(label, {})[ipc] = {
                 "mean": statistics.mean(all_runs),
                 "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
                 "seeds": [s["seed"] for s in per_seed],
@@ -177,12 +176,13 @@ def main() -> None:
         f"\n{args.dataset}, {args.steps} distillation steps, {args.epochs} epochs × {args.runs} models: "
         "test accuracy % (mean ± std over all models of all seeds; n = seeds)"
     )
-    print("| method | " + " | ".join(f"IPC {i}" for i in args.ipc) + " |")
-    print("|---|" + "---|" * len(args.ipc))
+    ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
+    print("| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |")
+    print("|---|" + "---|" * len(ipcs))
     for spec, by_ipc in results.items():
         cells = [
             f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if (r := by_ipc.get(i)) else "–"
-            for i in args.ipc
+            for i in ipcs
         ]
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
