@@ -86,11 +86,12 @@ def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, list[dict]]] = {}
     for folder in sorted(out.glob("ipc*/*-seed*")):
         label, _, seed = folder.name.rpartition("-seed")
+        ipc = folder.parent.name.removeprefix("ipc")
         report = finished(folder, args)
-        if report is None or not seed.isdigit() or not folder.parent.name[3:].isdigit():
+        if report is None or not seed.isdigit() or not ipc.isdigit():
             continue
         run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-        found.setdefault(label, {}).setdefault(int(folder.parent.name[3:]), []).append(
+        found.setdefault(label, {}).setdefault(int(ipc), []).append(
             {
                 "seed": int(seed),
                 "runs": report["models"]["convnet"]["runs"],
