@@ -101,8 +101,10 @@ def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
         )
     order = [slug(m) for m in args.methods]
     results: dict[str, dict[int, dict]] = {}
-    for label in sorted(found, key=lambda x: (order.index(x) if x in order else len(order), x)):
-        for ipc, per_seed in sorted(found[label].items()):
+    for folder_label in sorted(found, key=lambda x: (order.index(x) if x in order else len(order), x)):
+        # listed methods are shown as spelled on the command line, the others by their folder name
+        label = args.methods[order.index(folder_label)] if folder_label in order else folder_label
+        for ipc, per_seed in sorted(found[folder_label].items()):
             all_runs = [a for s in per_seed for a in s["runs"]]
             seed_means = [statistics.mean(s["runs"]) for s in per_seed]
             results.setdefault(label, {})[ipc] = {
@@ -113,7 +115,34 @@ def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
                 "seed_std": statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
                 "per_seed": per_seed,
             }
+    if args.against in results:
+        for label, by_ipc in results.items():
+            for ipc, r in by_ipc.items():
+                if label != args.against and ipc in results[args.against]:
+                    r["paired"] = paired(r, results[args.against][ipc], args.against)
     return results
+
+
+def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
+    """Difference to `ref`, run by run: evaluation run r of every set starts from the same weights and
+    augmentation draws (its seeds depend only on r), so pairing by (seed, run) removes the spread that
+    comes from the evaluation model, which hides differences smaller than a point."""
+    ref_runs = {s["seed"]: s["runs"] for s in ref["per_seed"]}
+    diffs = [
+        a - b
+        for s in result["per_seed"]
+        if s["seed"] in ref_runs
+        for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=True)
+    ]
+    if not diffs:
+        return None
+    return {
+        "against": ref_label,
+        "mean": statistics.mean(diffs),
+        "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+        "wins": sum(d > 0 for d in diffs),
+        "n": len(diffs),
+    }
 
 
 def main() -> None:
@@ -130,6 +159,7 @@ def main() -> None:
         "--out", default=None, help="default: benchmarks/results/accuracy-<dataset>-s<steps>-e<epochs>"
     )
     ap.add_argument("--report", action="store_true", help="only tabulate the finished sets under --out")
+    ap.add_argument("--against", default="atom", help="method the paired differences (Δ) are taken against")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     from atomdd.errors import AtomddError
@@ -178,13 +208,19 @@ def main() -> None:
         "test accuracy % (mean ± std over all models of all seeds; n = seeds)"
     )
     ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
-    print("| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |")
-    print("|---|" + "---|" * len(ipcs))
+    print(
+        f"Δ: paired difference to {args.against} over the (seed, run) pairs both have, mean ± std, "
+        "and how many of them are ahead"
+    )
+    print("| method | " + " | ".join(f"IPC {i} | Δ IPC {i}" for i in ipcs) + " |")
+    print("|---|" + "---|---|" * len(ipcs))
     for spec, by_ipc in results.items():
-        cells = [
-            f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if (r := by_ipc.get(i)) else "–"
-            for i in ipcs
-        ]
+        cells = []
+        for i in ipcs:
+            r = by_ipc.get(i)
+            d = r and r.get("paired")
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if r else "–")
+            cells.append(f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']})" if d else "–")
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 
