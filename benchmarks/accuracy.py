@@ -40,20 +40,33 @@ def slug(spec: str) -> str:
 
 def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path):
     from atomdd.coreset import select
-    from atomdd.distill import CHECKPOINT, distill
+    from atomdd.distill import CHECKPOINT, distill, make_config
     from atomdd.synthetic import FILENAME, load_synthetic
 
     name, overrides = parse_method(spec)
-    if (folder / FILENAME).exists() and (name in CORESETS or not (folder / CHECKPOINT).exists()):
-        return load_synthetic(folder)
     if name in CORESETS:
+        if (folder / FILENAME).exists():
+            return load_synthetic(folder)
         syn = select(args.dataset, ipc, name, seed=seed, data_root=args.data_root, **overrides)
         syn.save(folder)
         return syn
-    if (folder / "run.json").exists() and json.loads((folder / "run.json").read_text()).get(
-        "status"
-    ) == "done":
-        return load_synthetic(folder)
+    if (folder / "run.json").exists():
+        # a folder is named by its spec, and a preset's defaults can change: never reuse a set made
+        # with other matching settings than the spec means now
+        made = json.loads((folder / "run.json").read_text())
+        want = make_config(args.dataset, ipc, name, iterations=args.steps, seed=seed, **overrides)
+        differ = {
+            k: (made["config"].get(k), v)
+            for k, v in want.match().to_dict().items()
+            if made["config"].get(k) != v
+        }
+        if differ:
+            raise SystemExit(
+                f"{folder} was made with other settings than {spec!r} means now (made, now): {differ}; "
+                "move it aside, or spell the settings out in the spec"
+            )
+        if made.get("status") == "done":
+            return load_synthetic(folder)
     return distill(
         args.dataset,
         ipc,

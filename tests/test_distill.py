@@ -162,4 +162,5 @@ def test_config_file_and_precedence(tmp_path):
         make_config("digits", 1, "atom", config_file=t)
     assert make_config("cifar10", 10, "atom").zca and make_config("cifar10", 10, "dm").batch_real == 256
     tiny = make_config("tinyimagenet", 1, "atom")
-    assert (tiny.depth, tiny.embedding, tiny.zca) == (4, 0.02, False)
+    assert (tiny.depth, tiny.embedding, tiny.zca) == (4, 0.2, False)
+    assert make_config("tinyimagenet", 1, "datadam").embedding == 0.02
