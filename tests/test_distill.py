@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomdd.distill import CHECKPOINT, Distiller, Interrupted, distill, make_config
+from atomdd.distill import CHECKPOINT, DistillConfig, Distiller, Interrupted, distill, make_config
 from atomdd.errors import AtomddError
+from atomdd.matching import METHODS
 from atomdd.synthetic import load_synthetic
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -164,3 +165,9 @@ def test_config_file_and_precedence(tmp_path):
     tiny = make_config("tinyimagenet", 1, "atom")
     assert (tiny.depth, tiny.embedding, tiny.zca) == (4, 0.2, False)
     assert make_config("tinyimagenet", 1, "datadam").embedding == 0.02
+
+
+def test_bare_config_matches_the_atom_preset():
+    # DistillConfig mirrors MatchConfig's fields flat (for config files and flags): its defaults must
+    # stay ATOM's, or a DistillConfig built without make_config silently runs another loss
+    assert DistillConfig().match() == METHODS["atom"]
