@@ -13,6 +13,7 @@ lowers a stacked conv to), and group norm under vmap vs per model.
 
     python benchmarks/eval_speed.py --threads 1            # what the report quotes (~15 min, 2 cores)
     python benchmarks/eval_speed.py --ipc 10 --epochs 2 --precisions fp32 --parts speed
+    benchmarks/device_check.sh                              # on a GPU: the same rows with --device cuda
 """
 
 from __future__ import annotations
@@ -32,20 +33,29 @@ from torch.utils.flop_counter import FlopCounterMode
 from atomdd import evaluate as ev
 
 
-def best_of(fn: Callable[[], object], reps: int = 5) -> float:
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a wall-clock timer measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def best_of(fn: Callable[[], object], reps: int = 5, device: str = "cpu") -> float:
     """Fastest of `reps` timed calls after one warm-up: the least disturbed by other load."""
     fn()
     times = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t)
     return min(times)
 
 
-def matmul_gflops(n: int = 1024) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / best_of(lambda: a @ b) / 1e9
+def matmul_gflops(device: str) -> float:
+    n = 8192 if device.startswith("cuda") else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / best_of(lambda: a @ b, device=device) / 1e9
 
 
 def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor, ...]:
@@ -74,11 +84,13 @@ def time_row(
     epochs = args.bf16_epochs if precision == "bf16" else args.epochs
     x, y, tx, ty = problem(shape, ipc, args.test_images)
     cfg = ev.EvalConfig(
-        epochs=1, runs=args.runs, device="cpu", precision=precision, batched=batched, seed=args.seed
+        epochs=1, runs=args.runs, device=args.device, precision=precision, batched=batched, seed=args.seed
     )
-    ev.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives
+    ev.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
+    sync(args.device)
     t = time.perf_counter()
     models = ev.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs))
+    sync(args.device)
     train_s = (time.perf_counter() - t) / epochs
     t = time.perf_counter()
     n_test = args.bf16_test_images if precision == "bf16" else args.test_images
@@ -104,7 +116,7 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
 
     syn = select("digits", args.acc_ipc, "random", seed=args.seed)
     cfg = ev.EvalConfig(
-        epochs=args.acc_epochs, runs=args.acc_runs, device="cpu", precision=precision, seed=args.seed
+        epochs=args.acc_epochs, runs=args.acc_runs, device=args.device, precision=precision, seed=args.seed
     )
     t = time.perf_counter()
     models = ev.train_models(args.model, syn.images, syn.labels, 10, cfg)
@@ -191,6 +203,7 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=500)
     ap.add_argument("--bf16-test-images", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the diagnosis part runs on the CPU)")
     ap.add_argument("--parts", nargs="+", default=["speed", "accuracy", "diagnosis"])
     ap.add_argument("--acc-ipc", type=int, default=10)
     ap.add_argument("--acc-runs", type=int, default=3)
@@ -205,9 +218,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     shapes = [(int(s.split("x")[1]), int(s.split("x")[0])) for s in args.shapes]
     start = time.perf_counter()
-    rates = {"fp32_matmul_gflops": matmul_gflops(), "threads": torch.get_num_threads()}
+    rates = {
+        "fp32_matmul_gflops": matmul_gflops(args.device),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+    }
     print(
-        f"fp32 matmul: {rates['fp32_matmul_gflops']:.0f} GFLOP/s on {rates['threads']} thread(s)", flush=True
+        f"fp32 matmul: {rates['fp32_matmul_gflops']:.0f} GFLOP/s on {rates['device']}, "
+        f"{rates['threads']} CPU thread(s)",
+        flush=True,
     )
 
     rows = []
@@ -244,8 +263,8 @@ def print_tables(
     args: argparse.Namespace, rows: list[dict], acc: list[dict], diag: list[dict], rates: dict
 ) -> None:
     print(
-        f"\n{args.runs} × {args.model}, fp32 matmul {rates['fp32_matmul_gflops']:.0f} GFLOP/s, "
-        f"{rates['threads']} thread(s)"
+        f"\n{args.runs} × {args.model} on {rates['device']}, fp32 matmul "
+        f"{rates['fp32_matmul_gflops']:.0f} GFLOP/s, {rates['threads']} CPU thread(s)"
     )
     print(
         "\n| shape | IPC | precision | batched s/epoch | sequential s/epoch | seq/batched | bf16/fp32 (b, s) "
