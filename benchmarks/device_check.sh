@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, prepared to run in one call on a lent machine (≈ 8 min of a 10-minute limit).
+# The GPU checks, prepared to run in one call on a lent machine (≈ 9 min of a 10-minute limit).
 #
 #   1. environment: the GPU, torch's version;
 #   2. eval_speed.py --device cuda: 10 ConvNets trained together vs one after another, fp32 and
@@ -15,7 +15,7 @@
 #   back here:   tar xzf <files_at>/accuracy.tgz   (then `accuracy.py --report ...` and commit; stop
 #                any local run on the same grid first, or it and the tarball write the same folders)
 #
-# A dry run on the CPU: DEVICE=cpu OUT=/tmp/dc SEEDS=9 STEPS=2 EPOCHS=1 RUNS=1 SPEED_EPOCHS=1 \
+# A dry run of the plumbing on the CPU (both steps reach their time limits there): DEVICE=cpu OUT=/tmp/dc SEEDS=9 STEPS=2 EPOCHS=1 RUNS=1 SPEED_EPOCHS=1 \
 #   SPEED_IPC=1 bash benchmarks/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device-check}

@@ -211,8 +211,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="benchmarks/results/eval_speed.json")
     args = ap.parse_args()
-    from atomdd.hardware import tune_cpu_allocator
+    from atomdd.errors import AtomddError
+    from atomdd.hardware import resolve_device, tune_cpu_allocator
 
+    try:
+        args.device = str(resolve_device(args.device))  # a clear message for cuda without a GPU
+    except AtomddError as e:
+        ap.error(str(e))
     tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
