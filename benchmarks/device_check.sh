@@ -15,8 +15,9 @@
 #   back here:   tar xzf <files_at>/accuracy.tgz   (then `accuracy.py --report ...` and commit; stop
 #                any local run on the same grid first, or it and the tarball write the same folders)
 #
-# A dry run of the plumbing on the CPU (both steps reach their time limits there): DEVICE=cpu OUT=/tmp/dc SEEDS=9 STEPS=2 EPOCHS=1 RUNS=1 SPEED_EPOCHS=1 \
-#   SPEED_IPC=1 bash benchmarks/device_check.sh
+# A dry run of the plumbing on the CPU (both steps reach their time limits there):
+#   DEVICE=cpu OUT=/tmp/dc SEEDS=9 STEPS=2 EPOCHS=1 RUNS=1 SPEED_EPOCHS=1 SPEED_IPC=1 \
+#   bash benchmarks/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device-check}
 DEVICE=${DEVICE:-cuda}
