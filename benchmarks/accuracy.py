@@ -141,20 +141,26 @@ def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
     augmentation draws (its seeds depend only on r), so pairing by (seed, run) removes the spread that
     comes from the evaluation model, which hides differences smaller than a point."""
     ref_runs = {s["seed"]: s["runs"] for s in ref["per_seed"]}
-    diffs = [
-        a - b
+    by_seed = [
+        [a - b for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=True)]
         for s in result["per_seed"]
         if s["seed"] in ref_runs
-        for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=True)
     ]
+    diffs = [d for seed_diffs in by_seed for d in seed_diffs]
     if not diffs:
         return None
+    # a seed's mean difference compares the two distilled sets themselves: its spread is the one that
+    # says whether one method makes better sets, not just better luck with one evaluation model
+    seed_diffs = [statistics.mean(d) for d in by_seed]
     return {
         "against": ref_label,
         "mean": statistics.mean(diffs),
         "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
         "wins": sum(d > 0 for d in diffs),
         "n": len(diffs),
+        "seed_std": statistics.stdev(seed_diffs) if len(seed_diffs) > 1 else 0.0,
+        "seed_wins": sum(d > 0 for d in seed_diffs),
+        "seeds": len(seed_diffs),
     }
 
 
@@ -222,8 +228,8 @@ def main() -> None:
     )
     ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
     print(
-        f"Δ: paired difference to {args.against} over the (seed, run) pairs both have, mean ± std, "
-        "and how many of them are ahead"
+        f"Δ: paired difference to {args.against} over the (seed, run) pairs both have: mean ± std over runs "
+        "/ ± std of the per-seed means, and how many runs / seeds are ahead"
     )
     print("| method | " + " | ".join(f"IPC {i} | Δ IPC {i}" for i in ipcs) + " |")
     print("|---|" + "---|---|" * len(ipcs))
@@ -233,7 +239,12 @@ def main() -> None:
             r = by_ipc.get(i)
             d = r and r.get("paired")
             cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if r else "–")
-            cells.append(f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']})" if d else "–")
+            cells.append(
+                f"{d['mean']:+.2f} ± {d['std']:.2f} / ± {d['seed_std']:.2f} "
+                f"({d['wins']}/{d['n']} runs, {d['seed_wins']}/{d['seeds']} seeds)"
+                if d
+                else "–"
+            )
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 
