@@ -146,7 +146,7 @@ def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
         for s in result["per_seed"]
         if s["seed"] in ref_runs
     ]
-    diffs = [d for seed_diffs in by_seed for d in seed_diffs]
+    diffs = [d for one_seed in by_seed for d in one_seed]
     if not diffs:
         return None
     # a seed's mean difference compares the two distilled sets themselves: its spread is the one that
