@@ -229,7 +229,7 @@ def main() -> None:
     ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
     print(
         f"Δ: paired difference to {args.against} over the (seed, run) pairs both have: mean ± std over runs "
-        "/ ± std of the per-seed means, and how many runs / seeds are ahead"
+        "/ ± std of the per-seed mean differences, and how many runs / seeds are ahead"
     )
     print("| method | " + " | ".join(f"IPC {i} | Δ IPC {i}" for i in ipcs) + " |")
     print("|---|" + "---|---|" * len(ipcs))
