@@ -49,8 +49,8 @@ echo "eval_speed exit $?" >>"$OUT/env.txt"
 grid="benchmarks/results/accuracy-mnist-s$STEPS-e$EPOCHS"
 # shellcheck disable=SC2086
 timeout 270 $py benchmarks/accuracy.py --data-root .gpu-data --out "$grid" --ipc 1 10 \
-    --methods atom dm 'atom[batch_real=256]' datadam random herding kcenter --steps "$STEPS" --epochs "$EPOCHS" \
-    --runs "$RUNS" --seeds $SEEDS >"$OUT/accuracy.txt" 2>&1
+    --methods atom dm 'atom[batch_real=256]' datadam random herding kcenter \
+    --steps "$STEPS" --epochs "$EPOCHS" --runs "$RUNS" --seeds $SEEDS >"$OUT/accuracy.txt" 2>&1
 echo "accuracy exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
 tar czf "$OUT/accuracy.tgz" "$grid"
 cat "$OUT/env.txt"
