@@ -5,9 +5,9 @@
 #   2. eval_speed.py --device cuda: 10 ConvNets trained together vs one after another, fp32 and
 #      bf16 autocast, IPC 1/10/50 (the issue's ≥ 2× target for batching is about this row);
 #   3. the long-budget accuracy grid (1 000 distillation steps, 5 × 300 evaluation epochs) for the
-#      seeds the CPU had no time for (IPC 1 first: ATOM and DM are level there on five seeds, and
-#      ATOM with DM's 256 real images per class is the open choice), resuming into the committed
-#      folder; brought back as a tarball.
+#      seeds the CPU had no time for (IPC 1 first: ATOM and DM are level there on five seeds; ATOM
+#      with DM's 256 real images per class is level too at IPC 1 and led at IPC 10 on its one seed),
+#      resuming into the committed folder; brought back as a tarball.
 #
 # The machine has its own PyTorch and lacks nothing this needs (no install step), but not the data:
 # copy it into an ignored folder that travels.
