@@ -40,14 +40,16 @@ def slug(spec: str) -> str:
 
 def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path):
     from atomdd.coreset import select
-    from atomdd.distill import CHECKPOINT, distill, make_config
+    from atomdd.distill import CHECKPOINT, distill, make_config, preset
     from atomdd.synthetic import FILENAME, load_synthetic
 
     name, overrides = parse_method(spec)
     if name in CORESETS:
         if (folder / FILENAME).exists():
             return load_synthetic(folder)
-        syn = select(args.dataset, ipc, name, seed=seed, data_root=args.data_root, **overrides)
+        # coresets are stored in the space the distilled sets of the same dataset use (ZCA for CIFAR)
+        zca = preset(args.dataset, ipc, "atom")["zca"]
+        syn = select(args.dataset, ipc, name, seed=seed, data_root=args.data_root, zca=zca, **overrides)
         syn.save(folder)
         return syn
     if (folder / "run.json").exists():
@@ -89,7 +91,10 @@ def finished(folder: Path, args: argparse.Namespace) -> dict | None:
     if not eval_file.exists():
         return None
     report = json.loads(eval_file.read_text())
-    if report["config"]["epochs"] != args.epochs or len(report["models"]["convnet"]["runs"]) != args.runs:
+    config = report["config"]
+    if config["epochs"] != args.epochs or len(report["models"]["convnet"]["runs"]) != args.runs:
+        return None
+    if config.get("test_limit", 0) != args.test_limit:
         return None
     return report
 
@@ -108,6 +113,7 @@ def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
             {
                 "seed": int(seed),
                 "runs": report["models"]["convnet"]["runs"],
+                "first": report["models"]["convnet"].get("first", {}).get("runs"),
                 "make_seconds": run.get("wall_seconds"),
                 "eval_seconds": report["seconds"],
             }
@@ -120,7 +126,10 @@ def collect(out: Path, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
         for ipc, per_seed in sorted(found[folder_label].items()):
             all_runs = [a for s in per_seed for a in s["runs"]]
             seed_means = [statistics.mean(s["runs"]) for s in per_seed]
+            first = [a for s in per_seed for a in s["first"] or []]
             results.setdefault(label, {})[ipc] = {
+                "first_mean": statistics.mean(first) if first else None,
+                "first_std": statistics.stdev(first) if len(first) > 1 else 0.0,
                 "mean": statistics.mean(all_runs),
                 "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
                 "seeds": [s["seed"] for s in per_seed],
@@ -180,6 +189,13 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only tabulate the finished sets under --out")
     ap.add_argument("--against", default="atom", help="method the paired differences (Δ) are taken against")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument(
+        "--test-limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also report accuracy on the first N test images (CIFAR-10 here: 1000, its exact part)",
+    )
     args = ap.parse_args()
     from atomdd.errors import AtomddError
     from atomdd.evaluate import EvalConfig, evaluate_set
@@ -188,7 +204,7 @@ def main() -> None:
 
     tune_cpu_allocator()
     out = Path(args.out or f"benchmarks/results/accuracy-{args.dataset}-s{args.steps}-e{args.epochs}")
-    cfg = EvalConfig(epochs=args.epochs, runs=args.runs)
+    cfg = EvalConfig(epochs=args.epochs, runs=args.runs, test_limit=args.test_limit)
     t0 = time.perf_counter()
     for ipc in [] if args.report else args.ipc:
         for spec in args.methods:
@@ -210,7 +226,7 @@ def main() -> None:
                     flush=True,
                 )
     results = collect(out, args)
-    budget = {"steps": args.steps, "epochs": args.epochs, "runs": args.runs}
+    budget = {"steps": args.steps, "epochs": args.epochs, "runs": args.runs, "test_limit": args.test_limit}
     write_json(
         out / "accuracy.json",
         {
@@ -231,8 +247,10 @@ def main() -> None:
         f"Δ: paired difference to {args.against} over the (seed, run) pairs both have: mean ± std over runs "
         "/ ± std of the per-seed mean differences, and how many runs / seeds are ahead"
     )
-    print("| method | " + " | ".join(f"IPC {i} | Δ IPC {i}" for i in ipcs) + " |")
-    print("|---|" + "---|---|" * len(ipcs))
+    lim = args.test_limit
+    head = [f"IPC {i} | Δ IPC {i}" + (f" | IPC {i}, first {lim}" if lim else "") for i in ipcs]
+    print("| method | " + " | ".join(head) + " |")
+    print("|---|" + ("---|---|---|" if lim else "---|---|") * len(ipcs))
     for spec, by_ipc in results.items():
         cells = []
         for i in ipcs:
@@ -245,6 +263,9 @@ def main() -> None:
                 if d
                 else "–"
             )
+            if lim:
+                has = r and r["first_mean"] is not None
+                cells.append(f"{r['first_mean']:.1f} ± {r['first_std']:.1f}" if has else "–")
         print(f"| {spec} | " + " | ".join(cells) + " |")
 
 

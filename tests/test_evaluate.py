@@ -266,3 +266,17 @@ def test_load_any_dispatches(tmp_path, small_set, digits):
     assert ev.load_any(tmp_path / "peer.pt", dataset="digits").meta["method"] == "peer"
     with pytest.raises(AtomddError, match="no such"):
         ev.load_any(tmp_path / "nothing.pt", dataset="digits")
+
+
+def test_test_limit_reports_the_first_images_apart(small_set, digits):
+    """`test_limit` N adds the accuracy of the same models on the first N test images alone."""
+    report = ev.evaluate_set(small_set, ["convnet"], replace(FAST, test_limit=40), dataset=digits)
+    r = report["models"]["convnet"]
+    models, _ = _train_and_test("convnet", small_set, digits, FAST)
+    test_x = small_set.preprocess()(digits.test_images)[:40]
+    assert r["first"]["images"] == 40
+    assert r["first"]["runs"] == ev.test_models(models, test_x, digits.test_labels[:40], FAST)
+    assert "first 40 test images" in ev.format_table(report)
+    assert "first" not in ev.evaluate_set(small_set, ["convnet"], FAST, dataset=digits)["models"]["convnet"]
+    with pytest.raises(AtomddError, match="test_limit"):
+        replace(FAST, test_limit=-1)

@@ -226,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the runs together (default: on CUDA only; slower on CPU, see README)",
     )
     p.add_argument("--test-batch", type=int, default=None)
+    p.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also report accuracy on the first N test images (e.g. 1000: CIFAR-10's exact part here)",
+    )
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")
