@@ -41,7 +41,7 @@ def slug(spec: str) -> str:
 def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path):
     from atomdd.coreset import select
     from atomdd.distill import CHECKPOINT, distill, make_config, preset
-    from atomdd.synthetic import FILENAME, load_synthetic
+    from atomdd.sets import FILENAME, load_synthetic
 
     name, overrides = parse_method(spec)
     if name in CORESETS:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from atomdd import evaluate as ev
+from atomdd import train
 
 
 def sync(device: str) -> None:
@@ -68,7 +68,7 @@ def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor
 
 def epoch_flops(model_name: str, x: torch.Tensor, runs: int, batch: int) -> float:
     """Training FLOPs of one epoch of `runs` models (convolutions and matmuls, fwd + bwd)."""
-    (model,) = ev.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
+    (model,) = train.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
     total = 0.0
     for xb in x.split(batch):
         counter = FlopCounterMode(display=False)
@@ -83,18 +83,18 @@ def time_row(
 ) -> dict:
     epochs = args.bf16_epochs if precision == "bf16" else args.epochs
     x, y, tx, ty = problem(shape, ipc, args.test_images)
-    cfg = ev.EvalConfig(
+    cfg = train.TrainConfig(
         epochs=1, runs=args.runs, device=args.device, precision=precision, batched=batched, seed=args.seed
     )
-    ev.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
+    train.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
     sync(args.device)
     t = time.perf_counter()
-    models = ev.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs))
+    models = train.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs))
     sync(args.device)
     train_s = (time.perf_counter() - t) / epochs
     t = time.perf_counter()
     n_test = args.bf16_test_images if precision == "bf16" else args.test_images
-    ev.test_models(models, tx[:n_test], ty[:n_test], cfg)
+    train.test_models(models, tx[:n_test], ty[:n_test], cfg)
     test_s = time.perf_counter() - t
     flops = epoch_flops(args.model, x, args.runs, cfg.batch_size)
     return {
@@ -115,15 +115,15 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
     from atomdd.coreset import select
 
     syn = select("digits", args.acc_ipc, "random", seed=args.seed)
-    cfg = ev.EvalConfig(
+    cfg = train.TrainConfig(
         epochs=args.acc_epochs, runs=args.acc_runs, device=args.device, precision=precision, seed=args.seed
     )
     t = time.perf_counter()
-    models = ev.train_models(args.model, syn.images, syn.labels, 10, cfg)
+    models = train.train_models(args.model, syn.images, syn.labels, 10, cfg)
     from atomdd.data import load_dataset
 
     data = load_dataset("digits")
-    accs = ev.test_models(models, syn.preprocess()(data.test_images), data.test_labels, cfg)
+    accs = train.test_models(models, syn.preprocess()(data.test_images), data.test_labels, cfg)
     return {
         "precision": precision,
         "mean": statistics.fmean(accs),
@@ -136,7 +136,7 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
 def diagnose(args: argparse.Namespace, shape: tuple[int, int], ipc: int) -> list[dict]:
     """Why batching does (not) pay here: the layers of one step, stacked vs one model at a time."""
     r, b = args.runs, 10 * ipc
-    (model,) = ev.init_models(args.model, shape[0], 10, shape[1], [0], 0)
+    (model,) = train.init_models(args.model, shape[0], 10, shape[1], [0], 0)
     seen: list[tuple[nn.Module, torch.Size]] = []
     hooks = [
         m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0].shape)))

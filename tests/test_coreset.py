@@ -9,7 +9,7 @@ import torch
 from atomdd.coreset import METHODS, herding, kcenter, select
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
-from atomdd.synthetic import load_synthetic
+from atomdd.sets import load_synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import torch
 from atomdd.distill import CHECKPOINT, DistillConfig, Distiller, Interrupted, distill, make_config
 from atomdd.errors import AtomddError
 from atomdd.matching import METHODS
-from atomdd.synthetic import load_synthetic
+from atomdd.sets import load_synthetic
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from atomdd import evaluate as ev
+from atomdd import sets, train
 from atomdd.coreset import select
 from atomdd.errors import AtomddError
 from atomdd.hardware import fast_bf16, resolve_precision
 from atomdd.models import MODELS, ModelSpec
 from atomdd.models.convnet import ConvNet
-from atomdd.synthetic import SyntheticSet
+from atomdd.sets import SyntheticSet
 
 FAST = ev.EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
 
@@ -37,9 +38,9 @@ def tiny_bn(monkeypatch):
 
 
 def _train_and_test(name: str, syn: SyntheticSet, digits, config: ev.EvalConfig):
-    models = ev.train_models(name, syn.images, syn.labels, 10, config)
+    models = train.train_models(name, syn.images, syn.labels, 10, config)
     test_x = syn.preprocess()(digits.test_images)
-    return models, ev.test_models(models, test_x, digits.test_labels, config)
+    return models, train.test_models(models, test_x, digits.test_labels, config)
 
 
 @pytest.mark.parametrize("name", ["convnet", "mlp", "tiny_bn"])
@@ -61,9 +62,9 @@ def test_batched_equals_sequential(name, small_set, digits, tiny_bn):
 def test_run_depends_only_on_seed_and_run_number(small_set):
     """Run 1 alone, in a stack of three, or in stacks of one: the same model."""
     cfg = replace(FAST, epochs=1, runs=3, batched=True)
-    three = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
-    alone = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg, runs=[1])
-    split = ev.train_models("mlp", small_set.images, small_set.labels, 10, replace(cfg, stack_size=1))
+    three = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
+    alone = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg, runs=[1])
+    split = train.train_models("mlp", small_set.images, small_set.labels, 10, replace(cfg, stack_size=1))
     for other in (alone[0], split[1]):
         for a, b in zip(three[1].parameters(), other.parameters(), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -71,8 +72,8 @@ def test_run_depends_only_on_seed_and_run_number(small_set):
 
 
 def test_default_path_is_batched_on_cuda_only():
-    assert ev.use_batched(FAST, torch.device("cuda")) and not ev.use_batched(FAST, torch.device("cpu"))
-    assert ev.use_batched(replace(FAST, batched=True), torch.device("cpu"))
+    assert train.use_batched(FAST, torch.device("cuda")) and not train.use_batched(FAST, torch.device("cpu"))
+    assert train.use_batched(replace(FAST, batched=True), torch.device("cpu"))
 
 
 def test_training_on_real_subset_beats_chance(digits):
@@ -169,19 +170,19 @@ def test_report_records_the_precision_used(monkeypatch, small_set, digits):
 def test_bf16_path_runs(small_set, batched):
     """The bf16 path itself (forced, whatever the hardware): fp32 master weights, finite results."""
     cfg = replace(FAST, epochs=1, runs=2, precision="bf16", batched=batched)
-    models = ev.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
+    models = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for m in models for p in m.parameters())
 
 
 def test_batched_bf16_computes_convolutions_in_bf16():
     """Autocast does not reach convolutions under vmap; the stacked path casts them itself."""
-    models = ev.init_models("convnet", 1, 10, 8, [0, 1], seed=0)
+    models = train.init_models("convnet", 1, 10, 8, [0, 1], seed=0)
     x = torch.randn(2, 4, 1, 8, 8)
     with torch.no_grad():
         fp32 = torch.stack([m(xi) for m, xi in zip(models, x, strict=True)])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             amp = torch.stack([m(xi).float() for m, xi in zip(models, x, strict=True)])
-        stacked = ev._Stack(models, "bf16")(x)
+        stacked = train._Stack(models, "bf16")(x)
     assert stacked.dtype == torch.float32
     assert (stacked - fp32).abs().max() > 1e-4  # bf16 rounding is there
     torch.testing.assert_close(stacked, amp, atol=5e-2, rtol=5e-2)
@@ -202,12 +203,12 @@ def test_peer_formats(tmp_path, digits):
     torch.save((x, y), tmp_path / "pair.pt")
     torch.save({"image_syn": x, "label_syn": y.int()}, tmp_path / "keys.pt")
     for name in ("dc.pt", "pair.pt", "keys.pt"):
-        syn = ev.load_peer_set(tmp_path / name, digits)
+        syn = sets.load_peer_set(tmp_path / name, digits)
         assert torch.equal(syn.images, x) and torch.equal(syn.labels, y) and syn.labels.dtype == torch.int64
         assert syn.dataset == "digits" and syn.meta["source"].endswith(name)
-    dc = ev.load_peer_set(tmp_path / "dc.pt", digits)
+    dc = sets.load_peer_set(tmp_path / "dc.pt", digits)
     assert dc.meta["experiment"] == 1 and dc.meta["experiments"] == 2  # the last experiment
-    zca = ev.load_peer_set(tmp_path / "pair.pt", digits, zca=True)
+    zca = sets.load_peer_set(tmp_path / "pair.pt", digits, zca=True)
     assert zca.preprocess_meta["zca"] and "zca_eigvecs" in zca.preprocess_tensors
     report = ev.evaluate_set(zca, ("mlp",), replace(FAST, epochs=1, runs=1), dataset=digits)
     assert report["set"]["method"] == "peer"
@@ -251,21 +252,21 @@ def _malformed(tmp_path) -> dict[str, tuple[str, str]]:
 def test_malformed_peer_files_are_clear_errors(tmp_path, digits):
     for name, (path, match) in _malformed(tmp_path).items():
         with pytest.raises(AtomddError, match=match) as err:
-            ev.load_peer_set(path, digits)
+            sets.load_peer_set(path, digits)
         assert name in str(err.value)
     with pytest.raises(AtomddError, match="no such file"):
-        ev.load_peer_set(tmp_path / "missing.pt", digits)
+        sets.load_peer_set(tmp_path / "missing.pt", digits)
 
 
 def test_load_any_dispatches(tmp_path, small_set, digits):
     small_set.save(tmp_path / "run")
-    assert torch.equal(ev.load_any(tmp_path / "run").images, small_set.images)
+    assert torch.equal(sets.load_any(tmp_path / "run").images, small_set.images)
     torch.save(_peer_images(), tmp_path / "peer.pt")
     with pytest.raises(AtomddError, match="--dataset"):
-        ev.load_any(tmp_path / "peer.pt")
-    assert ev.load_any(tmp_path / "peer.pt", dataset="digits").meta["method"] == "peer"
+        sets.load_any(tmp_path / "peer.pt")
+    assert sets.load_any(tmp_path / "peer.pt", dataset="digits").meta["method"] == "peer"
     with pytest.raises(AtomddError, match="no such"):
-        ev.load_any(tmp_path / "nothing.pt", dataset="digits")
+        sets.load_any(tmp_path / "nothing.pt", dataset="digits")
 
 
 def test_test_limit_reports_the_first_images_apart(small_set, digits):
@@ -275,7 +276,7 @@ def test_test_limit_reports_the_first_images_apart(small_set, digits):
     models, _ = _train_and_test("convnet", small_set, digits, FAST)
     test_x = small_set.preprocess()(digits.test_images)[:40]
     assert r["first"]["images"] == 40
-    assert r["first"]["runs"] == ev.test_models(models, test_x, digits.test_labels[:40], FAST)
+    assert r["first"]["runs"] == train.test_models(models, test_x, digits.test_labels[:40], FAST)
     assert "first 40 test images" in ev.format_table(report)
     assert "first" not in ev.evaluate_set(small_set, ["convnet"], FAST, dataset=digits)["models"]["convnet"]
     with pytest.raises(AtomddError, match="test_limit"):

@@ -3,6 +3,6 @@
 __version__ = "0.1.0"
 
 from atomdd.distill import distill  # noqa: E402  (the function shadows the module name, on purpose)
-from atomdd.synthetic import SyntheticSet, load_synthetic  # noqa: E402
+from atomdd.sets import SyntheticSet, load_synthetic  # noqa: E402
 
 __all__ = ["SyntheticSet", "__version__", "distill", "load_synthetic"]

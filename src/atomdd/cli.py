@@ -126,6 +126,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 @command
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
+    from atomdd.sets import load_any
 
     cfg = ev.EvalConfig(
         **{k: v for k, v in vars(args).items() if k in ev.EvalConfig.__dataclass_fields__ and v is not None}
@@ -142,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise AtomddError(
                 "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
             )
-        syn = ev.load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
+        syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
         report = ev.evaluate_set(
             syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
         )

@@ -18,13 +18,13 @@ import os
 
 import torch
 
-from atomdd.data import Dataset, load_dataset
+from atomdd.data import Dataset, as_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
-from atomdd.evaluate import EvalConfig, init_models, train_models
 from atomdd.hardware import resolve_device
 from atomdd.models import FeatureModel
-from atomdd.synthetic import SyntheticSet
+from atomdd.sets import SyntheticSet
+from atomdd.train import TrainConfig, init_models, train_models
 
 METHODS = ("random", "herding", "kcenter")
 EMBEDDINGS = ("random", "trained")
@@ -102,7 +102,7 @@ def embedding_model(
     if embed == "random":
         (net,) = init_models(model, data.channels, data.num_classes, data.image_size[0], [0], seed)
         return net.to(resolve_device(device))
-    cfg = EvalConfig(epochs=epochs, runs=1, seed=seed, device=device)
+    cfg = TrainConfig(epochs=epochs, runs=1, seed=seed, device=device)
     (net,) = train_models(model, prep(data.train_images), data.train_labels, data.num_classes, cfg)
     return net
 
@@ -130,7 +130,7 @@ def select(
         raise AtomddError(f"images per class must be at least 1, got {ipc}")
     if embed not in EMBEDDINGS:
         raise AtomddError(f"embedding network {embed!r}: choose one of {', '.join(EMBEDDINGS)}")
-    data = load_dataset(dataset, data_root) if isinstance(dataset, str) else dataset
+    data = as_dataset(dataset, data_root)
     per_class = data.class_indices()
     for c, idx in enumerate(per_class):
         if len(idx) < ipc:
@@ -138,7 +138,7 @@ def select(
                 f"class {c} ({data.classes[c]!r}) of {data.name} has {len(idx)} train images, fewer than "
                 f"ipc={ipc}"
             )
-    prep = Preprocess(data.mean, data.std, zca=zca).fit(data.train_images)
+    prep = data.preprocess(zca)
     meta: dict = {
         "method": method,
         "kind": "coreset",
@@ -160,12 +160,6 @@ def select(
             meta["embed_epochs"] = embed_epochs
     indices = torch.cat(picks)
     meta["indices"] = indices.tolist()
-    return SyntheticSet(
-        images=prep(data.train_images[indices]),
-        labels=data.train_labels[indices].clone(),
-        dataset=data.name,
-        classes=data.classes,
-        preprocess_tensors=prep.tensors(),
-        preprocess_meta=prep.meta(),
-        meta=meta,
+    return SyntheticSet.of(
+        prep(data.train_images[indices]), data.train_labels[indices].clone(), data, prep, meta
     )

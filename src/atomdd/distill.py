@@ -29,13 +29,12 @@ from safetensors.torch import load_file, safe_open, save_file
 from atomdd.augment import DSAConfig, draw
 from atomdd.config import apply_overrides, load_config_file
 from atomdd.data import Dataset, load_dataset
-from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import append_jsonl, atomic_path, derive_seed, read_jsonl, versions, write_bytes, write_json
 from atomdd.matching import METHODS, MatchConfig, class_statistics, matching_loss, method_config
-from atomdd.models import FeatureModel, create_model, get_spec
-from atomdd.synthetic import SyntheticSet
+from atomdd.models import FeatureModel, get_spec, seeded_model
+from atomdd.sets import SyntheticSet
 
 CHECKPOINT = "checkpoint.safetensors"
 # Keys that may change between a checkpoint and its resumption without changing the result.
@@ -185,7 +184,7 @@ class Distiller:
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
         self.match = cfg.match()
         self.dsa = DSAConfig(strategy=cfg.dsa)
-        self.prep = Preprocess(self.data.mean, self.data.std, zca=cfg.zca).fit(self.data.train_images)
+        self.prep = self.data.preprocess(cfg.zca)
         self.k = self.data.num_classes
         counts = torch.bincount(self.data.train_labels, minlength=self.k)
         for c, n in enumerate(counts.tolist()):
@@ -212,11 +211,14 @@ class Distiller:
     # --- one step -------------------------------------------------------------------------
     def network(self, step: int) -> FeatureModel:
         """A freshly initialised, frozen network, the same for a given (seed, step) on any device."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(step_seed(self.cfg.seed, step, "net"))
-            net = create_model(
-                self.cfg.model, self.data.channels, self.k, self.data.image_size, **self.cfg.model_options()
-            )
+        net = seeded_model(
+            step_seed(self.cfg.seed, step, "net"),
+            self.cfg.model,
+            self.data.channels,
+            self.k,
+            self.data.image_size,
+            **self.cfg.model_options(),
+        )
         net.requires_grad_(False)
         return net.to(self.device).train()
 
@@ -381,21 +383,16 @@ class Distiller:
         return result
 
     def result(self) -> SyntheticSet:
-        return SyntheticSet(
-            images=self.syn.detach().cpu().clone(),
-            labels=self.labels.clone(),
-            dataset=self.cfg.dataset,
-            classes=self.data.classes,
-            preprocess_tensors=self.prep.tensors(),
-            preprocess_meta=self.prep.meta(),
-            meta={
-                "method": self.cfg.method,
-                "ipc": self.cfg.ipc,
-                "seed": self.cfg.seed,
-                "steps": self.step,
-                "dataset_hash": self.data.content_hash,
-                "config": asdict(self.cfg),
-            },
+        meta = {
+            "method": self.cfg.method,
+            "ipc": self.cfg.ipc,
+            "seed": self.cfg.seed,
+            "steps": self.step,
+            "dataset_hash": self.data.content_hash,
+            "config": asdict(self.cfg),
+        }
+        return SyntheticSet.of(
+            self.syn.detach().cpu().clone(), self.labels.clone(), self.data, self.prep, meta
         )
 
     def _record(self, status: str, seconds: float, out: Path, steps_run: int = 0) -> dict[str, Any]:

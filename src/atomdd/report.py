@@ -15,7 +15,7 @@ from atomdd.models import FeatureModel
 
 if TYPE_CHECKING:
     from atomdd.distill import Distiller
-    from atomdd.synthetic import SyntheticSet
+    from atomdd.sets import SyntheticSet
 
 
 def _to_uint8(images01: torch.Tensor) -> np.ndarray:

@@ -13,10 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from atomdd.errors import AtomddError, unknown_name
+
+if TYPE_CHECKING:
+    from atomdd.data.transforms import Preprocess
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +75,13 @@ class Dataset:
     def class_indices(self) -> list[torch.Tensor]:
         """Indices of the train images of each class, in class order."""
         return [torch.nonzero(self.train_labels == c).flatten() for c in range(self.num_classes)]
+
+    def preprocess(self, zca: bool = False) -> Preprocess:
+        """The model-space preprocessing of this dataset (normalisation, ZCA if asked), fitted on
+        its train images."""
+        from atomdd.data.transforms import Preprocess
+
+        return Preprocess(self.mean, self.std, zca=zca).fit(self.train_images)
 
     def summary(self) -> dict:
         return {
@@ -148,6 +159,13 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, download
 
         fetch_dataset(spec, path)
     return spec.reader(path)
+
+
+def as_dataset(
+    dataset: str | Dataset, data_root: str | os.PathLike | None = None, download: bool = False
+) -> Dataset:
+    """`dataset` itself, or the registered dataset of that name, loaded."""
+    return load_dataset(dataset, data_root, download) if isinstance(dataset, str) else dataset
 
 
 from atomdd.data import readers as _readers  # noqa: E402,F401  (registers the built-in datasets)

@@ -87,4 +87,14 @@ def create_model(
     return spec.builder(channels, num_classes, size, **merged)
 
 
+def seeded_model(
+    seed: int, name: str, channels: int, num_classes: int, image_size: int | tuple[int, int], **options: Any
+) -> FeatureModel:
+    """`create_model` with its initial weights drawn from `seed` on the CPU generator (identical on
+    every device), leaving the global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name, channels, num_classes, image_size, **options)
+
+
 from atomdd.models import convnet, cnn, resnet, vit  # noqa: E402,F401,I001  (registers the built-in models)

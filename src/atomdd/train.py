@@ -1,0 +1,324 @@
+"""N fresh models trained at once on a small set, and tested: the engine under the evaluation
+protocol (`evaluate.py`) and the coresets' embedding network (`coreset.py`).
+
+The N runs can train *together* (`batched`): their parameters are stacked and the model runs under
+`torch.vmap` (which turns each convolution into one grouped convolution), so one optimiser step
+updates every run; by default on CUDA only, as on a CPU it measured no faster (see `use_batched`).
+Run r draws its initial weights, its batch order and its augmentations from seeds derived from
+(seed, r) alone, and the batched and the sequential paths consume them in the same order through
+one training loop (`_fit`), so both give the same per-run results (to float tolerance). Batch-norm
+models work in the batched path too: their running statistics are stacked buffers updated in place
+under vmap.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from atomdd.augment import DEFAULT_STRATEGY, Draw, DSAConfig, draw
+from atomdd.errors import AtomddError
+from atomdd.hardware import PRECISIONS, resolve_device
+from atomdd.io import derive_seed
+from atomdd.models import FeatureModel, get_spec, seeded_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How fresh models are trained and tested; the defaults are DM's published settings."""
+
+    epochs: int = 1000
+    runs: int = 5  # models trained per architecture (published: 10 or 20)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    lr_decay: float = 0.1  # lr factor applied from epoch int(epochs · decay_at) on
+    decay_at: float = 0.5
+    dsa: str = DEFAULT_STRATEGY  # DSA strategy for the training batches, "none" to train without
+    # test images per forward pass, summed over the models of a stack: DM's 256; on the CPU measured,
+    # 16–64 ran up to 1.5× faster (activations stay in cache), on a GPU larger is faster
+    test_batch: int = 256
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast; fp32 master weights, loss and update)
+    batched: bool | None = None  # runs together under vmap; None: on CUDA yes, on a CPU no (see below)
+    stack_size: int = 0  # at most this many runs per stack (bounds memory); 0 = all runs at once
+
+    def __post_init__(self) -> None:
+        bad = self.problems()
+        if bad:
+            raise AtomddError(f"invalid evaluation setting(s): {', '.join(bad)}")
+        DSAConfig(strategy=self.dsa).ops()  # an unknown operation is an error now, not mid-run
+
+    def problems(self) -> list[str]:
+        positive = ("epochs", "runs", "batch_size", "test_batch")
+        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("lr", "lr_decay") if not getattr(self, k) > 0]
+        bad += [f"{k}={getattr(self, k)}" for k in ("momentum", "weight_decay") if getattr(self, k) < 0]
+        if not 0 <= self.decay_at <= 1:
+            bad.append(f"decay_at={self.decay_at} (a fraction of the epochs, 0–1)")
+        if self.stack_size < 0:
+            bad.append(f"stack_size={self.stack_size} (0 means all runs in one stack)")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        return bad
+
+
+def run_seed(seed: int, run: int, purpose: str) -> int:
+    """A 63-bit seed for one purpose of one run, independent of every other run and of the path."""
+    return derive_seed("eval", seed, run, purpose)
+
+
+def model_options(name: str, image_size: int) -> dict[str, Any]:
+    """The published evaluation network for an image size: ConvNet is depth 4 from 64 px on."""
+    return {"depth": 4} if name == "convnet" and image_size >= 64 else {}
+
+
+def init_models(
+    name: str, channels: int, num_classes: int, image_size: int, runs: Sequence[int], seed: int
+) -> list[FeatureModel]:
+    """Fresh models, run r initialised from (seed, r) on the CPU: identical on every device."""
+    get_spec(name)  # an unknown name is an error before any work
+    options = model_options(name, image_size)
+    return [
+        seeded_model(run_seed(seed, r, "init"), name, channels, num_classes, image_size, **options)
+        for r in runs
+    ]
+
+
+class _RunStream:
+    """The random choices of one run (batch order, augmentations), drawn in protocol order."""
+
+    def __init__(self, seed: int, run: int, dsa: DSAConfig, size: tuple[int, int]) -> None:
+        self.gen = torch.Generator().manual_seed(run_seed(seed, run, "train"))
+        self.dsa = dsa if dsa.ops() else None
+        self.size = size
+
+    def order(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.gen)
+
+    def draw(self, count: int) -> Draw | None:
+        return draw(count, self.size, self.gen, self.dsa) if self.dsa is not None else None
+
+
+def _cat_draws(draws: list[Draw]) -> Draw:
+    if len(draws) == 1:
+        return draws[0]
+    return Draw(**{f.name: torch.cat([getattr(d, f.name) for d in draws]) for f in fields(Draw)})
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _lr(config: TrainConfig, epoch: int) -> float:
+    return config.lr * (config.lr_decay if epoch >= int(config.epochs * config.decay_at) else 1.0)
+
+
+def use_batched(config: TrainConfig, device: torch.device) -> bool:
+    """The path a run takes: `config.batched`, or by default batched on CUDA only.
+
+    On the CPU measured (benchmarks/eval_speed.py: 2-core AVX2 EPYC) the sequential path was
+    1.1–2× faster: one model's step already runs at over half the core's fp32 matmul rate, oneDNN's
+    grouped convolution (what vmap lowers a stacked convolution to) is no faster than separate
+    ones, and vmap's group-norm rule is 3–10× slower than the fused per-model kernel. On a GPU such
+    small steps are bound by kernel launches, which stacking amortises (not measured: no GPU here).
+    """
+    return config.batched if config.batched is not None else device.type == "cuda"
+
+
+def chunks(n: int, size: int) -> list[range]:
+    """0..n-1 in consecutive ranges of at most `size` (≥ 1)."""
+    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _stacks(n: int, config: TrainConfig, batched: bool) -> list[range]:
+    return chunks(n, (config.stack_size or n) if batched else 1)
+
+
+def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.bfloat16)
+
+
+class _Bf16Conv2d(nn.Conv2d):
+    """A Conv2d computed in bf16 with an fp32 output. Under vmap, autocast leaves convolutions in
+    fp32 and vmap's batch-norm rule rejects bf16 inputs with fp32 statistics (PyTorch 2.13,
+    measured), so the batched bf16 path casts the heavy ops explicitly and keeps the rest fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(_bf16(x), _bf16(self.weight), _bf16(self.bias)).float()
+
+
+class _Bf16Linear(nn.Linear):
+    """A Linear computed in bf16 with an fp32 output (see `_Bf16Conv2d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(_bf16(x), _bf16(self.weight), _bf16(self.bias)).float()
+
+
+class _One:
+    """One model, as the training loop and the test pass see a group of runs (R = 1)."""
+
+    def __init__(self, model: nn.Module, precision: str) -> None:
+        self.model, self.precision = model, precision
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return self.model.parameters()
+
+    def mode(self, train: bool) -> None:
+        self.model.train(train)
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with _autocast(device, self.precision):
+            logits = self.model(xb)
+        return F.cross_entropy(logits.float(), yb.flatten())
+
+    def predict(self, xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with _autocast(device, self.precision):
+            return self.model(xb).argmax(-1)[None]
+
+    def finish(self) -> None:
+        pass
+
+
+class _Stack:
+    """R copies of one architecture as stacked tensors, called under vmap (run r = slice r)."""
+
+    def __init__(self, models: Sequence[nn.Module], precision: str = "fp32") -> None:
+        self.models, self.precision = list(models), precision
+        params, self.buffers = stack_module_state(self.models)
+        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        self.base = copy.deepcopy(self.models[0]).to("meta")  # the fp32 master weights stay in params
+        if precision == "bf16":
+            for m in self.base.modules():
+                if type(m) is nn.Conv2d:
+                    m.__class__ = _Bf16Conv2d
+                elif type(m) is nn.Linear:
+                    m.__class__ = _Bf16Linear
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """Logits R×B×K of R×B×… inputs (one batch per run), or of one B×… batch for all runs."""
+        return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+
+    def parameters(self) -> list[torch.Tensor]:
+        # SGD's momentum and weight decay are elementwise: one optimiser over stacked parameters is
+        # exactly R independent optimisers
+        return list(self.params.values())
+
+    def mode(self, train: bool) -> None:
+        self.base.train(train)
+
+    def loss(self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> torch.Tensor:
+        r, b = yb.shape
+        with _autocast(device, self.precision):
+            logits = self(xb.view(r, b, *xb.shape[1:]))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none")
+        return loss.view(r, b).mean(1).sum()  # each run's loss is its own batch mean
+
+    def predict(self, xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with _autocast(device, self.precision):
+            return self(xb, shared=True).argmax(-1)
+
+    def finish(self) -> None:
+        """Copy the stacked state into the individual models."""
+        with torch.no_grad():
+            for r, model in enumerate(self.models):
+                for name, t in (*model.named_parameters(), *model.named_buffers()):
+                    src = self.params[name] if name in self.params else self.buffers[name]
+                    t.copy_(src[r])
+
+
+def _group(models: Sequence[nn.Module], precision: str, batched: bool) -> _One | _Stack:
+    return _Stack(models, precision) if batched else _One(models[0], precision)
+
+
+def train_models(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: TrainConfig = TrainConfig(),
+    runs: Sequence[int] | None = None,
+) -> list[FeatureModel]:
+    """Train `config.runs` fresh models (or the given run numbers) on model-space `images`.
+
+    The precision is used as given (resolve it first with `hardware.resolve_precision`, as
+    `evaluate_set` does); the device is `config.device`. Returns the trained models, on that device.
+    """
+    device = resolve_device(config.device)
+    x, y = images.to(device, torch.float32), labels.to(device)
+    runs = list(range(config.runs)) if runs is None else list(runs)
+    size = (x.shape[2], x.shape[3])
+    models = [m.to(device) for m in init_models(name, x.shape[1], num_classes, size[0], runs, config.seed)]
+    dsa = DSAConfig(strategy=config.dsa)
+    streams = [_RunStream(config.seed, r, dsa, size) for r in runs]
+    batched = use_batched(config, device)
+    for part in _stacks(len(runs), config, batched):
+        group = _group([models[i] for i in part], config.precision, batched)
+        _fit(group, [streams[i] for i in part], x, y, config, device)
+    return models
+
+
+def _fit(
+    group: _One | _Stack,
+    streams: list[_RunStream],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+) -> None:
+    """The training loop of a group of runs: the schedule, the batches and the augmentations."""
+    opt = torch.optim.SGD(
+        group.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    group.mode(train=True)
+    for epoch in range(config.epochs):
+        for param_group in opt.param_groups:
+            param_group["lr"] = _lr(config, epoch)
+        orders = torch.stack([s.order(len(x)) for s in streams]).to(device)
+        for start in range(0, len(x), config.batch_size):
+            idx = orders[:, start : start + config.batch_size]
+            xb = x[idx.flatten()]
+            draws = [s.draw(idx.shape[1]) for s in streams]
+            if draws[0] is not None:
+                xb = _cat_draws(draws).to(device).apply(xb)
+            loss = group.loss(xb, y[idx], device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    group.finish()
+
+
+@torch.no_grad()
+def test_models(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig = TrainConfig(),
+) -> list[float]:
+    """Accuracy (%) of each model (eval mode) on model-space test `images`, in batches, no autograd."""
+    device = resolve_device(config.device)
+    x, y = images.to(device, torch.float32), labels.to(device)
+    correct = []
+    batched = use_batched(config, device)
+    for part in _stacks(len(models), config, batched):
+        members = [models[i].eval() for i in part]
+        group = _group(members, config.precision, batched)
+        group.mode(train=False)
+        hits = torch.zeros(len(members), dtype=torch.long, device=device)
+        chunk = max(1, config.test_batch // len(members))
+        for xb, yb in zip(x.split(chunk), y.split(chunk), strict=True):
+            hits += (group.predict(xb, device) == yb).sum(1)
+        correct += hits.tolist()
+    return [100.0 * c / len(y) for c in correct]
