@@ -38,9 +38,10 @@ def slug(spec: str) -> str:
     return re.sub(r"[^\w.-]+", "_", spec).strip("_")
 
 
-def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path):
+def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: Path, stop: object = None):
     from atomdd.coreset import select
-    from atomdd.distill import CHECKPOINT, distill, make_config, preset
+    from atomdd.distillation.config import make_config, preset
+    from atomdd.distillation.driver import CHECKPOINT, distill
     from atomdd.sets import FILENAME, load_synthetic
 
     name, overrides = parse_method(spec)
@@ -76,6 +77,7 @@ def make_set(spec: str, ipc: int, seed: int, args: argparse.Namespace, folder: P
         out=folder,
         resume=(folder / CHECKPOINT).exists(),
         quiet=not args.progress,
+        stop=stop,
         iterations=args.steps,
         seed=seed,
         data_root=args.data_root,
@@ -201,6 +203,7 @@ def main() -> None:
     from atomdd.evaluate import EvalConfig, evaluate_set
     from atomdd.hardware import tune_cpu_allocator
     from atomdd.io import versions, write_json
+    from atomdd.signals import stop_on_signals
 
     tune_cpu_allocator()
     out = Path(args.out or f"benchmarks/results/accuracy-{args.dataset}-s{args.steps}-e{args.epochs}")
@@ -212,7 +215,8 @@ def main() -> None:
                 folder = out / f"ipc{ipc}" / f"{slug(spec)}-seed{seed}"
                 t = time.perf_counter()
                 try:
-                    syn = make_set(spec, ipc, seed, args, folder)
+                    with stop_on_signals() as stop:
+                        syn = make_set(spec, ipc, seed, args, folder, stop)
                 except AtomddError as e:  # e.g. interrupted: the checkpoint is kept, a rerun resumes
                     raise SystemExit(str(e)) from None
                 made = time.perf_counter() - t

@@ -62,7 +62,8 @@ def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: 
         tune_cpu_allocator()
     from torch.utils.flop_counter import FlopCounterMode
 
-    from atomdd.distill import Distiller, make_config
+    from atomdd.distillation.config import make_config
+    from atomdd.distillation.driver import Distiller
 
     cfg = make_config("digits", ipc, method, iterations=steps, fused=fused)
     d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
@@ -92,7 +93,7 @@ def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: 
         "gflop_per_step": flops / 1e9,
         "achieved_gflops": flops / sec / 1e9,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "batch_real": d.batch_real,
+        "batch_real": d.task.batch_real,
         "threads": torch.get_num_threads(),
     }
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomdd.distill import CHECKPOINT, DistillConfig, Distiller, Interrupted, distill, make_config
-from atomdd.errors import AtomddError
+from atomdd.distillation.config import DistillConfig, make_config
+from atomdd.distillation.driver import CHECKPOINT, Distiller, distill
+from atomdd.errors import AtomddError, Interrupted
 from atomdd.matching import METHODS
 from atomdd.sets import load_synthetic
+from atomdd.signals import stop_on_signals
 
 MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -65,8 +67,8 @@ def test_signal_checkpoints_then_resume_matches(tmp_path, monkeypatch, sig):
 
     monkeypatch.setattr(Distiller, "loss_and_grad", signalled)
     out = tmp_path / "run"
-    with pytest.raises(Interrupted, match="interrupted at step 4.*--resume"):
-        distill("digits", 2, "atom", out=out, **cfg)
+    with pytest.raises(Interrupted, match="interrupted at step 4.*--resume"), stop_on_signals() as stop:
+        distill("digits", 2, "atom", out=out, stop=stop, **cfg)
     monkeypatch.undo()
     assert (out / CHECKPOINT).exists() and not (out / "synthetic.safetensors").exists()
     resumed = distill("digits", 2, "atom", out=out, resume=True, **cfg)

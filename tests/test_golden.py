@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomdd.distill import distill
+from atomdd.distillation.driver import distill
 from atomdd.evaluate import EvalConfig, evaluate_set
 
 GOLDEN = Path(__file__).parent / "golden" / "digits.json"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, Interrupted
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -84,22 +85,26 @@ _DISTILL_OWN = ("dataset", "ipc", "method", "iterations", "seed", "data_root")
 
 @command
 def cmd_distill(args: argparse.Namespace) -> int:
-    from atomdd.distill import DistillConfig, distill
+    from atomdd.distillation.config import DistillConfig
+    from atomdd.distillation.driver import distill
+    from atomdd.signals import stop_on_signals
 
     overrides = _overrides(args, DistillConfig, skip=_DISTILL_OWN)
     overrides |= {
         k: getattr(args, k) for k in ("iterations", "seed", "data_root") if getattr(args, k) is not None
     }
-    result = distill(
-        dataset=args.dataset,
-        ipc=args.ipc,
-        method=args.method,
-        out=args.out,
-        resume=args.resume,
-        quiet=args.quiet,
-        config_file=args.config,
-        **overrides,
-    )
+    with stop_on_signals() as stop:
+        result = distill(
+            dataset=args.dataset,
+            ipc=args.ipc,
+            method=args.method,
+            out=args.out,
+            resume=args.resume,
+            quiet=args.quiet,
+            config_file=args.config,
+            stop=stop,
+            **overrides,
+        )
     if not args.quiet:
         print(f"wrote {len(result.labels)} synthetic images to {args.out}")
     return 0
@@ -168,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
-    from atomdd.distill import DistillConfig
+    from atomdd.distillation.config import DistillConfig
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
     parser.add_argument("--version", action="version", version=f"atomdd {__version__}")
@@ -243,15 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
     from atomdd.hardware import tune_cpu_allocator
 
-    args = build_parser().parse_args(argv)
     tune_cpu_allocator()
     try:
         return COMMANDS[args.command](args)
     except AtomddError as e:
-        from atomdd.distill import Interrupted
-
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:

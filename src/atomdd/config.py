@@ -13,8 +13,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atomdd.errors import AtomddError
 
 
@@ -23,6 +21,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AtomddError(f"config file not found: {path}")
+    import yaml
+
     text = path.read_text()
     try:
         if path.suffix == ".toml":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from atomdd.coreset import select
-from atomdd.distill import CHECKPOINT, distill
+from atomdd.distillation.driver import CHECKPOINT, distill
 from atomdd.evaluate import EvalConfig, evaluate_set
 
 

@@ -9,6 +9,11 @@ class AtomddError(Exception):
     """A problem the user can fix; its message says what to do."""
 
 
+class Interrupted(AtomddError):
+    """A stop was asked for (SIGINT/SIGTERM through the entry point); a checkpoint was written first.
+    The CLI exits with status 130."""
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> AtomddError:
     """The error for a registry miss: always lists the valid names."""
     return AtomddError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

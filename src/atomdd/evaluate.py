@@ -30,6 +30,7 @@ from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import versions, write_json
 from atomdd.models import get_spec
+from atomdd.parallel import is_main_process
 from atomdd.sets import SyntheticSet
 from atomdd.train import TrainConfig, model_options, test_models, train_models, use_batched
 
@@ -154,7 +155,7 @@ def _evaluate(
         "seconds": time.perf_counter() - start,
         "versions": versions(),
     }
-    if out_dir is not None:
+    if out_dir is not None and is_main_process():
         write_json(Path(out_dir) / RESULT_FILE, report)
     return report
 

@@ -1,21 +1,26 @@
-"""Pictures and tables: the synthetic images, and the attention maps that drive the method."""
+"""Pictures and tables: the synthetic images, and the attention maps that drive the method.
+
+Figures of a run are drawn from its folder (run.json, the set file, and the dataset it names), never
+from a live run, so any finished run can be drawn again. Matplotlib is used through its
+object-oriented API (`Figure`): the library never selects a backend.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
+from atomdd.data import Dataset, as_dataset
+from atomdd.distillation.config import DistillConfig
+from atomdd.distillation.step import network
 from atomdd.io import atomic_path
 from atomdd.matching import MatchConfig, channel_attention, spatial_attention
 from atomdd.models import FeatureModel
-
-if TYPE_CHECKING:
-    from atomdd.distill import Distiller
-    from atomdd.sets import SyntheticSet
+from atomdd.sets import load_synthetic
 
 
 def _to_uint8(images01: torch.Tensor) -> np.ndarray:
@@ -57,16 +62,14 @@ def save_attention(
 ) -> Path:
     """Per class: mean spatial attention of real vs synthetic at each matched layer, and the
     channel profile (real order) of the last matched layer: what the loss pulls together."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     feats_r = [net.features(x) for x in real]
     feats_s = [net.features(x) for x in syn]
     layers = match.layer_indices(len(feats_r[0].activations)) or [0]
     ncols = 2 * len(layers) + 1
-    fig, axes = plt.subplots(len(real), ncols, figsize=(2.0 * ncols, 2.0 * len(real)), squeeze=False)
+    fig = Figure(figsize=(2.0 * ncols, 2.0 * len(real)))
+    axes = fig.subplots(len(real), ncols, squeeze=False)
     for row, (fr, fs, name) in enumerate(zip(feats_r, feats_s, class_names, strict=True)):
         for j, layer in enumerate(layers):
             for k, (feats, kind) in enumerate(((fr, "real"), (fs, "syn"))):
@@ -93,17 +96,22 @@ def save_attention(
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
-def save_run_figures(distiller: Distiller, result: SyntheticSet, out: Path, classes_shown: int = 4) -> None:
-    """grid.png (after inverting the preprocessing) and attention.png for the first few classes."""
-    prep = distiller.prep
+def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown: int = 4) -> None:
+    """grid.png (after inverting the preprocessing) and attention.png for the first few classes of
+    the distillation run in `out`: step 0's network, up to 64 real images per class (the first of
+    each class) and the synthetic ones. `data`: the run's dataset if already loaded."""
+    out = Path(out)
+    run = json.loads((out / "run.json").read_text())
+    cfg = DistillConfig(**run["config"])
+    result = load_synthetic(out)
+    prep = result.preprocess()
     save_grid(prep.inverse(result.images), result.labels, out / "grid.png")
-    k = min(classes_shown, distiller.k)
-    net = distiller.network(0)
-    real = [distiller.real[idx[:64]] for idx in distiller.class_idx[:k]]
-    ipc = distiller.cfg.ipc
-    syn = [distiller.syn.detach()[c * ipc : (c + 1) * ipc] for c in range(k)]
-    save_attention(net, real, syn, list(distiller.data.classes[:k]), distiller.match, out / "attention.png")
+    data = as_dataset(data if data is not None else cfg.dataset, cfg.data_root)
+    k = min(classes_shown, data.num_classes)
+    net = network(cfg, data.channels, data.num_classes, data.image_size, 0, torch.device("cpu"))
+    real = [prep(data.train_images[idx[:64]]) for idx in data.class_indices()[:k]]
+    syn = [result.images[result.labels == c] for c in range(k)]
+    save_attention(net, real, syn, list(data.classes[:k]), cfg.match(), out / "attention.png")
