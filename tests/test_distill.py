@@ -173,3 +173,13 @@ def test_bare_config_matches_the_atom_preset():
     # DistillConfig mirrors MatchConfig's fields flat (for config files and flags): its defaults must
     # stay ATOM's, or a DistillConfig built without make_config silently runs another loss
     assert DistillConfig().match() == METHODS["atom"]
+
+
+def test_backbone_is_a_model_reference():
+    cfg = config(model="convnet( pool=maxpool,depth=2)", iterations=1)
+    assert cfg.model == "convnet(depth=2,pool=maxpool)"  # one spelling in run.json and checkpoints
+    d = Distiller(cfg)
+    assert d.task.num_blocks == 2 and cfg.model_options()["width"] == 16  # flat fields fill the rest
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in d.network(0).modules())
+    with pytest.raises(AtomddError, match=r"unknown option\(s\) \['dpth'\]"):
+        config(model="convnet(dpth=2)")

@@ -281,3 +281,13 @@ def test_test_limit_reports_the_first_images_apart(small_set, digits):
     assert "first" not in ev.evaluate_set(small_set, ["convnet"], FAST, dataset=digits)["models"]["convnet"]
     with pytest.raises(AtomddError, match="test_limit"):
         replace(FAST, test_limit=-1)
+
+
+def test_model_references_key_the_report(small_set, digits):
+    spec = "convnet(pool=maxpool,depth=2,norm=batchnorm)"
+    report = ev.evaluate_set(small_set, f"{spec},mlp", replace(FAST, runs=1, epochs=1), dataset=digits)
+    key = "convnet(depth=2,norm=batchnorm,pool=maxpool)"
+    assert list(report["models"]) == [key, "mlp"]
+    assert report["models"][key]["options"] == {"depth": 2, "norm": "batchnorm", "pool": "maxpool"}
+    with pytest.raises(AtomddError, match=r"unknown option\(s\) \['dpth'\]"):
+        ev.evaluate_set(small_set, ["convnet(dpth=2)"], FAST, dataset=digits)

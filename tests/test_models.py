@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from atomdd.errors import AtomddError
-from atomdd.models import MODELS, create_model
+from atomdd.models import MODELS, ModelRef, create_model, parse_models
 from atomdd.models.layers import ACTIVATIONS, NORMS, POOLINGS
 
 CLASSES = 5
@@ -130,3 +130,47 @@ def test_vmap_over_stacked_copies(name: str) -> None:
         F.cross_entropy(model(x[i].double()), y).backward()
         for key, param in model.named_parameters():
             torch.testing.assert_close(grads[key][i], param.grad, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model = create_model(name, 3, CLASSES, 32)
+    model.train()
+    F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4) % CLASSES).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{name}: no gradient reaches {missing}"
+
+
+def test_model_reference_parses_to_one_canonical_spelling() -> None:
+    ref = ModelRef.parse(" convnet(pool=maxpool, depth=2,norm=batchnorm) ")
+    assert str(ref) == "convnet(depth=2,norm=batchnorm,pool=maxpool)"
+    assert ref.options_for(32) == {"depth": 2, "norm": "batchnorm", "pool": "maxpool"}
+    assert ModelRef.parse(str(ref)) == ref and str(ModelRef.parse("mlp")) == "mlp"
+    # the published evaluation network: ConvNet depth 4 from 64 px on, unless depth is given
+    assert ModelRef.parse("convnet").options_for(64) == {"depth": 4}
+    assert ModelRef.parse("convnet").options_for(32) == {}
+    assert ModelRef.parse("convnet(depth=2)").options_for(64) == {"depth": 2}
+    refs = parse_models("convnet(depth=2,norm=batchnorm),alexnet, vit(depth=2,mlp_ratio=1.5)")
+    assert [str(r) for r in refs] == [
+        "convnet(depth=2,norm=batchnorm)",
+        "alexnet",
+        "vit(depth=2,mlp_ratio=1.5)",
+    ]
+    net = create_model(refs[0].name, 1, CLASSES, 16, **refs[0].options_for(16))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("convnet(dpth=2)", r"unknown option\(s\) \['dpth'\]; valid options: depth \(default 3\)"),
+        ("convnet(norm=layer)", r"norm='layer' is not one of .*instancenorm"),
+        ("convnet(depth=two)", r"depth='two' is not of type int"),
+        ("convnet(depth)", "options are key=value"),
+        ("convnet[depth=2]", r"write a name or name\(key=value"),
+        ("resnet9", "valid models: alexnet, convnet"),
+    ],
+)
+def test_bad_model_references_name_the_valid_ones(text: str, message: str) -> None:
+    with pytest.raises(AtomddError, match=message):
+        ModelRef.parse(text)

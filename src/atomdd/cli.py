@@ -121,6 +121,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_root=args.data_root,
         embed=args.embed,
+        embed_model=args.embed_model,
         zca=args.zca,
     )
     result.save(args.out)
@@ -131,12 +132,13 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 @command
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
+    from atomdd.models import parse_models
     from atomdd.sets import load_any
 
     cfg = ev.EvalConfig(
         **{k: v for k, v in vars(args).items() if k in ev.EvalConfig.__dataclass_fields__ and v is not None}
     )
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = parse_models(args.models)
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
@@ -210,11 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embed", default="random", help="herding/k-center feature space: random (ConvNet at init) | trained"
     )
+    p.add_argument(
+        "--embed-model", default="convnet", help="the embedding network, a model reference: convnet(depth=2)"
+    )
     p.add_argument("--zca", action="store_true", help="store the images ZCA-whitened (as CIFAR runs use)")
 
     p = sub.add_parser("evaluate", help="train fresh models on a set and test them on the real test set")
     p.add_argument("path", nargs="?", help="a run folder (synthetic.safetensors) or a peer's .pt")
-    p.add_argument("--models", default="convnet")
+    p.add_argument(
+        "--models",
+        default="convnet",
+        help="comma-separated model references, e.g. 'convnet(depth=2,norm=batchnorm),alexnet' "
+        "(`atomdd models` lists the options)",
+    )
     p.add_argument("--runs", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--whole", action="store_true", help="train on the whole train set (upper bound)")

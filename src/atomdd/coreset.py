@@ -22,7 +22,7 @@ from atomdd.data import Dataset, as_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device
-from atomdd.models import FeatureModel
+from atomdd.models import FeatureModel, ModelRef
 from atomdd.sets import SyntheticSet
 from atomdd.train import TrainConfig, init_models, train_models
 
@@ -91,7 +91,7 @@ def embedding_model(
     data: Dataset,
     prep: Preprocess,
     embed: str = "random",
-    model: str = "convnet",
+    model: str | ModelRef = "convnet",
     seed: int = 0,
     epochs: int = 10,
     device: str = "auto",
@@ -114,7 +114,7 @@ def select(
     seed: int = 0,
     data_root: str | os.PathLike | None = None,
     embed: str = "random",
-    embed_model: str = "convnet",
+    embed_model: str | ModelRef = "convnet",
     embed_epochs: int = 10,
     zca: bool = False,
     device: str = "auto",
@@ -130,6 +130,7 @@ def select(
         raise AtomddError(f"images per class must be at least 1, got {ipc}")
     if embed not in EMBEDDINGS:
         raise AtomddError(f"embedding network {embed!r}: choose one of {', '.join(EMBEDDINGS)}")
+    embed_model = ModelRef.parse(embed_model)
     data = as_dataset(dataset, data_root)
     per_class = data.class_indices()
     for c, idx in enumerate(per_class):
@@ -153,7 +154,7 @@ def select(
         net = embedding_model(data, prep, embed, embed_model, seed, embed_epochs, device)
         choose = herding if method == "herding" else kcenter
         picks = [idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)] for idx in per_class]
-        meta |= {"embed": embed, "embed_model": embed_model}
+        meta |= {"embed": embed, "embed_model": str(embed_model)}
         if method == "kcenter":
             meta["kcenter_first"] = "closest to the class mean"
         if embed == "trained":

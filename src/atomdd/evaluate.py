@@ -29,10 +29,10 @@ from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import versions, write_json
-from atomdd.models import get_spec
+from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
 from atomdd.sets import SyntheticSet
-from atomdd.train import TrainConfig, model_options, test_models, train_models, use_batched
+from atomdd.train import TrainConfig, test_models, train_models, use_batched
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _accuracy(accs: list[float]) -> Accuracy:
 
 
 def run_protocol(
-    name: str,
+    model: str | ModelRef,
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
     test_images: torch.Tensor,
@@ -106,7 +106,8 @@ def run_protocol(
     """Train and test one architecture: {"mean", "std", "runs", "seconds"} (accuracies in %), and
     with `config.test_limit` N the same on the first N test images as "first"."""
     start = time.perf_counter()
-    models = train_models(name, train_images, train_labels, num_classes, config)
+    ref = ModelRef.parse(model)
+    models = train_models(ref, train_images, train_labels, num_classes, config)
     accs = test_models(models, test_images, test_labels, config)
     result: dict[str, Any] = dict(_accuracy(accs))
     if config.test_limit:
@@ -114,10 +115,8 @@ def run_protocol(
         first = test_models(models, test_images[:n], test_labels[:n], config)
         result["first"] = {"images": n} | _accuracy(first)
     seconds = time.perf_counter() - start
-    log.info(
-        "%s: %.2f ± %.2f %% over %d runs (%.1f s)", name, np.mean(accs), np.std(accs), len(accs), seconds
-    )
-    return result | {"seconds": seconds, "options": model_options(name, train_images.shape[-1])}
+    log.info("%s: %.2f ± %.2f %% over %d runs (%.1f s)", ref, np.mean(accs), np.std(accs), len(accs), seconds)
+    return result | {"seconds": seconds, "options": ref.options_for(train_images.shape[-1])}
 
 
 def _evaluate(
@@ -125,23 +124,22 @@ def _evaluate(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     data: Dataset,
-    models: Sequence[str],
+    models: str | Sequence[str | ModelRef],
     config: EvalConfig,
     out_dir: str | os.PathLike | None,
 ) -> EvalReport:
     start = time.perf_counter()
-    if not models:
+    refs = parse_models(models)  # every name and option checked before any work
+    if not refs:
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
-    for name in models:
-        get_spec(name)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     results = {
-        name: run_protocol(name, train_x, train[1], test_x, test[1], data.num_classes, resolved)
-        for name in models
+        str(ref): run_protocol(ref, train_x, train[1], test_x, test[1], data.num_classes, resolved)
+        for ref in refs
     }
     report: EvalReport = {
         "models": results,
@@ -179,7 +177,7 @@ def _check_set(syn: SyntheticSet, data: Dataset) -> None:
 
 def evaluate_set(
     syn: SyntheticSet,
-    models: Sequence[str] = ("convnet",),
+    models: str | Sequence[str | ModelRef] = ("convnet",),
     config: EvalConfig = EvalConfig(),
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -202,7 +200,7 @@ def evaluate_set(
 
 def evaluate_whole(
     dataset: str | Dataset,
-    models: Sequence[str] = ("convnet",),
+    models: str | Sequence[str | ModelRef] = ("convnet",),
     config: EvalConfig = EvalConfig(),
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ from atomdd.augment import DEFAULT_STRATEGY, Draw, DSAConfig, draw
 from atomdd.errors import AtomddError
 from atomdd.hardware import PRECISIONS, resolve_device
 from atomdd.io import derive_seed
-from atomdd.models import FeatureModel, get_spec, seeded_model
+from atomdd.models import FeatureModel, ModelRef, seeded_model
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,16 @@ def run_seed(seed: int, run: int, purpose: str) -> int:
     return derive_seed("eval", seed, run, purpose)
 
 
-def model_options(name: str, image_size: int) -> dict[str, Any]:
-    """The published evaluation network for an image size: ConvNet is depth 4 from 64 px on."""
-    return {"depth": 4} if name == "convnet" and image_size >= 64 else {}
-
-
 def init_models(
-    name: str, channels: int, num_classes: int, image_size: int, runs: Sequence[int], seed: int
+    model: str | ModelRef, channels: int, num_classes: int, image_size: int, runs: Sequence[int], seed: int
 ) -> list[FeatureModel]:
-    """Fresh models, run r initialised from (seed, r) on the CPU: identical on every device."""
-    get_spec(name)  # an unknown name is an error before any work
-    options = model_options(name, image_size)
+    """Fresh models, run r initialised from (seed, r) on the CPU: identical on every device. Options
+    not given take the registry's defaults for the image size (ConvNet: depth 4 from 64 px on, the
+    published evaluation network)."""
+    ref = ModelRef.parse(model)  # an unknown name or option is an error before any work
+    options = ref.options_for(image_size)
     return [
-        seeded_model(run_seed(seed, r, "init"), name, channels, num_classes, image_size, **options)
+        seeded_model(run_seed(seed, r, "init"), ref.name, channels, num_classes, image_size, **options)
         for r in runs
     ]
 
@@ -244,7 +240,7 @@ def _group(models: Sequence[nn.Module], precision: str, batched: bool) -> _One |
 
 
 def train_models(
-    name: str,
+    name: str | ModelRef,
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,

@@ -14,6 +14,7 @@ from atomdd.io import derive_seed
 
 if TYPE_CHECKING:
     from atomdd.matching import MatchConfig
+    from atomdd.models import ModelRef
 
 # Keys that may change between a checkpoint and its resumption without changing the result.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "data_root", "download", "device", "chunk_images"}
@@ -32,7 +33,8 @@ class DistillConfig:
     init: str = "real"  # "real" | "noise"
     zca: bool = False
     dsa: str = "color_crop_cutout_flip_scale_rotate"  # or "none"
-    # backbone (options other than depth/width/norm/act/pool apply to convnet only)
+    # backbone: a model reference, e.g. "convnet" or "resnet18(norm=batchnorm)"; the flat depth … pool
+    # below apply to convnet only, and options written in `model` win over them
     model: str = "convnet"
     depth: int = 3
     width: int = 128
@@ -62,16 +64,19 @@ class DistillConfig:
 
         return MatchConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MatchConfig)})
 
+    def model_ref(self) -> ModelRef:
+        """`model` as a reference: a name, or a name with options (`convnet(depth=2,pool=maxpool)`)."""
+        from atomdd.models import ModelRef
+
+        return ModelRef.parse(self.model)
+
     def model_options(self) -> dict[str, Any]:
-        if self.model != "convnet":
-            return {}
-        return {
-            "depth": self.depth,
-            "width": self.width,
-            "norm": self.norm,
-            "act": self.act,
-            "pool": self.pool,
-        }
+        """The backbone's options: for convnet the flat fields (depth … pool), then the options
+        written in `model` itself, which win."""
+        ref = self.model_ref()
+        flat = ("depth", "width", "norm", "act", "pool")
+        base = {k: getattr(self, k) for k in flat} if ref.name == "convnet" else {}
+        return base | dict(ref.options)
 
 
 # Published settings (DataDAM's table; ATOM follows DM/DataDAM): (ipc → image lr), real batch,
@@ -123,12 +128,11 @@ def make_config(
     cfg = apply_overrides(cfg, file_values, "config key")
     cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "config key")
     validate(cfg)
-    return cfg
+    return dataclasses.replace(cfg, model=str(cfg.model_ref()))  # one spelling per model
 
 
 def validate(cfg: DistillConfig) -> None:
     from atomdd.augment import DSAConfig
-    from atomdd.models import get_spec
 
     if cfg.ipc < 1:
         raise AtomddError(f"ipc must be ≥ 1 (images per class), got {cfg.ipc}")
@@ -140,7 +144,7 @@ def validate(cfg: DistillConfig) -> None:
         raise AtomddError("lr_img must be > 0, and batch_real, checkpoint_every, log_every ≥ 1")
     if cfg.chunk_images < 0:
         raise AtomddError("chunk_images must be ≥ 0 (0 = automatic)")
-    get_spec(cfg.model)
+    cfg.model_ref()
     cfg.match()
     DSAConfig(strategy=cfg.dsa).ops()
 

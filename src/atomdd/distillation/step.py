@@ -34,7 +34,8 @@ def network(
 ) -> FeatureModel:
     """A freshly initialised, frozen network, the same for a given (seed, step) on any device."""
     seed = step_seed(cfg.seed, step, "net")
-    net = seeded_model(seed, cfg.model, channels, num_classes, image_size, **cfg.model_options())
+    name = cfg.model_ref().name
+    net = seeded_model(seed, name, channels, num_classes, image_size, **cfg.model_options())
     net.requires_grad_(False)
     return net.to(device).train()
 

@@ -1,5 +1,10 @@
 """Networks: one registry; every model exposes per-block activations and the embedding.
 
+A model is referred to by a `ModelRef`: a registry name plus options, written
+`convnet(depth=2,norm=batchnorm,pool=maxpool)`, checked against the options and choices the
+registry declares for that model, with one canonical spelling (options sorted, defaults given
+explicitly kept) that keys results (eval.json).
+
 The matching loss reads `model.features(x)`: the activation map of each block (B×C×H×W; token
 models reshape their tokens to a grid) and the final embedding (B×D, the classifier's input).
 `model(x)` returns logits. Every model works for 1 or 3 channels and 8–64 px.
@@ -7,7 +12,8 @@ models reshape their tokens to a grid) and the final embedding (B×D, the classi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,6 +50,8 @@ class ModelSpec:
     builder: Callable[..., FeatureModel]  # builder(channels, num_classes, image_size, **options)
     options: dict[str, Any] = field(default_factory=dict)  # option -> default
     choices: dict[str, tuple] = field(default_factory=dict)  # option -> allowed values (when finite)
+    # defaults that depend on the image size, for evaluation: ((from_size, {option: value}), ...)
+    size_defaults: tuple[tuple[int, dict[str, Any]], ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -85,6 +93,93 @@ def create_model(
         if merged[key] not in allowed:
             raise AtomddError(f"model {name}: {key}={merged[key]!r} is not one of {list(allowed)}")
     return spec.builder(channels, num_classes, size, **merged)
+
+
+def _coerce_option(model: str, key: str, value: Any, default: Any) -> Any:
+    """A text value (from a ModelRef string) as the type of the option's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise AtomddError(
+            f"model {model}: {key}={value!r} is not of type {type(default).__name__} (default {default!r})"
+        ) from None
+    return value
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model and the options given for it (the rest keep the registry's defaults)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()  # sorted by key
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.name)
+        given = dict(self.options)
+        unknown = sorted(set(given) - set(spec.options))
+        if unknown:
+            valid = ", ".join(f"{k} (default {v!r})" for k, v in spec.options.items()) or "none"
+            raise AtomddError(f"model {self.name}: unknown option(s) {unknown}; valid options: {valid}")
+        clean = {k: _coerce_option(self.name, k, v, spec.options[k]) for k, v in given.items()}
+        for key, value in clean.items():
+            if key in spec.choices and value not in spec.choices[key]:
+                allowed = ", ".join(map(str, spec.choices[key]))
+                raise AtomddError(f"model {self.name}: {key}={value!r} is not one of {allowed}")
+        object.__setattr__(self, "options", tuple(sorted(clean.items())))
+
+    @classmethod
+    def parse(cls, text: str | ModelRef) -> ModelRef:
+        """`name` or `name(key=value,...)`, e.g. `convnet(depth=2,norm=batchnorm)`."""
+        if isinstance(text, ModelRef):
+            return text
+        m = re.fullmatch(r"\s*([\w-]+)\s*(?:\((.*)\))?\s*", text)
+        if not m:
+            raise AtomddError(f"model {text!r}: write a name or name(key=value,...), e.g. convnet(depth=2)")
+        pairs = [p.strip() for p in (m.group(2) or "").split(",") if p.strip()]
+        bad = [p for p in pairs if "=" not in p]
+        if bad:
+            raise AtomddError(f"model {text!r}: options are key=value, got {bad}")
+        options = dict(p.split("=", 1) for p in pairs)
+        return cls(m.group(1), tuple((k.strip(), v.strip()) for k, v in options.items()))
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in self.options)})"
+
+    def options_for(self, image_size: int | None = None) -> dict[str, Any]:
+        """The given options over the registry's size-dependent defaults for `image_size`."""
+        out: dict[str, Any] = {}
+        if image_size is not None:
+            for from_size, values in get_spec(self.name).size_defaults:
+                if image_size >= from_size:
+                    out |= values
+        return out | dict(self.options)
+
+
+def parse_models(text: str | Sequence[str | ModelRef]) -> list[ModelRef]:
+    """A comma-separated list of model references (commas inside parentheses belong to options)."""
+    if not isinstance(text, str):
+        return [ModelRef.parse(t) for t in text]
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [ModelRef.parse(p) for p in parts if p.strip()]
 
 
 def seeded_model(
