@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,3 +19,19 @@ def one_thread():
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder of real datasets for the tests that need them: $ATOMDD_TEST_DATA, else
+    ../shared/data beside the repository (CI has it). The tests that use it skip when it is absent."""
+    env = os.environ.get("ATOMDD_TEST_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_mnist(data_root: Path) -> Path:
+    """The data root, holding the genuine MNIST files (MNIST/raw/); skips the test without them."""
+    if not (data_root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {data_root} (set ATOMDD_TEST_DATA)")
+    return data_root

@@ -19,7 +19,6 @@ from atomdd.data import DATASETS, get_spec, load_dataset, readers
 from atomdd.data.readers import channel_stats, load_imagefolder
 from atomdd.errors import AtomddError
 
-REAL_MNIST = Path("/work/shared/data/MNIST/raw")
 RNG = np.random.default_rng(0)
 
 
@@ -277,12 +276,13 @@ def test_idx_label_count_mismatch(tmp_path: Path) -> None:
         load_dataset("mnist", tmp_path)
 
 
-@pytest.mark.skipif(not REAL_MNIST.is_dir(), reason=f"the genuine MNIST files are not at {REAL_MNIST}")
-def test_real_mnist_md5_and_shapes() -> None:
+@pytest.mark.slow
+def test_real_mnist_md5_and_shapes(real_mnist: Path) -> None:
+    raw = real_mnist / "MNIST" / "raw"
     for item in get_spec("mnist").downloads:
-        digest = hashlib.md5((REAL_MNIST / item["filename"]).read_bytes(), usedforsecurity=False).hexdigest()
+        digest = hashlib.md5((raw / item["filename"]).read_bytes(), usedforsecurity=False).hexdigest()
         assert digest == item["md5"], item["filename"]
-    ds = load_dataset("mnist", REAL_MNIST.parent.parent)
+    ds = load_dataset("mnist", real_mnist)
     assert ds.train_images.shape == (60000, 1, 28, 28) and ds.test_images.shape == (10000, 1, 28, 28)
     assert ds.train_labels.unique().tolist() == list(range(10)) == ds.test_labels.unique().tolist()
     assert ds.train_labels[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first training labels

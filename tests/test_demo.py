@@ -1,6 +1,9 @@
+import pytest
+
 from atomdd.cli import main
 
 
+@pytest.mark.slow
 def test_demo_runs_the_pipeline_and_prints_the_table(tmp_path, capsys, monkeypatch):
     from atomdd import demo
 

@@ -2,7 +2,6 @@ import json
 import os
 import signal
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ from atomdd.errors import AtomddError, Interrupted
 from atomdd.matching import METHODS
 from atomdd.sets import load_synthetic
 from atomdd.signals import stop_on_signals
-
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Small but real: digits (8×8), a narrow ConvNet, few steps.
 FAST = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1)
@@ -106,21 +103,30 @@ def test_outputs_are_written_and_load_back(tmp_path):
     assert shown.min() > -0.5 and shown.max() < 1.5
 
 
-def test_distillation_lowers_the_loss_on_mnist():
-    if not (MNIST_ROOT / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real MNIST not found under {MNIST_ROOT}")
-    cfg = make_config("mnist", 1, "atom", data_root=str(MNIST_ROOT), iterations=30, width=32, batch_real=32)
-    d = Distiller(cfg)
-    probe = range(10_000, 10_004)  # fixed held-out networks and batches
+def _probe_loss(d: Distiller) -> float:
+    """The loss on fixed held-out steps (networks, batches and augmentations no run step uses)."""
+    total = sum(float(d.loss_and_grad(s)[0]) for s in range(10_000, 10_004))
+    d.opt.zero_grad(set_to_none=True)
+    return total
 
-    def probe_loss() -> float:
-        total = sum(float(d.loss_and_grad(s)[0]) for s in probe)
-        d.opt.zero_grad(set_to_none=True)
-        return total
 
-    before = probe_loss()
+def test_distillation_lowers_the_loss_on_digits():
+    # 8×8 digits oscillate at the preset's image lr 1 over so few steps; at 0.1 the held-out loss
+    # halves in 30 steps (measured 0.51×)
+    d = Distiller(config(ipc=1, iterations=30, width=32, batch_real=32, lr_img=0.1))
+    before = _probe_loss(d)
     d.run()
-    after = probe_loss()
+    after = _probe_loss(d)
+    assert after < 0.7 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_distillation_lowers_the_loss_on_mnist(real_mnist):
+    cfg = make_config("mnist", 1, "atom", data_root=str(real_mnist), iterations=30, width=32, batch_real=32)
+    d = Distiller(cfg)
+    before = _probe_loss(d)
+    d.run()
+    after = _probe_loss(d)
     assert after < 0.8 * before, (before, after)
 
 

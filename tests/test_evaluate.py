@@ -95,17 +95,20 @@ def test_eval_json_schema_and_table(small_set, digits, tmp_path):
     assert saved["batched"] is False and saved["device"] == "cpu"  # the CPU default path
     assert saved["dataset"] == "digits" and saved["dataset_hash"] == digits.content_hash
     assert saved["set"]["kind"] == "synthetic" and saved["set"]["images"] == 50
-    assert saved["seconds"] > 0 and "torch" in saved["versions"]
+    # the report's time covers its models' (each timed from training to testing)
+    assert all(r["seconds"] > 0 for r in saved["models"].values()) and "torch" in saved["versions"]
+    assert saved["seconds"] >= sum(r["seconds"] for r in saved["models"].values())
     assert saved["models"] == json.loads(json.dumps(report["models"]))
     table = ev.format_table(report)
     assert "| mlp |" in table and "| lenet |" in table and "±" in table
 
 
 def test_evaluate_whole(digits, tmp_path):
-    cfg = replace(FAST, epochs=1, runs=1, batch_size=256)
+    cfg = replace(FAST, epochs=5, runs=1, batch_size=64, lr=0.05)
     report = ev.evaluate_whole(digits, ("mlp",), cfg, out_dir=tmp_path, zca=True)
     assert report["set"] == {"kind": "whole", "images": len(digits.train_labels), "zca": True}
-    assert (tmp_path / ev.RESULT_FILE).exists() and report["models"]["mlp"]["mean"] > 10
+    # the whole train set, ZCA-whitened: an MLP learns digits in a few epochs (measured 93 %; chance 10 %)
+    assert (tmp_path / ev.RESULT_FILE).exists() and report["models"]["mlp"]["mean"] > 80
 
 
 def test_set_from_other_data_or_shape_is_refused(small_set, digits):

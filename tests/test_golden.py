@@ -36,6 +36,7 @@ def measure(digits) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_numbers_are_held(digits, one_thread):
     got = measure(digits)
     if os.environ.get("ATOMDD_REGEN_GOLDEN"):

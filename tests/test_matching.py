@@ -43,6 +43,11 @@ def test_loss_is_zero_when_statistics_coincide(method):
     perm = torch.cat([torch.randperm(3) + 3 * k for k in range(4)])
     loss2, _ = matching_loss(class_statistics(net.features(x[perm]), 4, cfg), stats, 3, cfg)
     assert loss2.item() < 1e-8
+    # and it is zero only then: other images, or the classes swapped, cost something
+    other, _ = matching_loss(class_statistics(net.features(x + torch.randn_like(x)), 4, cfg), stats, 3, cfg)
+    swap = torch.cat([x[3:6], x[:3], x[6:]])
+    swapped, _ = matching_loss(class_statistics(net.features(swap), 4, cfg), stats, 3, cfg)
+    assert other.item() > 1e-3 and swapped.item() > 1e-3
 
 
 @pytest.mark.parametrize(
