@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from atomdd.errors import AtomddError, unknown_name
+from atomdd.errors import AtomddError
+from atomdd.registry import Registry
 
 if TYPE_CHECKING:
     from atomdd.data.transforms import Preprocess
@@ -124,21 +125,9 @@ class DatasetSpec:
         return [f for f in self.files if not ((path / f).exists() or (path / f"{f}.gz").exists())]
 
 
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} registered twice")
-    DATASETS[spec.name] = spec
-    return spec
-
-
-def get_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise unknown_name("dataset", name, list(DATASETS)) from None
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+register = DATASETS.register
+get_spec = DATASETS.get_spec
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from atomdd.errors import AtomddError, unknown_name
+from atomdd.errors import AtomddError
+from atomdd.registry import Registry
 
 
 class Features(NamedTuple):
@@ -54,21 +55,9 @@ class ModelSpec:
     size_defaults: tuple[tuple[int, dict[str, Any]], ...] = ()
 
 
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} registered twice")
-    MODELS[spec.name] = spec
-    return spec
-
-
-def get_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise unknown_name("model", name, list(MODELS)) from None
+MODELS: Registry[ModelSpec] = Registry("model")
+register = MODELS.register
+get_spec = MODELS.get_spec
 
 
 def create_model(
