@@ -7,6 +7,12 @@ library behaves the same with or without `torchrun`; the scale-out only adds ran
 from __future__ import annotations
 
 
+def chunks(n: int, size: int) -> list[range]:
+    """0..n-1 in consecutive ranges of at most `size` (≥ 1): classes per forward pass, runs per
+    stack, and (to come) classes per rank."""
+    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
 def _group_ready() -> bool:
     import torch.distributed as dist
 

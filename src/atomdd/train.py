@@ -27,6 +27,7 @@ from atomdd.errors import AtomddError
 from atomdd.hardware import PRECISIONS, resolve_device
 from atomdd.io import derive_seed
 from atomdd.models import FeatureModel, ModelRef, seeded_model
+from atomdd.parallel import chunks
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,6 @@ def use_batched(config: TrainConfig, device: torch.device) -> bool:
     small steps are bound by kernel launches, which stacking amortises (not measured: no GPU here).
     """
     return config.batched if config.batched is not None else device.type == "cuda"
-
-
-def chunks(n: int, size: int) -> list[range]:
-    """0..n-1 in consecutive ranges of at most `size` (≥ 1)."""
-    return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def _stacks(n: int, config: TrainConfig, batched: bool) -> list[range]:

@@ -21,7 +21,7 @@ from atomdd.distillation.config import DistillConfig, step_seed, validate
 from atomdd.errors import AtomddError
 from atomdd.matching import MatchConfig, class_statistics, matching_loss
 from atomdd.models import FeatureModel, seeded_model
-from atomdd.train import chunks
+from atomdd.parallel import chunks
 
 
 def generator(seed: int, step: int, purpose: str) -> torch.Generator:
