@@ -50,6 +50,7 @@ def main() -> None:
     from atomdd.errors import AtomddError
     from atomdd.hardware import tune_cpu_allocator
     from atomdd.io import versions, write_json
+    from atomdd.report import grid_table
     from atomdd.signals import stop_on_signals
 
     tune_cpu_allocator()
@@ -91,7 +92,7 @@ def main() -> None:
             "command": " ".join(sys.argv),
         },
     )
-    print("\n" + jobs.format_grid(results, budget, args.against))
+    print("\n" + grid_table(results, budget, args.against))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from atomdd.errors import AtomddError
 from atomdd.hardware import fast_bf16, resolve_precision
 from atomdd.models import MODELS, ModelSpec
 from atomdd.models.convnet import ConvNet
+from atomdd.report import eval_table
 from atomdd.sets import SyntheticSet
 
 FAST = ev.EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
@@ -99,7 +100,7 @@ def test_eval_json_schema_and_table(small_set, digits, tmp_path):
     assert all(r["seconds"] > 0 for r in saved["models"].values()) and "torch" in saved["versions"]
     assert saved["seconds"] >= sum(r["seconds"] for r in saved["models"].values())
     assert saved["models"] == json.loads(json.dumps(report["models"]))
-    table = ev.format_table(report)
+    table = eval_table(report)
     assert "| mlp |" in table and "| lenet |" in table and "±" in table
 
 
@@ -280,7 +281,7 @@ def test_test_limit_reports_the_first_images_apart(small_set, digits):
     test_x = small_set.preprocess()(digits.test_images)[:40]
     assert r["first"]["images"] == 40
     assert r["first"]["runs"] == train.test_models(models, test_x, digits.test_labels[:40], FAST)
-    assert "first 40 test images" in ev.format_table(report)
+    assert "first 40 test images" in eval_table(report)
     assert "first" not in ev.evaluate_set(small_set, ["convnet"], FAST, dataset=digits)["models"]["convnet"]
     with pytest.raises(AtomddError, match="test_limit"):
         replace(FAST, test_limit=-1)

@@ -8,6 +8,7 @@ import torch
 
 from atomdd import jobs
 from atomdd.errors import AtomddError
+from atomdd.report import grid_table
 
 BUDGET = jobs.Budget(dataset="digits", steps=2, epochs=1, runs=2)
 SMALL = "width=16,batch_real=16"
@@ -50,7 +51,7 @@ def test_a_grid_is_made_reused_collected_and_paired(tmp_path, one_thread):
     assert r["paired"]["mean"] == pytest.approx(sum(diffs) / 2) and r["paired"]["n"] == 2
     # another budget finds nothing finished
     assert jobs.collect(tmp_path, jobs.Budget(dataset="digits", steps=2, epochs=2, runs=2), specs, None) == {}
-    table = jobs.format_grid(results, BUDGET, specs[2]).splitlines()
+    table = grid_table(results, BUDGET, specs[2]).splitlines()
     assert table[2] == "| method | IPC 1 | Δ IPC 1 |" and len(table) == 4 + len(specs)
     assert table[-1].startswith(f"| {specs[2]} | ") and table[-1].endswith("| – |")
 

@@ -133,6 +133,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
     from atomdd.models import parse_models
+    from atomdd.report import eval_table
     from atomdd.sets import load_any
 
     cfg = ev.EvalConfig(
@@ -154,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = ev.evaluate_set(
             syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
         )
-    print(ev.format_table(report))
+    print(eval_table(report))
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from atomdd.coreset import select
 from atomdd.distillation.driver import CHECKPOINT, distill
 from atomdd.evaluate import EvalConfig, evaluate_set
+from atomdd.report import markdown_table
 
 
 def run_demo(
@@ -40,9 +41,10 @@ def run_demo(
         "ATOM": evaluate_set(atom, ["convnet"], cfg, out_dir=out / "atom"),
     }
     print(f"\ndigits, {ipc} images per class, ConvNet-3, {runs} runs × {epochs} epochs")
-    print("| set | test accuracy (%) |\n|---|---|")
-    for name, r in reports.items():
-        m = r["models"]["convnet"]
-        print(f"| {name} | {m['mean']:.1f} ± {m['std']:.1f} |")
+    rows = [
+        [name, f"{r['models']['convnet']['mean']:.1f} ± {r['models']['convnet']['std']:.1f}"]
+        for name, r in reports.items()
+    ]
+    print(markdown_table(["set", "test accuracy (%)"], rows))
     print(f"\nimages: {out / 'atom' / 'grid.png'}, attention maps: {out / 'atom' / 'attention.png'}")
     return reports

@@ -215,17 +215,3 @@ def evaluate_whole(
     train = (prep(data.train_images), data.train_labels)
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     return _evaluate(kind, train, (prep(data.test_images), data.test_labels), data, models, config, out_dir)
-
-
-def format_table(report: EvalReport) -> str:
-    """The model × accuracy table of a report, as markdown."""
-    first = report["config"].get("test_limit", 0)
-    extra = f" first {first} test images (%) |" if first else ""
-    rows = [f"| model | accuracy (%) |{extra} runs | seconds |", "|---|---|" + "---|" * (2 + bool(first))]
-    for name, r in report["models"].items():
-        f = f" {r['first']['mean']:.2f} ± {r['first']['std']:.2f} |" if first else ""
-        n, sec = len(r["runs"]), r["seconds"]
-        rows.append(f"| {name} | {r['mean']:.2f} ± {r['std']:.2f} |{f} {n} | {sec:.1f} |")
-    s = report.get("set", {})
-    what = f"{s.get('kind', '?')} set of {s.get('images', '?')} images"
-    return f"{report.get('dataset', '?')}, {what}, {report['config']['epochs']} epochs\n" + "\n".join(rows)

@@ -211,35 +211,3 @@ def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
         "seed_wins": sum(d > 0 for d in seed_diffs),
         "seeds": len(seed_diffs),
     }
-
-
-def format_grid(results: dict[str, dict[int, dict]], budget: Budget, against: str) -> str:
-    """The markdown table of a grid: accuracy and paired difference per IPC, one row per method."""
-    lines = [
-        f"{budget.dataset}, {budget.steps} distillation steps, {budget.epochs} epochs × {budget.runs} "
-        "models: test accuracy % (mean ± std over all models of all seeds; n = seeds)",
-        f"Δ: paired difference to {against} over the (seed, run) pairs both have: mean ± std over runs "
-        "/ ± std of the per-seed mean differences, and how many runs / seeds are ahead",
-    ]
-    ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
-    lim = budget.test_limit
-    head = [f"IPC {i} | Δ IPC {i}" + (f" | IPC {i}, first {lim}" if lim else "") for i in ipcs]
-    lines.append("| method | " + " | ".join(head) + " |")
-    lines.append("|---|" + ("---|---|---|" if lim else "---|---|") * len(ipcs))
-    for spec, by_ipc in results.items():
-        cells = []
-        for i in ipcs:
-            r = by_ipc.get(i)
-            d = r and r.get("paired")
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if r else "–")
-            cells.append(
-                f"{d['mean']:+.2f} ± {d['std']:.2f} / ± {d['seed_std']:.2f} "
-                f"({d['wins']}/{d['n']} runs, {d['seed_wins']}/{d['seeds']} seeds)"
-                if d
-                else "–"
-            )
-            if lim:
-                has = r and r["first_mean"] is not None
-                cells.append(f"{r['first_mean']:.1f} ± {r['first_std']:.1f}" if has else "–")
-        lines.append(f"| {spec} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

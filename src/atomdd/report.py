@@ -8,7 +8,9 @@ object-oriented API (`Figure`): the library never selects a backend.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,3 +117,68 @@ def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown
     real = [prep(data.train_images[idx[:64]]) for idx in data.class_indices()[:k]]
     syn = [result.images[result.labels == c] for c in range(k)]
     save_attention(net, real, syn, list(data.classes[:k]), cfg.match(), out / "attention.png")
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table: one header row, its rule, one line per row (cells as `str` gives them)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def eval_table(report: dict[str, Any]) -> str:
+    """The model × accuracy table of an evaluation report (eval.json), with a title line."""
+    first = report["config"].get("test_limit", 0)
+    header = [
+        "model",
+        "accuracy (%)",
+        *([f"first {first} test images (%)"] if first else []),
+        "runs",
+        "seconds",
+    ]
+    rows = []
+    for name, r in report["models"].items():
+        extra = [f"{r['first']['mean']:.2f} ± {r['first']['std']:.2f}"] if first else []
+        rows.append(
+            [name, f"{r['mean']:.2f} ± {r['std']:.2f}", *extra, len(r["runs"]), f"{r['seconds']:.1f}"]
+        )
+    s = report.get("set", {})
+    what = f"{s.get('kind', '?')} set of {s.get('images', '?')} images"
+    title = f"{report.get('dataset', '?')}, {what}, {report['config']['epochs']} epochs"
+    return title + "\n" + markdown_table(header, rows)
+
+
+def grid_table(results: dict[str, dict[int, dict]], budget: Any, against: str) -> str:
+    """The table of a grid (`jobs.collect`): accuracy and paired difference per IPC, a row per method."""
+    title = [
+        f"{budget.dataset}, {budget.steps} distillation steps, {budget.epochs} epochs × {budget.runs} "
+        "models: test accuracy % (mean ± std over all models of all seeds; n = seeds)",
+        f"Δ: paired difference to {against} over the (seed, run) pairs both have: mean ± std over runs "
+        "/ ± std of the per-seed mean differences, and how many runs / seeds are ahead",
+    ]
+    ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
+    lim = budget.test_limit
+    header = ["method"]
+    for i in ipcs:
+        header += [f"IPC {i}", f"Δ IPC {i}", *([f"IPC {i}, first {lim}"] if lim else [])]
+    rows = []
+    for spec, by_ipc in results.items():
+        cells = [spec]
+        for i in ipcs:
+            r = by_ipc.get(i)
+            d = r and r.get("paired")
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if r else "–")
+            cells.append(
+                f"{d['mean']:+.2f} ± {d['std']:.2f} / ± {d['seed_std']:.2f} "
+                f"({d['wins']}/{d['n']} runs, {d['seed_wins']}/{d['seeds']} seeds)"
+                if d
+                else "–"
+            )
+            if lim:
+                has = r and r["first_mean"] is not None
+                cells.append(f"{r['first_mean']:.1f} ± {r['first_std']:.1f}" if has else "–")
+        rows.append(cells)
+    return "\n".join(title) + "\n" + markdown_table(header, rows)

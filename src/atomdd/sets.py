@@ -25,6 +25,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError
 from atomdd.io import atomic_path
+from atomdd.parallel import is_main_process
 
 if TYPE_CHECKING:
     from atomdd.data.transforms import Preprocess
@@ -77,7 +78,10 @@ class SyntheticSet:
         return Preprocess.from_state(self.preprocess_tensors, self.preprocess_meta)
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write `out_dir/synthetic.safetensors` (in the main process only; see `parallel`)."""
         path = Path(out_dir) / FILENAME
+        if not is_main_process():
+            return path
         tensors = {"images": self.images.detach().float().cpu().contiguous(), "labels": self.labels.cpu()}
         tensors |= {_PREP + k: v.detach().cpu().contiguous() for k, v in self.preprocess_tensors.items()}
         metadata = {
