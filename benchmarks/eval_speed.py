@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from atomdd import train
+from atomdd.settings import TrainConfig
 
 
 def sync(device: str) -> None:
@@ -83,7 +84,7 @@ def time_row(
 ) -> dict:
     epochs = args.bf16_epochs if precision == "bf16" else args.epochs
     x, y, tx, ty = problem(shape, ipc, args.test_images)
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         epochs=1, runs=args.runs, device=args.device, precision=precision, batched=batched, seed=args.seed
     )
     train.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
@@ -115,7 +116,7 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
     from atomdd.coreset import select
 
     syn = select("digits", args.acc_ipc, "random", seed=args.seed)
-    cfg = train.TrainConfig(
+    cfg = TrainConfig(
         epochs=args.acc_epochs, runs=args.acc_runs, device=args.device, precision=precision, seed=args.seed
     )
     t = time.perf_counter()

@@ -1,15 +1,16 @@
 import pytest
 import torch
 
-from atomdd.augment import OPS, DSAConfig, augment, draw
+from atomdd.augment import DSAConfig, augment, draw
 from atomdd.errors import AtomddError
+from atomdd.settings import DSA_OPS
 
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", DSA_OPS)
 def test_each_op_is_differentiable_and_acts(op):
     cfg = DSAConfig(strategy=op, flip=1.0)  # flip always, so the flip draw is never the identity
     x = torch.rand(16, 3, 16, 16, requires_grad=True)

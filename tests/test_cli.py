@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -119,3 +120,48 @@ def test_coreset_then_evaluate_from_the_cli(capsys, tmp_path):
     assert report["config"]["epochs"] == 2 and isinstance(report["seconds"], float)
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "nothing-here"))
     assert code == 2 and "Traceback" not in err
+
+
+def _help_of(command: str) -> str:
+    from atomdd.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()
+
+
+def test_flags_are_generated_from_the_settings():
+    from dataclasses import fields
+
+    from atomdd.distillation.config import DistillConfig
+    from atomdd.settings import CoresetConfig, EvalConfig
+
+    for command, cls in (("distill", DistillConfig), ("evaluate", EvalConfig), ("coreset", CoresetConfig)):
+        text = _help_of(command)
+        for f in fields(cls):
+            assert "--" + f.name.replace("_", "-") in text, (command, f.name)
+
+
+def test_every_command_takes_a_config_file_and_flags_win(capsys, tmp_path):
+    from atomdd.sets import load_synthetic
+
+    (tmp_path / "c.yaml").write_text("dataset: digits\nipc: 2\nmethod: herding\nseed: 3\n")
+    argv = ["coreset", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "set"), "--seed", "1"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "herding images (2 per class)" in out
+    assert load_synthetic(tmp_path / "set").meta["seed"] == 1
+    (tmp_path / "e.yaml").write_text("epochs: 1\nruns: 1\nmodels: mlp\n")
+    code, out, _ = run_cli(
+        capsys, "evaluate", str(tmp_path / "set"), "--config", str(tmp_path / "e.yaml"), "--runs", "2"
+    )
+    report = json.loads((tmp_path / "set" / "eval.json").read_text())
+    assert code == 0 and list(report["models"]) == ["mlp"] and report["config"]["epochs"] == 1
+    assert len(report["models"]["mlp"]["runs"]) == 2
+    (tmp_path / "bad.yaml").write_text("epoch: 1\n")
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "set"), "--config", str(tmp_path / "bad.yaml"))
+    assert code == 2 and "unknown config key(s) ['epoch']; valid: epochs, runs" in err
+    code, _, err = run_cli(capsys, "coreset", "--out", str(tmp_path / "x"))
+    assert code == 2 and "needs a dataset and an ipc" in err
+    code, _, err = run_cli(
+        capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--embed", "imagenet", "--out", "x"
+    )
+    assert code == 2 and "embedding network 'imagenet'" in err

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from atomdd.coreset import METHODS, herding, kcenter, select
+from atomdd.coreset import herding, kcenter, select
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.sets import load_synthetic
+from atomdd.settings import CORESET_METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +72,7 @@ def test_selection_takes_all_without_repeats():
         herding(dupes, 5)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CORESET_METHODS)
 def test_coreset_has_ipc_per_class_from_that_class(method, digits):
     ipc = 3
     syn = select(digits, ipc, method, seed=1)

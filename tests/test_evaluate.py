@@ -18,8 +18,9 @@ from atomdd.models import MODELS, ModelSpec
 from atomdd.models.convnet import ConvNet
 from atomdd.report import eval_table
 from atomdd.sets import SyntheticSet
+from atomdd.settings import EvalConfig
 
-FAST = ev.EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
+FAST = EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +39,7 @@ def tiny_bn(monkeypatch):
     return "tiny_bn"
 
 
-def _train_and_test(name: str, syn: SyntheticSet, digits, config: ev.EvalConfig):
+def _train_and_test(name: str, syn: SyntheticSet, digits, config: EvalConfig):
     models = train.train_models(name, syn.images, syn.labels, 10, config)
     test_x = syn.preprocess()(digits.test_images)
     return models, train.test_models(models, test_x, digits.test_labels, config)
@@ -79,9 +80,7 @@ def test_default_path_is_batched_on_cuda_only():
 
 def test_training_on_real_subset_beats_chance(digits):
     syn = select(digits, 20, "random", seed=0)
-    report = ev.evaluate_set(
-        syn, ("convnet",), ev.EvalConfig(epochs=10, runs=2, device="cpu"), dataset=digits
-    )
+    report = ev.evaluate_set(syn, ("convnet",), EvalConfig(epochs=10, runs=2, device="cpu"), dataset=digits)
     assert report["models"]["convnet"]["mean"] > 50  # chance is 10 %; typically ~85 % here
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from atomdd.distillation.driver import distill
-from atomdd.evaluate import EvalConfig, evaluate_set
+from atomdd.evaluate import evaluate_set
+from atomdd.settings import EvalConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "digits.json"
 SETTINGS = dict(iterations=3, width=16, batch_real=16, log_every=1)

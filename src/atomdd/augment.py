@@ -14,10 +14,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from atomdd.errors import AtomddError
+from atomdd.settings import DSA_DEFAULT, dsa_ops
 
-OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DEFAULT_STRATEGY = DSA_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,7 @@ class DSAConfig:
     rotate: float = 15.0  # degrees, ±
 
     def ops(self) -> tuple[str, ...]:
-        if self.strategy in ("", "none"):
-            return ()
-        ops = tuple(self.strategy.split("_"))
-        bad = [op for op in ops if op not in OPS]
-        if bad:
-            raise AtomddError(
-                f"unknown augmentation {bad}; choose from {'_'.join(OPS)} joined by '_', or 'none'"
-            )
-        return ops
+        return dsa_ops(self.strategy)
 
 
 @dataclass(frozen=True)

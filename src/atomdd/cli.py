@@ -23,16 +23,36 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(p: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = ()) -> None:
-    """One flag per config field; a flag left out keeps the preset / config-file value."""
-    group = p.add_argument_group("overrides (default: the published preset for the dataset × IPC × method)")
+def _add_config_flags(
+    p: argparse.ArgumentParser,
+    config_cls: type,
+    skip: Sequence[str] = (),
+    title: str = "overrides (default: the published preset for the dataset × IPC × method)",
+) -> None:
+    """One flag per config field (its `help` metadata the flag's help); a flag left out keeps the
+    preset / config-file / default value."""
+    group = p.add_argument_group(title)
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
-        if f.type in (bool, "bool"):
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None)
+        helptext = f.metadata.get("help")
+        if f.type in (bool, "bool", "bool | None"):
+            group.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         else:
-            group.add_argument(_flag(f.name), default=None, metavar=f.name.upper())
+            group.add_argument(_flag(f.name), default=None, metavar=f.name.upper(), help=helptext)
+
+
+def _settings(args: argparse.Namespace, config_cls: type, own: Sequence[str]) -> tuple[object, dict]:
+    """`config_cls` from its defaults, then the --config file, then the flags; unknown keys are an
+    error naming the valid ones. Returns it and the file's values for the command's `own` keys."""
+    from atomdd.config import apply_overrides, load_config_file
+
+    file_values = load_config_file(args.config) if args.config else {}
+    mine = {k: file_values.pop(k) for k in own if k in file_values}
+    cfg = apply_overrides(config_cls(), file_values, "config key")
+    return apply_overrides(cfg, _overrides(args, config_cls), "config key"), mine
 
 
 def _overrides(args: argparse.Namespace, config_cls: type, skip: Sequence[str] = ()) -> dict:
@@ -113,19 +133,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
 @command
 def cmd_coreset(args: argparse.Namespace) -> int:
     from atomdd.coreset import select
+    from atomdd.settings import CoresetConfig
 
-    result = select(
-        args.dataset,
-        args.ipc,
-        args.method,
-        seed=args.seed,
-        data_root=args.data_root,
-        embed=args.embed,
-        embed_model=args.embed_model,
-        zca=args.zca,
-    )
+    cfg, own = _settings(args, CoresetConfig, ("dataset", "ipc"))
+    dataset = args.dataset or own.get("dataset")
+    ipc = args.ipc if args.ipc is not None else own.get("ipc")
+    if not dataset or ipc is None:
+        raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
+    result = select(dataset, int(ipc), cfg, data_root=args.data_root)
     result.save(args.out)
-    print(f"wrote {len(result.labels)} {args.method} images ({args.ipc} per class) to {args.out}")
+    print(f"wrote {len(result.labels)} {cfg.method} images ({ipc} per class) to {args.out}")
     return 0
 
 
@@ -135,11 +152,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd.models import parse_models
     from atomdd.report import eval_table
     from atomdd.sets import load_any
+    from atomdd.settings import EvalConfig
 
-    cfg = ev.EvalConfig(
-        **{k: v for k, v in vars(args).items() if k in ev.EvalConfig.__dataclass_fields__ and v is not None}
-    )
-    models = parse_models(args.models)
+    cfg, own = _settings(args, EvalConfig, ("models",))
+    models = parse_models(args.models or own.get("models") or "convnet")
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
@@ -177,6 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
     from atomdd.distillation.config import DistillConfig
+    from atomdd.settings import CoresetConfig, EvalConfig
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
     parser.add_argument("--version", action="version", version=f"atomdd {__version__}")
@@ -204,52 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, DistillConfig, skip=_DISTILL_OWN)
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--ipc", type=int, required=True)
-    p.add_argument("--method", default="random", help="random | herding | kcenter")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default=None, help="required (here or in --config)")
+    p.add_argument("--ipc", type=int, default=None, help="images per class; required (here or in --config)")
     p.add_argument("--out", required=True)
     p.add_argument("--data-root", default=None)
-    p.add_argument(
-        "--embed", default="random", help="herding/k-center feature space: random (ConvNet at init) | trained"
-    )
-    p.add_argument(
-        "--embed-model", default="convnet", help="the embedding network, a model reference: convnet(depth=2)"
-    )
-    p.add_argument("--zca", action="store_true", help="store the images ZCA-whitened (as CIFAR runs use)")
+    p.add_argument("--config", default=None, help="YAML/TOML file of coreset settings (and dataset, ipc)")
+    _add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")
 
     p = sub.add_parser("evaluate", help="train fresh models on a set and test them on the real test set")
     p.add_argument("path", nargs="?", help="a run folder (synthetic.safetensors) or a peer's .pt")
     p.add_argument(
         "--models",
-        default="convnet",
+        default=None,
         help="comma-separated model references, e.g. 'convnet(depth=2,norm=batchnorm),alexnet' "
-        "(`atomdd models` lists the options)",
+        "(default convnet; `atomdd models` lists the options)",
     )
-    p.add_argument("--runs", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--whole", action="store_true", help="train on the whole train set (upper bound)")
     p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt, or for --whole")
     p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--precision", default=None, help="fp32 (default) | bf16 (where the hardware is fast)")
-    p.add_argument("--device", default=None)
-    p.add_argument(
-        "--batched",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="train the runs together (default: on CUDA only; slower on CPU, see README)",
-    )
-    p.add_argument("--test-batch", type=int, default=None)
-    p.add_argument(
-        "--test-limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="also report accuracy on the first N test images (e.g. 1000: CIFAR-10's exact part here)",
-    )
+    p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
+    _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")

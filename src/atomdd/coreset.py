@@ -15,19 +15,19 @@ the evaluation protocol for `embed_epochs` epochs, for comparisons with the publ
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
+from atomdd.config import apply_overrides
 from atomdd.data import Dataset, as_dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device
 from atomdd.models import FeatureModel, ModelRef
 from atomdd.sets import SyntheticSet
-from atomdd.train import TrainConfig, init_models, train_models
-
-METHODS = ("random", "herding", "kcenter")
-EMBEDDINGS = ("random", "trained")
+from atomdd.settings import EMBEDDINGS, CoresetConfig, TrainConfig
+from atomdd.train import init_models, train_models
 
 
 def _check_k(emb: torch.Tensor, k: int) -> None:
@@ -110,27 +110,23 @@ def embedding_model(
 def select(
     dataset: str | Dataset,
     ipc: int,
-    method: str = "random",
-    seed: int = 0,
+    config: CoresetConfig | str = CoresetConfig(),
     data_root: str | os.PathLike | None = None,
-    embed: str = "random",
-    embed_model: str | ModelRef = "convnet",
-    embed_epochs: int = 10,
-    zca: bool = False,
-    device: str = "auto",
+    **settings: Any,
 ) -> SyntheticSet:
     """A coreset of exactly `ipc` train images per class, as a `SyntheticSet` in model space.
 
+    `config` is a `CoresetConfig`, or just its method ("random", "herding", "kcenter"); `settings`
+    are `CoresetConfig` fields over it (e.g. seed=1, embed="trained"), checked like a config file's.
     `meta` records the method, seed, selected train indices (class by class, in selection order),
     the dataset hash and, for herding/k-center, the embedding network used.
     """
-    if method not in METHODS:
-        raise AtomddError(f"unknown coreset method {method!r}; choose one of {', '.join(METHODS)}")
+    cfg = CoresetConfig(method=config) if isinstance(config, str) else config
+    cfg = apply_overrides(cfg, settings, "coreset setting")
+    method, seed, embed, embed_epochs = cfg.method, cfg.seed, cfg.embed, cfg.embed_epochs
     if ipc < 1:
         raise AtomddError(f"images per class must be at least 1, got {ipc}")
-    if embed not in EMBEDDINGS:
-        raise AtomddError(f"embedding network {embed!r}: choose one of {', '.join(EMBEDDINGS)}")
-    embed_model = ModelRef.parse(embed_model)
+    embed_model = ModelRef.parse(cfg.embed_model)
     data = as_dataset(dataset, data_root)
     per_class = data.class_indices()
     for c, idx in enumerate(per_class):
@@ -139,7 +135,7 @@ def select(
                 f"class {c} ({data.classes[c]!r}) of {data.name} has {len(idx)} train images, fewer than "
                 f"ipc={ipc}"
             )
-    prep = data.preprocess(zca)
+    prep = data.preprocess(cfg.zca)
     meta: dict = {
         "method": method,
         "kind": "coreset",
@@ -151,7 +147,7 @@ def select(
         gen = torch.Generator().manual_seed(seed)
         picks = [idx[torch.randperm(len(idx), generator=gen)[:ipc]] for idx in per_class]
     else:
-        net = embedding_model(data, prep, embed, embed_model, seed, embed_epochs, device)
+        net = embedding_model(data, prep, embed, embed_model, seed, embed_epochs, cfg.device)
         choose = herding if method == "herding" else kcenter
         picks = [idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)] for idx in per_class]
         meta |= {"embed": embed, "embed_model": str(embed_model)}

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -32,26 +32,12 @@ from atomdd.io import versions, write_json
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
 from atomdd.sets import SyntheticSet
-from atomdd.train import TrainConfig, test_models, train_models, use_batched
+from atomdd.settings import EvalConfig
+from atomdd.train import test_models, train_models, use_batched
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "eval.json"
-
-
-@dataclass(frozen=True)
-class EvalConfig(TrainConfig):
-    """Every knob of the protocol: how the models train (`TrainConfig`), and what is reported."""
-
-    # also test on the first N test images alone (0: no): a test set only partly exact, as the
-    # CIFAR-10 copy this project is checked on, reports its exact part beside the whole
-    test_limit: int = 0
-
-    def problems(self) -> list[str]:
-        bad = super().problems()
-        if self.test_limit < 0:
-            bad.append(f"test_limit={self.test_limit} (0 means no separate first-N accuracy)")
-        return bad
 
 
 class Accuracy(TypedDict):

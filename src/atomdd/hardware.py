@@ -12,8 +12,7 @@ import warnings
 import torch
 
 from atomdd.errors import AtomddError
-
-PRECISIONS = ("fp32", "bf16")
+from atomdd.settings import PRECISIONS
 
 
 def resolve_device(requested: str = "auto") -> torch.device:

@@ -125,7 +125,8 @@ def finished(folder: Path, budget: Budget) -> dict | None:
 
 def evaluate_job(syn, folder: Path, budget: Budget) -> dict:
     """The job's eval report: the one already there under this budget, or a new one."""
-    from atomdd.evaluate import EvalConfig, evaluate_set
+    from atomdd.evaluate import evaluate_set
+    from atomdd.settings import EvalConfig
 
     report = finished(folder, budget)
     if report is None:

@@ -15,61 +15,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from atomdd.augment import DEFAULT_STRATEGY, Draw, DSAConfig, draw
-from atomdd.errors import AtomddError
-from atomdd.hardware import PRECISIONS, resolve_device
+from atomdd.augment import Draw, DSAConfig, draw
+from atomdd.hardware import resolve_device
 from atomdd.io import derive_seed
 from atomdd.models import FeatureModel, ModelRef, seeded_model
 from atomdd.parallel import chunks
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How fresh models are trained and tested; the defaults are DM's published settings."""
-
-    epochs: int = 1000
-    runs: int = 5  # models trained per architecture (published: 10 or 20)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    lr_decay: float = 0.1  # lr factor applied from epoch int(epochs · decay_at) on
-    decay_at: float = 0.5
-    dsa: str = DEFAULT_STRATEGY  # DSA strategy for the training batches, "none" to train without
-    # test images per forward pass, summed over the models of a stack: DM's 256; on the CPU measured,
-    # 16–64 ran up to 1.5× faster (activations stay in cache), on a GPU larger is faster
-    test_batch: int = 256
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast; fp32 master weights, loss and update)
-    batched: bool | None = None  # runs together under vmap; None: on CUDA yes, on a CPU no (see below)
-    stack_size: int = 0  # at most this many runs per stack (bounds memory); 0 = all runs at once
-
-    def __post_init__(self) -> None:
-        bad = self.problems()
-        if bad:
-            raise AtomddError(f"invalid evaluation setting(s): {', '.join(bad)}")
-        DSAConfig(strategy=self.dsa).ops()  # an unknown operation is an error now, not mid-run
-
-    def problems(self) -> list[str]:
-        positive = ("epochs", "runs", "batch_size", "test_batch")
-        bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
-        bad += [f"{k}={getattr(self, k)}" for k in ("lr", "lr_decay") if not getattr(self, k) > 0]
-        bad += [f"{k}={getattr(self, k)}" for k in ("momentum", "weight_decay") if getattr(self, k) < 0]
-        if not 0 <= self.decay_at <= 1:
-            bad.append(f"decay_at={self.decay_at} (a fraction of the epochs, 0–1)")
-        if self.stack_size < 0:
-            bad.append(f"stack_size={self.stack_size} (0 means all runs in one stack)")
-        if self.precision not in PRECISIONS:
-            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
-        return bad
+from atomdd.settings import TrainConfig
 
 
 def run_seed(seed: int, run: int, purpose: str) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from atomdd.config import apply_overrides, load_config_file
 from atomdd.errors import AtomddError
 from atomdd.io import derive_seed
+from atomdd.settings import DSA_DEFAULT
 
 if TYPE_CHECKING:
     from atomdd.matching import MatchConfig
@@ -32,7 +33,7 @@ class DistillConfig:
     batch_real: int = 64  # real images per class per step
     init: str = "real"  # "real" | "noise"
     zca: bool = False
-    dsa: str = "color_crop_cutout_flip_scale_rotate"  # or "none"
+    dsa: str = DSA_DEFAULT  # or "none"
     # backbone: a model reference, e.g. "convnet" or "resnet18(norm=batchnorm)"; the flat depth … pool
     # below apply to convnet only, and options written in `model` win over them
     model: str = "convnet"
