@@ -73,8 +73,8 @@ def test_distill_from_the_cli_writes_a_run(capsys, tmp_path):
         "1",
         "--iterations",
         "2",
-        "--width",
-        "16",
+        "--model",
+        "convnet(width=16)",
         "--batch-real",
         "8",
         "--p-spatial",
@@ -86,7 +86,9 @@ def test_distill_from_the_cli_writes_a_run(capsys, tmp_path):
     )
     assert code == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["p_spatial"] == 2.0 and run["config"]["fused"] is False and run["step"] == 2
+    config = run["config"]  # the sections nest: match (the loss), run (execution)
+    assert config["match"]["p_spatial"] == 2.0 and config["run"]["fused"] is False and run["step"] == 2
+    assert config["model"] == "convnet(width=16)"
 
 
 def test_truncated_file_is_named_with_exit_code_2(capsys, tmp_path):
@@ -132,13 +134,17 @@ def _help_of(command: str) -> str:
 def test_flags_are_generated_from_the_settings():
     from dataclasses import fields
 
-    from atomdd.distillation.config import DistillConfig
+    from atomdd.distillation.config import flat_fields
     from atomdd.settings import CoresetConfig, EvalConfig
 
-    for command, cls in (("distill", DistillConfig), ("evaluate", EvalConfig), ("coreset", CoresetConfig)):
+    for command, names in (
+        ("distill", [f.name for f in flat_fields()]),
+        ("evaluate", [f.name for f in fields(EvalConfig)]),
+        ("coreset", [f.name for f in fields(CoresetConfig)]),
+    ):
         text = _help_of(command)
-        for f in fields(cls):
-            assert "--" + f.name.replace("_", "-") in text, (command, f.name)
+        for name in names:
+            assert "--" + name.replace("_", "-") in text, (command, name)
 
 
 def test_every_command_takes_a_config_file_and_flags_win(capsys, tmp_path):

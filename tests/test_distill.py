@@ -9,8 +9,8 @@ import torch
 from atomdd.distillation.config import DistillConfig, make_config
 from atomdd.distillation.driver import CHECKPOINT, Distiller, distill
 from atomdd.errors import AtomddError, Interrupted
-from atomdd.matching import METHODS
 from atomdd.sets import load_synthetic
+from atomdd.settings import METHODS
 from atomdd.signals import stop_on_signals
 
 # Small but real: digits (8×8), a narrow ConvNet, few steps.
@@ -23,7 +23,7 @@ def config(**kw):
 
 def test_fused_pass_equals_per_class_loop():
     cfg = config(iterations=1, chunk_images=4096)
-    fused, loop = Distiller(cfg), Distiller(replace(cfg, fused=False))
+    fused, loop = Distiller(cfg), Distiller(replace(cfg, run=replace(cfg.run, fused=False)))
     assert len(fused._class_chunks()) == 1 and len(loop._class_chunks()) == 10
     loss_f, terms_f = fused.loss_and_grad(0)
     loss_l, terms_l = loop.loss_and_grad(0)
@@ -163,7 +163,7 @@ def test_config_file_and_precedence(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("lr_img: 0.5\np_spatial: 2\nipc: 3\n")
     cfg = make_config(config_file=f, p_spatial=6)
-    assert (cfg.dataset, cfg.lr_img, cfg.p_spatial, cfg.ipc) == ("digits", 0.5, 6.0, 3)
+    assert (cfg.dataset, cfg.lr_img, cfg.match.p_spatial, cfg.ipc) == ("digits", 0.5, 6.0, 3)
     assert make_config("digits", 1, config_file=f).ipc == 1  # an explicit argument beats the file
     t = tmp_path / "c.toml"
     t.write_text("unknown_key = 1\n")
@@ -171,21 +171,36 @@ def test_config_file_and_precedence(tmp_path):
         make_config("digits", 1, "atom", config_file=t)
     assert make_config("cifar10", 10, "atom").zca and make_config("cifar10", 10, "dm").batch_real == 256
     tiny = make_config("tinyimagenet", 1, "atom")
-    assert (tiny.depth, tiny.embedding, tiny.zca) == (4, 0.2, False)
-    assert make_config("tinyimagenet", 1, "datadam").embedding == 0.02
+    assert (tiny.model, tiny.match.embedding, tiny.zca) == ("convnet(depth=4)", 0.2, False)
+    assert make_config("tinyimagenet", 1, "datadam").match.embedding == 0.02
 
 
 def test_bare_config_matches_the_atom_preset():
     # DistillConfig mirrors MatchConfig's fields flat (for config files and flags): its defaults must
     # stay ATOM's, or a DistillConfig built without make_config silently runs another loss
-    assert DistillConfig().match() == METHODS["atom"]
+    assert DistillConfig().match == METHODS["atom"]
 
 
 def test_backbone_is_a_model_reference():
     cfg = config(model="convnet( pool=maxpool,depth=2)", iterations=1)
-    assert cfg.model == "convnet(depth=2,pool=maxpool)"  # one spelling in run.json and checkpoints
+    assert cfg.model_ref().options_for(8)["pool"] == "maxpool"
     d = Distiller(cfg)
-    assert d.task.num_blocks == 2 and cfg.model_options()["width"] == 16  # flat fields fill the rest
+    assert d.task.num_blocks == 2 and cfg.model == "convnet(depth=2,pool=maxpool,width=16)"  # width folded
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in d.network(0).modules())
     with pytest.raises(AtomddError, match=r"unknown option\(s\) \['dpth'\]"):
         config(model="convnet(dpth=2)")
+
+
+def test_config_sections_and_the_flat_format():
+    from dataclasses import asdict
+
+    cfg = config(ipc=2, p_spatial=2, chunk_images=64, depth=2)
+    assert (cfg.match.p_spatial, cfg.run.chunk_images, cfg.model) == (2.0, 64, "convnet(depth=2,width=16)")
+    assert DistillConfig.from_dict(asdict(cfg)) == cfg  # run.json and checkpoints hold the nested form
+    # a run.json from before the sections: flat keys, ConvNet's options beside the model name
+    flat = cfg.flat() | {"model": "convnet", "depth": 2, "width": 16, "norm": "instancenorm", "act": "relu"}
+    assert DistillConfig.from_dict(flat) == cfg
+    with pytest.raises(AtomddError, match=r"unknown config key\(s\) \['p_spacial'\]; valid: .*p_spatial"):
+        config(p_spacial=2)
+    with pytest.raises(AtomddError, match=r"model lenet: unknown option\(s\) \[.width.\]"):
+        config(model="lenet")  # ConvNet's options are not silently dropped for another model

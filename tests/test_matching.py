@@ -3,16 +3,14 @@ import torch
 
 from atomdd.errors import AtomddError
 from atomdd.matching import (
-    METHODS,
-    MatchConfig,
     channel_attention,
     class_statistics,
     matching_loss,
-    method_config,
     spatial_attention,
     term_weights,
 )
 from atomdd.models import create_model
+from atomdd.settings import METHODS, MatchConfig, method_config
 
 
 def test_attention_maps_follow_the_formula_and_are_unit_norm():

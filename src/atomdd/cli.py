@@ -25,14 +25,14 @@ def _flag(name: str) -> str:
 
 def _add_config_flags(
     p: argparse.ArgumentParser,
-    config_cls: type,
+    config_cls: type | list,
     skip: Sequence[str] = (),
     title: str = "overrides (default: the published preset for the dataset × IPC × method)",
 ) -> None:
     """One flag per config field (its `help` metadata the flag's help); a flag left out keeps the
     preset / config-file / default value."""
     group = p.add_argument_group(title)
-    for f in dataclasses.fields(config_cls):
+    for f in _fields(config_cls):
         if f.name in skip:
             continue
         helptext = f.metadata.get("help")
@@ -55,10 +55,14 @@ def _settings(args: argparse.Namespace, config_cls: type, own: Sequence[str]) ->
     return apply_overrides(cfg, _overrides(args, config_cls), "config key"), mine
 
 
-def _overrides(args: argparse.Namespace, config_cls: type, skip: Sequence[str] = ()) -> dict:
+def _fields(config: type | list) -> list:
+    return config if isinstance(config, list) else list(dataclasses.fields(config))
+
+
+def _overrides(args: argparse.Namespace, config_cls: type | list, skip: Sequence[str] = ()) -> dict:
     return {
         f.name: getattr(args, f.name)
-        for f in dataclasses.fields(config_cls)
+        for f in _fields(config_cls)
         if f.name not in skip and getattr(args, f.name, None) is not None
     }
 
@@ -105,11 +109,11 @@ _DISTILL_OWN = ("dataset", "ipc", "method", "iterations", "seed", "data_root")
 
 @command
 def cmd_distill(args: argparse.Namespace) -> int:
-    from atomdd.distillation.config import DistillConfig
+    from atomdd.distillation.config import flat_fields
     from atomdd.distillation.driver import distill
     from atomdd.signals import stop_on_signals
 
-    overrides = _overrides(args, DistillConfig, skip=_DISTILL_OWN)
+    overrides = _overrides(args, flat_fields(), skip=_DISTILL_OWN)
     overrides |= {
         k: getattr(args, k) for k in ("iterations", "seed", "data_root") if getattr(args, k) is not None
     }
@@ -192,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
-    from atomdd.distillation.config import DistillConfig
+    from atomdd.distillation.config import flat_fields
     from atomdd.settings import CoresetConfig, EvalConfig
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
@@ -218,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--config", default=None, help="YAML/TOML file of config values")
     p.add_argument("--quiet", action="store_true")
-    _add_config_flags(p, DistillConfig, skip=_DISTILL_OWN)
+    _add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
     p.add_argument("--dataset", default=None, help="required (here or in --config)")

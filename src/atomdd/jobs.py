@@ -62,7 +62,7 @@ def make_set(
     """The set of one job: made in `folder`, or the one a previous invocation finished there
     (a distillation resumes from its checkpoint). Returns a `SyntheticSet`."""
     from atomdd.coreset import select
-    from atomdd.distillation.config import make_config, preset
+    from atomdd.distillation.config import DistillConfig, make_config, preset
     from atomdd.distillation.driver import CHECKPOINT, RUN_FILE, distill
     from atomdd.sets import FILENAME, load_synthetic
 
@@ -80,11 +80,8 @@ def make_set(
         # with other matching settings than the spec means now
         made = json.loads((folder / RUN_FILE).read_text())
         want = make_config(budget.dataset, ipc, name, iterations=budget.steps, seed=seed, **overrides)
-        differ = {
-            k: (made["config"].get(k), v)
-            for k, v in want.match().to_dict().items()
-            if made["config"].get(k) != v
-        }
+        had = DistillConfig.from_dict(made["config"]).match.to_dict()  # either run.json format
+        differ = {k: (had[k], v) for k, v in want.match.to_dict().items() if had[k] != v}
         if differ:
             raise AtomddError(
                 f"{folder} was made with other settings than {spec!r} means now (made, now): {differ}; "

@@ -12,68 +12,11 @@ real images is computed once without autograd and the synthetic side is compared
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-
 import torch
 import torch.nn.functional as F
 
-from atomdd.errors import AtomddError, unknown_name
 from atomdd.models import Features
-
-
-@dataclass(frozen=True)
-class MatchConfig:
-    spatial: float = 1.0  # w_s
-    channel: float = 1.0  # w_c
-    embedding: float = 0.1  # λ
-    p_spatial: float = 4.0
-    p_channel: float = 4.0
-    layers: str = "all-but-last"  # "all", "all-but-last", or comma-separated block indices ("0,1")
-    scale: float = 100.0  # common factor; behaves like the image learning rate
-
-    def __post_init__(self) -> None:
-        if min(self.spatial, self.channel, self.embedding) < 0 or self.scale <= 0:
-            raise AtomddError("matching weights must be ≥ 0 and scale > 0")
-        if self.spatial == self.channel == self.embedding == 0:
-            raise AtomddError("all matching weights are zero: nothing to match")
-        if self.p_spatial <= 0 or self.p_channel <= 0:
-            raise AtomddError("attention powers p_spatial and p_channel must be > 0")
-        self.layer_indices(8)  # validates the syntax early
-
-    def layer_indices(self, num_blocks: int) -> list[int]:
-        if self.layers == "all":
-            return list(range(num_blocks))
-        if self.layers == "all-but-last":
-            return list(range(max(num_blocks - 1, 0)))
-        try:
-            idx = [int(s) for s in str(self.layers).split(",") if s.strip()]
-        except ValueError:
-            raise AtomddError(
-                f"layers={self.layers!r}: use 'all', 'all-but-last' or indices like '0,1'"
-            ) from None
-        if any(i < -num_blocks or i >= num_blocks for i in idx):
-            raise AtomddError(f"layers={self.layers!r}: the model has blocks 0..{num_blocks - 1}")
-        return idx
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-METHODS: dict[str, MatchConfig] = {
-    # λ 0.1, not DataDAM's 0.01: ahead in every seed at MNIST IPC 1 and 10 (README, "Ablation")
-    "atom": MatchConfig(spatial=1.0, channel=1.0, embedding=0.1),
-    "atom-channel": MatchConfig(spatial=0.0, channel=1.0, embedding=0.01),
-    "datadam": MatchConfig(spatial=1.0, channel=0.0, embedding=0.01),
-    "dm": MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=1.0),
-}
-
-
-def method_config(method: str, **overrides) -> MatchConfig:
-    try:
-        base = METHODS[method]
-    except KeyError:
-        raise unknown_name("method", method, list(METHODS)) from None
-    return replace(base, **overrides)
+from atomdd.settings import MatchConfig
 
 
 def abs_pow(f: torch.Tensor, p: float) -> torch.Tensor:

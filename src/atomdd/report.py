@@ -20,9 +20,10 @@ from atomdd.data import Dataset, as_dataset
 from atomdd.distillation.config import DistillConfig
 from atomdd.distillation.step import network
 from atomdd.io import atomic_path
-from atomdd.matching import MatchConfig, channel_attention, spatial_attention
+from atomdd.matching import channel_attention, spatial_attention
 from atomdd.models import FeatureModel
 from atomdd.sets import load_synthetic
+from atomdd.settings import MatchConfig
 
 
 def _to_uint8(images01: torch.Tensor) -> np.ndarray:
@@ -107,16 +108,16 @@ def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown
     each class) and the synthetic ones. `data`: the run's dataset if already loaded."""
     out = Path(out)
     run = json.loads((out / "run.json").read_text())
-    cfg = DistillConfig(**run["config"])
+    cfg = DistillConfig.from_dict(run["config"])
     result = load_synthetic(out)
     prep = result.preprocess()
     save_grid(prep.inverse(result.images), result.labels, out / "grid.png")
-    data = as_dataset(data if data is not None else cfg.dataset, cfg.data_root)
+    data = as_dataset(data if data is not None else cfg.dataset, cfg.run.data_root)
     k = min(classes_shown, data.num_classes)
     net = network(cfg, data.channels, data.num_classes, data.image_size, 0, torch.device("cpu"))
     real = [prep(data.train_images[idx[:64]]) for idx in data.class_indices()[:k]]
     syn = [result.images[result.labels == c] for c in range(k)]
-    save_attention(net, real, syn, list(data.classes[:k]), cfg.match(), out / "attention.png")
+    save_attention(net, real, syn, list(data.classes[:k]), cfg.match, out / "attention.png")
 
 
 # --- tables ----------------------------------------------------------------------------------------

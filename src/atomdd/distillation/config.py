@@ -4,21 +4,38 @@ builds its flags from `DistillConfig` without loading it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atomdd.config import apply_overrides, load_config_file
 from atomdd.errors import AtomddError
 from atomdd.io import derive_seed
-from atomdd.settings import DSA_DEFAULT
+from atomdd.settings import DSA_DEFAULT, METHODS, MatchConfig, dsa_ops, method_config
 
 if TYPE_CHECKING:
-    from atomdd.matching import MatchConfig
     from atomdd.models import ModelRef
 
 # Keys that may change between a checkpoint and its resumption without changing the result.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "data_root", "download", "device", "chunk_images"}
+# ConvNet's options as flat keys (config files, flags, run.json before `model` took options): they
+# fold into the backbone's model reference, `width=16` → `convnet(width=16)`
+MODEL_KEYS = ("depth", "width", "norm", "act", "pool")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a distillation executes: none of it changes what it computes, but `fused` and `precision`
+    change its rounding."""
+
+    fused: bool = True  # all classes in one pass; False = one class per pass (the published loop)
+    chunk_images: int = 0  # images per forward pass; 0 = auto (256 on CPU: cache-friendly, 8192 on GPU)
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast; falls back to fp32 without fast bf16)
+    device: str = "auto"
+    checkpoint_every: int = 500
+    log_every: int = 10
+    data_root: str | None = None
+    download: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,36 +51,10 @@ class DistillConfig:
     init: str = "real"  # "real" | "noise"
     zca: bool = False
     dsa: str = DSA_DEFAULT  # or "none"
-    # backbone: a model reference, e.g. "convnet" or "resnet18(norm=batchnorm)"; the flat depth … pool
-    # below apply to convnet only, and options written in `model` win over them
+    # the backbone: a model reference, e.g. "convnet", "convnet(depth=4)", "resnet18(norm=batchnorm)"
     model: str = "convnet"
-    depth: int = 3
-    width: int = 128
-    norm: str = "instancenorm"
-    act: str = "relu"
-    pool: str = "avgpool"
-    # the matching loss (defaults come from the method; see matching.METHODS)
-    spatial: float = 1.0
-    channel: float = 1.0
-    embedding: float = 0.1
-    p_spatial: float = 4.0
-    p_channel: float = 4.0
-    layers: str = "all-but-last"
-    scale: float = 100.0
-    # execution
-    fused: bool = True  # all classes in one pass; False = one class per pass (the published loop)
-    chunk_images: int = 0  # images per forward pass; 0 = auto (256 on CPU: cache-friendly, 8192 on GPU)
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast; falls back to fp32 without fast bf16)
-    device: str = "auto"
-    checkpoint_every: int = 500
-    log_every: int = 10
-    data_root: str | None = None
-    download: bool = False
-
-    def match(self) -> MatchConfig:
-        from atomdd.matching import MatchConfig
-
-        return MatchConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MatchConfig)})
+    match: MatchConfig = field(default_factory=MatchConfig)  # the loss (defaults: ATOM's)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def model_ref(self) -> ModelRef:
         """`model` as a reference: a name, or a name with options (`convnet(depth=2,pool=maxpool)`)."""
@@ -72,12 +63,74 @@ class DistillConfig:
         return ModelRef.parse(self.model)
 
     def model_options(self) -> dict[str, Any]:
-        """The backbone's options: for convnet the flat fields (depth … pool), then the options
-        written in `model` itself, which win."""
-        ref = self.model_ref()
-        flat = ("depth", "width", "norm", "act", "pool")
-        base = {k: getattr(self, k) for k in flat} if ref.name == "convnet" else {}
-        return base | dict(ref.options)
+        return dict(self.model_ref().options)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its own name, sections merged (names are unique across them)."""
+        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _SECTIONS}
+        return top | {
+            k: v for section in _SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
+        """A config from its nested dict (`dataclasses.asdict`), or from the flat one run.json held
+        before the sections (its depth … pool fold into `model`)."""
+        flat = dict(values)
+        for section in _SECTIONS:
+            if isinstance(flat.get(section), dict):
+                flat |= flat.pop(section)
+        legacy = {k: flat.pop(k) for k in MODEL_KEYS if k in flat}
+        if legacy:
+            from atomdd.models import ModelRef, get_spec
+
+            defaults = get_spec(ModelRef.parse(flat.get("model", "convnet")).name).options
+            legacy = {k: v for k, v in legacy.items() if k in defaults and defaults[k] != v}
+            flat["model"] = _with_options(flat.get("model", "convnet"), legacy)
+        return override(cls(), flat)
+
+
+_SECTIONS = ("match", "run")
+
+
+def flat_fields() -> list[dataclasses.Field]:
+    """The fields of `DistillConfig` with its sections' fields in place of the sections: one per
+    flag (the CLI's `--lr-img`, `--p-spatial`, `--checkpoint-every`, ...)."""
+    out = []
+    for f in dataclasses.fields(DistillConfig):
+        if f.name in _SECTIONS:
+            out += dataclasses.fields({"match": MatchConfig, "run": RunConfig}[f.name])
+        else:
+            out.append(f)
+    return out
+
+
+def _with_options(model: str, options: dict[str, Any]) -> str:
+    """`model` with `options` over the ones it names (a canonical model reference)."""
+    from atomdd.models import ModelRef
+
+    ref = ModelRef.parse(model)
+    return str(ModelRef(ref.name, tuple((dict(ref.options) | options).items())))
+
+
+def override(cfg: DistillConfig, values: dict[str, Any], what: str = "config key") -> DistillConfig:
+    """`cfg` with flat `values` applied, each to its section (the top level, `match`, `run`), and
+    ConvNet's flat options (depth … pool) folded into `model`; an unknown key names the valid ones."""
+    sections = {s: {f.name for f in dataclasses.fields(getattr(cfg, s))} for s in _SECTIONS}
+    top = {f.name for f in dataclasses.fields(cfg)} - set(_SECTIONS)
+    valid = [*sorted(top), *MODEL_KEYS, *(k for s in _SECTIONS for k in sorted(sections[s]))]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
+    cfg = apply_overrides(cfg, {k: v for k, v in values.items() if k in top}, what)
+    for s in _SECTIONS:
+        mine = {k: v for k, v in values.items() if k in sections[s]}
+        if mine:
+            cfg = dataclasses.replace(cfg, **{s: apply_overrides(getattr(cfg, s), mine, what)})
+    folded = {k: v for k, v in values.items() if k in MODEL_KEYS}
+    if folded:
+        cfg = dataclasses.replace(cfg, model=_with_options(cfg.model, folded))
+    return cfg
 
 
 # Published settings (DataDAM's table; ATOM follows DM/DataDAM): (ipc → image lr), real batch,
@@ -87,9 +140,7 @@ _ZCA = {"cifar10", "cifar100"}
 
 
 def preset(dataset: str, ipc: int, method: str) -> dict[str, Any]:
-    """The published hyperparameters for a dataset × IPC × method, as config overrides."""
-    from atomdd.matching import METHODS, method_config
-
+    """The published hyperparameters for a dataset × IPC × method, as (flat) config overrides."""
     if method not in METHODS:
         method_config(method)  # raises the unknown-name error
     m = METHODS[method]
@@ -100,7 +151,7 @@ def preset(dataset: str, ipc: int, method: str) -> dict[str, Any]:
         "lr_img": 1.0 if ipc <= 50 else 10.0,
         "batch_real": 256 if method == "dm" else 64,
         "zca": dataset in _ZCA,
-        "depth": 4 if dataset in _HIGH_RES else 3,
+        **({"model": "convnet(depth=4)"} if dataset in _HIGH_RES else {}),
         **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
     }
     if dataset in _HIGH_RES and method != "dm":
@@ -125,29 +176,26 @@ def make_config(
     method = method or file_values.pop("method", None) or "atom"
     for key in ("dataset", "ipc", "method"):
         file_values.pop(key, None)
-    cfg = apply_overrides(DistillConfig(), preset(dataset, ipc, method), "config key")
-    cfg = apply_overrides(cfg, file_values, "config key")
-    cfg = apply_overrides(cfg, {k: v for k, v in flags.items() if v is not None}, "config key")
+    cfg = override(DistillConfig(), preset(dataset, ipc, method))
+    cfg = override(cfg, file_values)
+    cfg = override(cfg, {k: v for k, v in flags.items() if v is not None})
     validate(cfg)
     return dataclasses.replace(cfg, model=str(cfg.model_ref()))  # one spelling per model
 
 
 def validate(cfg: DistillConfig) -> None:
-    from atomdd.augment import DSAConfig
-
     if cfg.ipc < 1:
         raise AtomddError(f"ipc must be ≥ 1 (images per class), got {cfg.ipc}")
     if cfg.iterations < 0:
         raise AtomddError("iterations must be ≥ 0")
     if cfg.init not in ("real", "noise"):
         raise AtomddError(f"init must be 'real' or 'noise', got {cfg.init!r}")
-    if cfg.lr_img <= 0 or cfg.batch_real < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
+    if cfg.lr_img <= 0 or cfg.batch_real < 1 or cfg.run.checkpoint_every < 1 or cfg.run.log_every < 1:
         raise AtomddError("lr_img must be > 0, and batch_real, checkpoint_every, log_every ≥ 1")
-    if cfg.chunk_images < 0:
+    if cfg.run.chunk_images < 0:
         raise AtomddError("chunk_images must be ≥ 0 (0 = automatic)")
     cfg.model_ref()
-    cfg.match()
-    DSAConfig(strategy=cfg.dsa).ops()
+    dsa_ops(cfg.dsa)
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:

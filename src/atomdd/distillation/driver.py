@@ -43,9 +43,10 @@ class Distiller:
 
     def __init__(self, cfg: DistillConfig, data: Dataset | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_root, cfg.download)
+        self.device = resolve_device(cfg.run.device)
+        self.precision = resolve_precision(cfg.run.precision, self.device)
+        run = cfg.run
+        self.data = data if data is not None else load_dataset(cfg.dataset, run.data_root, run.download)
         self.prep = self.data.preprocess(cfg.zca)
         self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision)
         self.k = self.data.num_classes
@@ -90,11 +91,12 @@ class Distiller:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
-            saved = json.loads(meta["config"])
+            saved_config = json.loads(meta["config"])
             step = int(meta["step"])
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise AtomddError(f"checkpoint {path} is corrupt or not an atomdd checkpoint: {e}") from None
-        mine = asdict(self.cfg)
+        saved = DistillConfig.from_dict(saved_config).flat()  # also a checkpoint of the flat format
+        mine = self.cfg.flat()
         differ = {k: (saved.get(k), v) for k, v in mine.items() if k not in RESUMABLE and saved.get(k) != v}
         if differ:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
@@ -146,13 +148,13 @@ class Distiller:
             self.opt.step()
             self.step += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+            if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
                 bar.set_postfix(loss=f"{value:.4g}")
                 if folder is not None:
                     row = {"step": self.step, "loss": value, "seconds": time.perf_counter() - t0}
                     folder.log(row | {k: float(v) for k, v in terms.items()})
             stopping = bool(stop)
-            if folder is not None and (self.step % cfg.checkpoint_every == 0 or stopping):
+            if folder is not None and (self.step % cfg.run.checkpoint_every == 0 or stopping):
                 self.save_checkpoint(folder.path)
             if stopping:
                 bar.close()

@@ -19,9 +19,10 @@ from atomdd.data import Dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.distillation.config import DistillConfig, step_seed, validate
 from atomdd.errors import AtomddError
-from atomdd.matching import MatchConfig, class_statistics, matching_loss
+from atomdd.matching import class_statistics, matching_loss
 from atomdd.models import FeatureModel, seeded_model
 from atomdd.parallel import chunks
+from atomdd.settings import MatchConfig
 
 
 def generator(seed: int, step: int, purpose: str) -> torch.Generator:
@@ -75,14 +76,15 @@ class Task:
                 )
         real = prep(data.train_images).to(device)
         net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device)
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()) and cfg.fused:
+        batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        if batch_norm and cfg.run.fused:
             raise AtomddError(
                 "the backbone uses batch norm, which mixes the classes of a fused pass; "
                 "use an instance-norm backbone or set fused=false"
             )
         return cls(
             cfg=cfg,
-            match=cfg.match(),
+            match=cfg.match,
             dsa=DSAConfig(strategy=cfg.dsa),
             real=real,
             class_idx=[i.to(device) for i in data.class_indices()],
@@ -113,8 +115,8 @@ class Task:
         """`classes` (default: all) in the chunks one forward pass takes."""
         classes = range(self.num_classes) if classes is None else classes
         per_class = self.batch_real + self.cfg.ipc
-        images = self.cfg.chunk_images or (256 if self.device.type == "cpu" else 8192)
-        size = max(1, images // per_class) if self.cfg.fused else 1
+        images = self.cfg.run.chunk_images or (256 if self.device.type == "cpu" else 8192)
+        size = max(1, images // per_class) if self.cfg.run.fused else 1
         return [range(classes.start + c.start, classes.start + c.stop) for c in chunks(len(classes), size)]
 
 
