@@ -1,7 +1,9 @@
 """Atomic file writes and the provenance every run records beside its output.
 
 Every file a run writes goes to a temporary sibling first and is renamed into place, so a crash
-leaves either the old file or the new one, never half of one.
+leaves either the old file or the new one, never half of one. The temporary sibling is named
+`.<name>.atomdd-<pid>-<random>.tmp`; one left behind by a killed writer (its pid no longer alive) is
+removed by the next write into that folder. New files get the usual mode (0666 less the umask).
 """
 
 from __future__ import annotations
@@ -11,20 +13,89 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Iterator
+import re
+import secrets
+import struct
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.atomdd-(?P<pid>\d{1,10})-[0-9a-f]{8}\.tmp$")
+# what `tempfile.mkstemp` named them before the pid was part of the name
+_OLD_TMP_CHARS = re.compile(r"^[a-z0-9_]{8}$")
+OLD_TMP_AGE = 3600.0  # seconds: a pid-less temp file this old belongs to no live writer
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A fresh temporary sibling of `path`: `.<name>.atomdd-<pid>-<random>.tmp`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.atomdd-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def clean_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove the temporary files of killed atomic writes in `folder`.
+
+    Only names this module makes are touched: `.<target>.atomdd-<pid>-<hex>.tmp` whose pid is not a
+    live process and, for the target `name` if given, the pid-less `.<name>.XXXXXXXX.tmp` of earlier
+    versions once it is more than an hour old.
+    Returns the removed paths; a file that cannot be removed is left alone.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        n = entry.name
+        if not (n.startswith(".") and n.endswith(".tmp")):
+            continue
+        if m := _TMP.match(n):
+            stale = not _pid_alive(int(m["pid"]))
+        elif name is not None and n.startswith(f".{name}.") and _OLD_TMP_CHARS.match(n[len(name) + 2 : -4]):
+            try:
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > OLD_TMP_AGE
+            except OSError:
+                stale = False
+        else:
+            continue
+        try:
+            if stale and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary file exists (empty, mode 0666 less the umask) when the block starts; temporary
+    files of killed writers in the same folder are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    clean_stale_temps(path.parent, path.name)
+    tmp_path = temp_name(path)
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -57,6 +128,51 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+_SAFETENSORS_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def save_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str]
+) -> None:
+    """Write torch tensors as a safetensors file, atomically and byte-for-byte reproducibly.
+
+    The safetensors library writes its metadata in hash order, so the same set saved twice gave
+    different bytes; here the header is JSON with sorted keys, tensors laid out by (item size, name).
+    """
+    import torch
+
+    entries, offset = [], 0
+    for name, t in sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0])):
+        dtype = _SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise TypeError(f"cannot store {name} of dtype {t.dtype} in safetensors")
+        t = t.detach().cpu().contiguous()
+        nbytes = t.numel() * t.element_size()
+        info = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        entries.append((name, t, info))
+        offset += nbytes
+    header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    header |= {name: info for name, _, info in entries}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for _, t, _ in entries:
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def _jsonable(obj: Any) -> Any:

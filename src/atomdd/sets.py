@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError
-from atomdd.io import atomic_path
+from atomdd.io import save_safetensors
 from atomdd.parallel import is_main_process
 
 if TYPE_CHECKING:
@@ -90,8 +90,7 @@ class SyntheticSet:
             "preprocess": json.dumps(self.preprocess_meta),
             "meta": json.dumps(self.meta, default=str),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        save_safetensors(path, tensors, metadata)  # the same set gives the same bytes
         return path
 
 

@@ -47,6 +47,12 @@ class Dataset:
                 )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise AtomddError(f"{self.name}: {split} labels must be int64 of length {x.shape[0]}")
+            if x.shape[0] == 0:
+                where = f" (read from {self.source})" if self.source else ""
+                raise AtomddError(
+                    f"{self.name}: the {split} split is empty{where}; a dataset needs images in both its "
+                    "train and test splits. Check that its files are complete (or give the missing split)"
+                )
         if self.train_images.shape[1:] != self.test_images.shape[1:]:
             raise AtomddError(f"{self.name}: train and test images differ in shape")
         if len(self.mean) != self.channels or len(self.std) != self.channels:

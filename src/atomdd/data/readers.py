@@ -8,6 +8,7 @@ names it, never a numpy traceback or a silently wrong array.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -183,31 +184,69 @@ def read_digits(path: Path) -> Dataset:
 # IDX (MNIST, Fashion-MNIST)
 
 
+# A header promising more than this is forged (MNIST's largest file is 47 MB), and deflate cannot
+# expand a stream more than 1032-fold, so neither can make the reader allocate more than the file allows.
+MAX_IDX_BYTES = 1 << 32
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20
+
+
 def read_idx(file: Path, ndim: int) -> np.ndarray:
-    """An IDX array of unsigned bytes with `ndim` dimensions, from a plain or gzipped file."""
-    data = file.read_bytes()
-    if file.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise _corrupt(file, f"bad gzip data ({e})") from None
+    """An IDX array of unsigned bytes with `ndim` dimensions, from a plain or gzipped file.
+
+    Streamed: the header is read first and checked, then exactly the bytes it promises are read into
+    one array (never more: a gzip bomb is refused after its first promised byte too many), so memory
+    is bounded by what a genuine file of that header needs.
+    """
+    gz = file.suffix == ".gz"
+    try:
+        raw = open(file, "rb")  # noqa: SIM115  (closed below, with the gzip stream)
+    except OSError as e:
+        raise AtomddError(f"cannot read {file}: {e.strerror or e}") from None
+    try:
+        with raw, gzip.GzipFile(fileobj=raw, mode="rb") if gz else contextlib.nullcontext(raw) as stream:
+            return _read_idx_stream(file, stream, ndim, os.fstat(raw.fileno()).st_size, gz)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise _corrupt(file, f"bad gzip data ({e})" if gz else f"read error ({e})") from None
+
+
+def _read_idx_stream(
+    file: Path, stream: io.BufferedIOBase, ndim: int, file_size: int, gz: bool
+) -> np.ndarray:
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise _corrupt(file, f"{len(data)} bytes, shorter than its {header}-byte IDX header")
-    if data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != ndim:
+    head = stream.read(header)
+    if len(head) < header:
+        raise _corrupt(file, f"{len(head)} bytes, shorter than its {header}-byte IDX header")
+    if head[:2] != b"\0\0" or head[2] != 0x08 or head[3] != ndim:
         raise _corrupt(
-            file, f"magic number 0x{data[:4].hex()} is not 0x000008{ndim:02x} (unsigned bytes, {ndim} dims)"
+            file, f"magic number 0x{head[:4].hex()} is not 0x000008{ndim:02x} (unsigned bytes, {ndim} dims)"
         )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dims = struct.unpack(f">{ndim}I", head[4:header])
     size = math.prod(dims)
-    if len(data) - header != size:
-        short = len(data) - header < size
-        raise _corrupt(
+
+    def mismatch(got: str, short: bool) -> AtomddError:
+        return _corrupt(
             file,
-            f"{len(data) - header} data bytes where the header {dims} promises {size}"
+            f"{got} data bytes where the header {dims} promises {size}"
             + (" (file ends early)" if short else " (trailing bytes)"),
         )
-    return np.frombuffer(data, np.uint8, count=size, offset=header).reshape(dims)
+
+    if size > MAX_IDX_BYTES:
+        raise _corrupt(file, f"the header {dims} promises {size} bytes, more than any IDX file atomdd reads")
+    if not gz and file_size - header != size:
+        raise mismatch(str(file_size - header), file_size - header < size)
+    if gz and size > file_size * _DEFLATE_MAX_RATIO:
+        raise mismatch(f"at most {file_size * _DEFLATE_MAX_RATIO} (its {file_size} compressed bytes)", True)
+    out = np.empty(size, np.uint8)
+    view, pos = memoryview(out), 0
+    while pos < size:
+        n = stream.readinto(view[pos : pos + _CHUNK])
+        if not n:
+            raise mismatch(str(pos), True)
+        pos += n
+    if stream.read(1):
+        raise mismatch(f"more than {size}", False)
+    return out.reshape(dims)
 
 
 def _idx_file(path: Path, name: str) -> Path:

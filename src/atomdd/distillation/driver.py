@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import append_jsonl, atomic_path, read_jsonl, versions, write_bytes, write_json
+from atomdd.io import append_jsonl, read_jsonl, save_safetensors, versions, write_bytes, write_json
 from atomdd.models import FeatureModel
 from atomdd.parallel import is_main_process
 from atomdd.provenance import git_state
@@ -236,8 +236,7 @@ class RunFolder:
 
     def checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         if self.main:
-            with atomic_path(self.path / CHECKPOINT) as tmp:
-                save_file(tensors, str(tmp), metadata=meta)
+            save_safetensors(self.path / CHECKPOINT, tensors, meta)
 
     def save_set(self, result: SyntheticSet) -> None:
         if self.main:
