@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -194,3 +196,178 @@ def test_saving_the_same_set_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     assert len(digests) == 1
     back = load_synthetic(tmp_path / "0")
     assert torch.equal(back.labels, _small_set().labels) and back.meta == _small_set().meta
+
+
+# --------------------------------------------------------------------------------------------------
+# case 11 (rest): messages, exit codes and the run's wall time
+
+
+class _RunsCode:
+    """Pickled as a call of os.system: loading it with weights_only must refuse, with our words only."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_peer_refusal_prints_only_our_message(tmp_path: Path, digits) -> None:
+    from atomdd.sets import load_peer_set
+
+    for legacy in (False, True):
+        f = tmp_path / f"peer-{legacy}.pt"
+        torch.save({"data": [[torch.zeros(1), _RunsCode()]]}, f, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(AtomddError) as e:
+            load_peer_set(f, digits)
+        msg = str(e.value)
+        assert "refused" in msg and "system" in msg and "runs nothing" in msg
+        for torch_hint in (
+            "weights_only=False",
+            "`weights_only`",
+            "pytorch.org",
+            "add_safe_globals",
+            "torch.load",
+        ):
+            assert torch_hint not in msg
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    from atomdd.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_download_is_suggested_only_where_the_command_has_it(capsys, tmp_path: Path) -> None:
+    root = str(tmp_path / "empty")
+    for argv in (
+        ["coreset", "--dataset", "mnist", "--ipc", "1", "--out", str(tmp_path / "c"), "--data-root", root],
+        ["evaluate", "--whole", "--dataset", "mnist", "--data-root", root, "--epochs", "1", "--runs", "1"],
+    ):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and "missing" in err and "add --download" not in err, argv
+    code, err = _cli(
+        capsys, "distill", "--dataset", "mnist", "--data-root", root, "--out", str(tmp_path / "d")
+    )
+    assert code == 2 and "add --download" in err
+
+
+def test_ipc_message_names_a_valid_range(digits) -> None:
+    from atomdd.distillation.config import make_config
+    from atomdd.distillation.driver import Distiller
+
+    cfg = make_config("digits", 1, "dm", iterations=1, width=16, batch_real=4)
+    keep = digits.train_labels != 9  # class 9 loses every train image
+    no_nines = Dataset(
+        "digits",
+        digits.train_images[keep],
+        digits.train_labels[keep],
+        digits.test_images,
+        digits.test_labels,
+        digits.classes,
+        digits.mean,
+        digits.std,
+    )
+    with pytest.raises(AtomddError) as e:
+        Distiller(cfg, no_nines)
+    assert "'9'" in str(e.value) and "no train images" in str(e.value) and "≤ 0" not in str(e.value)
+    with pytest.raises(AtomddError, match=r"choose ipc from 1 to \d+"):
+        Distiller(make_config("digits", 1000, "dm", iterations=1, width=16, batch_real=4), digits)
+
+
+_TINY = ["--dataset", "digits", "--ipc", "1", "--model", "convnet(width=16)", "--batch-real", "8", "--quiet"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_exit_codes(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig, code) -> None:
+    from atomdd.distillation.driver import Distiller
+
+    honest = Distiller.loss_and_grad
+
+    def signalled(self, step):
+        if step == 1:
+            os.kill(os.getpid(), sig)
+        return honest(self, step)
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", signalled)
+    out = tmp_path / "run"
+    got, err = _cli(capsys, "distill", *_TINY, "--iterations", "5", "--out", str(out))
+    assert got == code and "interrupted at step 2" in err
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and "interrupted at step 2" in record["error"]
+
+
+def test_wall_seconds_accumulate_over_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomdd.distillation.driver import Distiller, distill
+
+    honest = Distiller.loss_and_grad
+
+    def slow(self, step):
+        time.sleep(0.5)
+        return honest(self, step)
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", slow)
+    cfg = dict(width=16, batch_real=8, checkpoint_every=1)
+    distill("digits", 1, "dm", out=tmp_path, iterations=2, **cfg)
+    first = json.loads((tmp_path / "run.json").read_text())["wall_seconds"]
+    distill("digits", 1, "dm", out=tmp_path, resume=True, iterations=4, **cfg)
+    both = json.loads((tmp_path / "run.json").read_text())["wall_seconds"]
+    assert first >= 1.0 and both >= first + 0.9, (first, both)
+
+
+# --------------------------------------------------------------------------------------------------
+# case 9: non-finite settings refused; no claim of a checkpoint that is not there; run.json "failed"
+
+
+def test_non_finite_settings_are_refused(capsys, tmp_path: Path) -> None:
+    from atomdd.distillation.config import DistillConfig, make_config
+    from atomdd.distillation.driver import Distiller
+    from atomdd.settings import EvalConfig, MatchConfig
+
+    for value in ("nan", "inf", "-inf", float("nan")):
+        with pytest.raises(AtomddError, match="finite"):
+            make_config("digits", 1, "atom", lr_img=value)
+    with pytest.raises(AtomddError, match="finite"):
+        make_config("digits", 1, "atom", momentum=float("inf"))
+    conf = tmp_path / "c.yaml"
+    conf.write_text("p_spatial: .nan\n")
+    with pytest.raises(AtomddError, match="p_spatial=nan: expected a finite number"):
+        make_config(config_file=conf)
+    with pytest.raises(AtomddError, match="finite"):
+        Distiller(DistillConfig(match=MatchConfig(scale=float("inf"))))
+    for field in ("lr", "momentum", "weight_decay", "lr_decay", "decay_at"):
+        with pytest.raises(AtomddError, match=f"{field}=nan"):
+            EvalConfig(**{field: float("nan")})
+    code, err = _cli(capsys, "distill", *_TINY, "--lr-img", "nan", "--out", str(tmp_path / "x"))
+    assert code == 2 and "lr_img='nan': expected a finite number" in err
+
+
+def test_failure_without_checkpoint_claims_none_and_run_json_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atomdd.distillation.driver import CHECKPOINT, Distiller, distill
+
+    honest = Distiller.loss_and_grad
+
+    def poisoned(self, step):
+        loss, terms = honest(self, step)
+        return loss * float("nan"), terms
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", poisoned)
+    with pytest.raises(AtomddError) as e:
+        distill("digits", 1, "dm", out=tmp_path, iterations=3, width=16, batch_real=8, checkpoint_every=100)
+    assert "loss became nan at step 0" in str(e.value) and "checkpoint" not in str(e.value)
+    assert not (tmp_path / CHECKPOINT).exists()
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "failed" and "loss became nan at step 0" in record["error"]
+
+
+def test_run_json_records_failure_of_any_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomdd.distillation.driver import Distiller, distill
+
+    def broken(self, step):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(Distiller, "loss_and_grad", broken)
+    with pytest.raises(RuntimeError):
+        distill("digits", 1, "dm", out=tmp_path, iterations=3, width=16, batch_real=8)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "out of memory (simulated)"

@@ -261,11 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()
+    from atomdd.data import offer_download
+
     try:
-        return COMMANDS[args.command](args)
+        with offer_download(hasattr(args, "download")):  # hints name --download only where it exists
+            return COMMANDS[args.command](args)
     except AtomddError as e:
         print(f"atomdd: error: {e}", file=sys.stderr)
-        return 130 if isinstance(e, Interrupted) else 2
+        return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
     except KeyboardInterrupt:
         print("atomdd: interrupted", file=sys.stderr)
         return 130

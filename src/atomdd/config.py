@@ -7,6 +7,7 @@ coerced to the field's type so a config file and a flag mean the same thing.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -58,10 +59,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 raise ValueError(value)
             return int(value)
         if hint is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise AtomddError(f"{name}={value!r}: expected a finite number")
+            return number
         if hint is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AtomddError(f"{name}={value!r}: expected {getattr(hint, '__name__', hint)}") from None
     return value
 

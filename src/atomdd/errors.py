@@ -11,7 +11,11 @@ class AtomddError(Exception):
 
 class Interrupted(AtomddError):
     """A stop was asked for (SIGINT/SIGTERM through the entry point); a checkpoint was written first.
-    The CLI exits with status 130."""
+    `signum` says which signal: the CLI exits with status 128 + it (SIGINT 130, SIGTERM 143)."""
+
+    def __init__(self, message: str, signum: int = 2) -> None:  # 2: SIGINT
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> AtomddError:

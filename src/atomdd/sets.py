@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,6 +156,21 @@ def _peer_tensors(obj: Any, file: Path) -> tuple[Any, Any, dict[str, Any]]:
     )
 
 
+def _peer_refusal(file: Path, torch_message: str) -> AtomddError:
+    """Our message for a file torch's weights-only unpickler refused: what it would import, nothing of
+    torch's advice (which suggests loading it with weights_only=False, i.e. running its code)."""
+    named = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    if named:
+        return AtomddError(
+            f"{file} was refused: loading it would import and run {named.group(1)}. atomdd reads a peer's "
+            "file as tensors, numbers, lists and dicts only, and runs nothing from it. Re-save the images "
+            "and labels as plain tensors if you trust the file"
+        )
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", torch_message)
+    reason = found.group(1).split(". Please")[0].strip() if found else "not a plain torch.save file"
+    return AtomddError(f"{file} is not a torch.save file that can be read safely: {reason}")
+
+
 def load_peer_set(
     path: str | os.PathLike,
     dataset: str | Dataset,
@@ -172,17 +188,11 @@ def load_peer_set(
     if not file.is_file():
         raise AtomddError(f"no such file: {file}")
     try:
-        obj = torch.load(file, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the refusal below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-        reason = found.group(1).split(". Please")[0] if found else str(e).strip().splitlines()[-1]
-        if "global" in reason.lower():
-            raise AtomddError(
-                f"{file} was refused: it can only be loaded by running code it names ({reason}); "
-                "atomdd loads peers' files with weights_only=True, which reads tensors, numbers, lists "
-                "and dicts only. Re-save the images and labels as plain tensors if you trust the file"
-            ) from None
-        raise AtomddError(f"{file} is not a torch.save file that can be read safely: {reason}") from None
+        raise _peer_refusal(file, str(e)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         why = (
             str(e).strip().splitlines()[0] if str(e).strip() else f"{type(e).__name__} (truncated or empty?)"

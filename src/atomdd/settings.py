@@ -7,6 +7,7 @@ help). No torch at import, so `atomdd --help` stays fast. The distillation's set
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -65,6 +66,9 @@ class TrainConfig:
     stack_size: int = 0  # at most this many runs per stack (bounds memory); 0 = all runs at once
 
     def __post_init__(self) -> None:
+        floats = ("lr", "momentum", "weight_decay", "lr_decay", "decay_at")
+        if nonfinite := [f"{k}={getattr(self, k)}" for k in floats if not math.isfinite(getattr(self, k))]:
+            raise AtomddError(f"invalid evaluation setting(s): {', '.join(nonfinite)} (must be finite)")
         bad = self.problems()
         if bad:
             raise AtomddError(f"invalid evaluation setting(s): {', '.join(bad)}")
@@ -144,6 +148,9 @@ class MatchConfig:
     scale: float = 100.0  # common factor; behaves like the image learning rate
 
     def __post_init__(self) -> None:
+        floats = ("spatial", "channel", "embedding", "p_spatial", "p_channel", "scale")
+        if bad := [f"{k}={getattr(self, k)}" for k in floats if not math.isfinite(getattr(self, k))]:
+            raise AtomddError(f"{', '.join(bad)}: settings must be finite numbers")
         if min(self.spatial, self.channel, self.embedding) < 0 or self.scale <= 0:
             raise AtomddError("matching weights must be ≥ 0 and scale > 0")
         if self.spatial == self.channel == self.embedding == 0:

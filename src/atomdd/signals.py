@@ -14,6 +14,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.flag = False
+        self.signum = signal.SIGINT  # which signal set the flag
 
     def __bool__(self) -> bool:
         return self.flag
@@ -29,7 +30,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
     def handler(signum, frame):  # noqa: ARG001
         if state.flag:
             raise KeyboardInterrupt
-        state.flag = True
+        state.flag, state.signum = True, signum
 
     try:
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

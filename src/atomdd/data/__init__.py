@@ -7,9 +7,11 @@ user already has is found where it is.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -134,6 +136,23 @@ class DatasetSpec:
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 register = DATASETS.register
 get_spec = DATASETS.get_spec
+
+# Whether the caller can act on "add --download": the CLI sets it for commands that have the flag.
+_OFFER_DOWNLOAD_FLAG = contextvars.ContextVar("atomdd_offer_download_flag", default=False)
+
+
+@contextlib.contextmanager
+def offer_download(flag: bool = True) -> Iterator[None]:
+    """Within the block, a missing dataset's message suggests `--download` (if `flag`)."""
+    token = _OFFER_DOWNLOAD_FLAG.set(flag)
+    try:
+        yield
+    finally:
+        _OFFER_DOWNLOAD_FLAG.reset(token)
+
+
+def download_flag_offered() -> bool:
+    return _OFFER_DOWNLOAD_FLAG.get()
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:

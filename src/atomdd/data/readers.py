@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from atomdd.data import DATASETS, Dataset, DatasetSpec, register
+from atomdd.data import DATASETS, Dataset, DatasetSpec, download_flag_offered, register
 from atomdd.errors import AtomddError
 from atomdd.io import atomic_path
 
@@ -92,8 +92,10 @@ def missing_files_error(spec: DatasetSpec, path: Path, missing: Sequence[str]) -
     """The error for absent files: what is missing, where we looked, and the ways to fix it."""
     holder = f"the folder that holds {spec.folder}/" if spec.folder else "the dataset's folder"
     hint = f"Put the files there, or point --data-root DIR (or the ATOMDD_DATA variable) at {holder}"
-    if spec.downloads:
+    if spec.downloads and download_flag_offered():
         hint += ", or add --download to fetch them (md5-checked)"
+    elif spec.downloads:
+        hint += "; `atomdd distill --download` or load_dataset(..., download=True) fetch them (md5-checked)"
     return AtomddError(f"{spec.name}: missing {', '.join(missing)} in {path}. {hint}.")
 
 

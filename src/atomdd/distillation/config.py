@@ -4,6 +4,7 @@ builds its flags from `DistillConfig` without loading it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,6 +175,9 @@ def make_config(
     if not isinstance(ipc, int) or isinstance(ipc, bool):
         raise AtomddError(f"ipc={ipc!r}: expected a whole number of images per class")
     method = method or file_values.pop("method", None) or "atom"
+    for key, value in (("dataset", dataset), ("method", method)):
+        if not isinstance(value, str):
+            raise AtomddError(f"{key}={value!r}: expected a name")
     for key in ("dataset", "ipc", "method"):
         file_values.pop(key, None)
     cfg = override(DistillConfig(), preset(dataset, ipc, method))
@@ -184,6 +188,9 @@ def make_config(
 
 
 def validate(cfg: DistillConfig) -> None:
+    numbers = {k: v for k, v in cfg.flat().items() if isinstance(v, float)}
+    if bad := [f"{k}={v}" for k, v in numbers.items() if not math.isfinite(v)]:
+        raise AtomddError(f"{', '.join(bad)}: settings must be finite numbers")
     if cfg.ipc < 1:
         raise AtomddError(f"ipc must be ≥ 1 (images per class), got {cfg.ipc}")
     if cfg.iterations < 0:

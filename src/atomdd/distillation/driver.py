@@ -54,6 +54,8 @@ class Distiller:
         self.syn = torch.nn.Parameter(self.task.initial_images())
         self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.step = 0
+        self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
+        self._t0: float | None = None  # when this process's part of the run started
 
     def network(self, step: int) -> FeatureModel:
         return self.task.network(step)
@@ -75,6 +77,7 @@ class Distiller:
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         meta = {
             "step": str(self.step),
+            "wall_seconds": repr(self.wall_seconds()),
             "config": json.dumps(asdict(self.cfg)),
             "dataset_hash": self.data.content_hash,
         }
@@ -93,6 +96,7 @@ class Distiller:
             tensors = load_file(str(path))
             saved_config = json.loads(meta["config"])
             step = int(meta["step"])
+            wall = float(meta.get("wall_seconds", "0"))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             raise AtomddError(f"checkpoint {path} is corrupt or not an atomdd checkpoint: {e}") from None
         saved = DistillConfig.from_dict(saved_config).flat()  # also a checkpoint of the flat format
@@ -113,13 +117,37 @@ class Distiller:
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.step = step
+        self.wall_before = wall if math.isfinite(wall) and wall >= 0 else 0.0
+
+    def wall_seconds(self) -> float:
+        """Seconds of work in this run so far, over every resume."""
+        return self.wall_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     # --- the loop -------------------------------------------------------------------------
     def run(
         self, out: Path | None = None, resume: bool = False, quiet: bool = True, stop: object = None
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
-        `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`."""
+        `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`.
+        With `out`, an error leaves run.json "failed" or "interrupted" and why."""
+        self._t0 = None
+        try:
+            return self._run(out, resume, quiet, stop)
+        except BaseException as e:
+            self._record_failure(out, e)
+            raise
+
+    def _record_failure(self, out: Path | None, error: BaseException) -> None:
+        if out is None or self._t0 is None:  # stopped before this run wrote its run.json
+            return
+        status = "interrupted" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "failed"
+        try:
+            record = self._record(status, time.perf_counter() - self._t0, Path(out))
+            RunFolder(out).record(record | {"error": str(error) or type(error).__name__})
+        except Exception:  # noqa: BLE001  (never hide the error being reported)
+            pass
+
+    def _run(self, out: Path | None, resume: bool, quiet: bool, stop: object) -> SyntheticSet:
         cfg = self.cfg
         folder = RunFolder(out) if out is not None else None
         if folder is not None:
@@ -134,13 +162,15 @@ class Distiller:
                 folder.start()
             folder.record(self._record("running", 0.0, folder.path))
         start, t0 = self.step, time.perf_counter()
+        self._t0 = t0
         bar = _progress(start, cfg.iterations, quiet)
         while self.step < cfg.iterations:
             self.opt.zero_grad(set_to_none=True)
             loss, terms = self.loss_and_grad(self.step)
             value = float(loss)
             if not math.isfinite(value):
-                kept = f"; the last good checkpoint is kept in {out}" if out else ""
+                has_checkpoint = folder is not None and (folder.path / CHECKPOINT).exists()
+                kept = f"; the last good checkpoint is kept in {out}" if has_checkpoint else ""
                 raise AtomddError(
                     f"the loss became {value} at step {self.step}{kept}. Lower lr_img (now {cfg.lr_img}) "
                     "or check the data for NaNs"
@@ -151,7 +181,7 @@ class Distiller:
             if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
                 bar.set_postfix(loss=f"{value:.4g}")
                 if folder is not None:
-                    row = {"step": self.step, "loss": value, "seconds": time.perf_counter() - t0}
+                    row = {"step": self.step, "loss": value, "seconds": self.wall_seconds()}
                     folder.log(row | {k: float(v) for k, v in terms.items()})
             stopping = bool(stop)
             if folder is not None and (self.step % cfg.run.checkpoint_every == 0 or stopping):
@@ -161,7 +191,8 @@ class Distiller:
                 raise Interrupted(
                     f"interrupted at step {self.step}; checkpoint saved in {out}; continue with --resume"
                     if out
-                    else f"interrupted at step {self.step}"
+                    else f"interrupted at step {self.step}",
+                    getattr(stop, "signum", 2),  # 2: SIGINT
                 )
         bar.close()
         seconds = time.perf_counter() - t0
@@ -198,7 +229,8 @@ class Distiller:
             "versions": versions(),
             "dataset": self.data.summary(),
             "step": self.step,
-            "wall_seconds": seconds,
+            "wall_seconds": self.wall_before + seconds,  # over every resume
+            "seconds_this_process": seconds,
             "seconds_per_step": seconds / steps_run if steps_run else None,
             "loss": loss_summary(out),
             "peak_memory_mb": _peak_memory_mb(self.device),

@@ -69,10 +69,16 @@ class Task:
         validate(cfg)
         counts = torch.bincount(data.train_labels, minlength=data.num_classes)
         for c, n in enumerate(counts.tolist()):
+            if n == 0:
+                raise AtomddError(
+                    f"class {data.classes[c]!r} of {cfg.dataset} has no train images, so it cannot be "
+                    "distilled; give every class at least one train image"
+                )
+        for c, n in enumerate(counts.tolist()):
             if cfg.ipc > n:
                 raise AtomddError(
                     f"ipc={cfg.ipc} but class {data.classes[c]!r} of {cfg.dataset} has only {n} train "
-                    f"images; choose ipc ≤ {int(counts.min())}"
+                    f"images; choose ipc from 1 to {int(counts.min())}"
                 )
         real = prep(data.train_images).to(device)
         net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device)
