@@ -371,3 +371,74 @@ def test_run_json_records_failure_of_any_error(tmp_path: Path, monkeypatch: pyte
         distill("digits", 1, "dm", out=tmp_path, iterations=3, width=16, batch_real=8)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "failed" and record["error"] == "out of memory (simulated)"
+
+
+# --------------------------------------------------------------------------------------------------
+# crashes the fuzzing found (tests/test_fuzz.py, benchmarks/fuzz.py), each pinned by its input
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("c.yaml", b"lr_img: \xff\xfe", "not UTF-8"),
+        ("c.json", b"[" * 100_000, "parse|nested"),
+        ("c.toml", b"a = " + b"[" * 3000, "parse|nested"),
+    ],
+)
+def test_config_file_found_by_fuzzing(tmp_path: Path, name: str, content: bytes, match: str) -> None:
+    from atomdd.distillation.config import make_config
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(AtomddError, match=match):
+        make_config(config_file=tmp_path / name)
+
+
+@pytest.mark.parametrize("key, value", [("preprocess", "null"), ("classes", "5"), ("meta", "[1]")])
+def test_synthetic_metadata_found_by_fuzzing(tmp_path: Path, key: str, value: str) -> None:
+    from safetensors.torch import load_file, safe_open, save_file
+
+    path = _small_set().save(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(str(path)), str(path), metadata=metadata | {key: value})
+    with pytest.raises(AtomddError, match="malformed"):
+        load_synthetic(tmp_path)
+
+
+def test_truncated_legacy_peer_file_found_by_fuzzing(tmp_path: Path, digits) -> None:
+    from atomdd.sets import load_peer_set
+
+    f = tmp_path / "peer.pt"
+    torch.save(
+        {"data": [[torch.zeros(2, 1, 8, 8), torch.tensor([0, 1])]]}, f, _use_new_zipfile_serialization=False
+    )
+    data = f.read_bytes()
+    for cut in range(0, len(data), max(1, len(data) // 200)):
+        f.write_bytes(data[:cut])
+        with pytest.raises(AtomddError):
+            load_peer_set(f, digits)
+
+
+def test_tinyimagenet_text_and_image_bombs_found_by_fuzzing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from atomdd.data.readers import read_tinyimagenet
+
+    root = tmp_path / "tiny-imagenet-200"
+    (root / "train" / "n1" / "images").mkdir(parents=True)
+    (root / "val" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(root / "train" / "n1" / "images" / "a.JPEG")
+    Image.new("RGB", (64, 64)).save(root / "val" / "images" / "v.JPEG")
+    (root / "val" / "val_annotations.txt").write_text("v.JPEG\tn1\t0\t0\t63\t63\n")
+    (root / "wnids.txt").write_bytes(b"n1\n\xc8\n")
+    with pytest.raises(AtomddError, match="wnids.txt is truncated or corrupt: not UTF-8"):
+        read_tinyimagenet(root)
+    (root / "wnids.txt").write_text("n1\n")
+    Image.new("L", (6000, 6000)).save(root / "val" / "images" / "v.JPEG", "PNG")  # 36 MP, a PNG
+    tracemalloc.start()
+    try:
+        with pytest.raises(AtomddError, match="is 6000×6000, expected 64×64"):
+            read_tinyimagenet(root)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20  # refused from the header, not decoded
+    finally:
+        tracemalloc.stop()

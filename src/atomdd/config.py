@@ -24,16 +24,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise AtomddError(f"config file not found: {path}")
     import yaml
 
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AtomddError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text) or {}
+            # libyaml when present: the same safe loader, 100× faster, and it limits nesting itself
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         else:
             raise AtomddError(f"config file {path}: use a .yaml, .yml, .toml or .json file")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
         raise AtomddError(f"config file {path} does not parse: {e}") from None
+    except RecursionError:  # found by fuzzing: "[[[[…" ten thousand deep
+        raise AtomddError(
+            f"config file {path} is nested too deeply to be a flat mapping of settings"
+        ) from None
     if not isinstance(data, dict):
         raise AtomddError(f"config file {path} must hold a mapping of key: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -107,21 +107,35 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
             metadata = f.metadata() or {}
         tensors = load_file(str(file))
         prep_meta = json.loads(metadata.get("preprocess", "{}"))
-        classes = tuple(json.loads(metadata.get("classes", "[]")))
+        classes = json.loads(metadata.get("classes", "[]"))
         meta = json.loads(metadata.get("meta", "{}"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
         raise AtomddError(f"{file} is corrupt or not a synthetic set written by atomdd: {e}") from None
     if "images" not in tensors or "labels" not in tensors or "dataset" not in metadata:
         raise AtomddError(f"{file} lacks images, labels or the dataset name; it was not written by atomdd")
-    return SyntheticSet(
+    names_ok = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    if not (names_ok and isinstance(prep_meta, dict) and isinstance(meta, dict)):
+        raise AtomddError(
+            f"{file}: its preprocess, meta or classes metadata is malformed; not written by atomdd"
+        )
+    syn = SyntheticSet(
         images=tensors["images"],
         labels=tensors["labels"],
         dataset=metadata["dataset"],
-        classes=classes,
+        classes=tuple(classes),
         preprocess_tensors={k[len(_PREP) :]: v for k, v in tensors.items() if k.startswith(_PREP)},
         preprocess_meta=prep_meta,
         meta=meta,
     )
+    try:  # the preprocessing must rebuild (evaluation needs it): check now, not after training
+        syn.preprocess()
+    except AtomddError as e:
+        raise AtomddError(f"{file}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # found by fuzzing: e.g. "preprocess": "null"
+        raise AtomddError(
+            f"{file}: its preprocessing metadata is malformed ({e}); not written by atomdd"
+        ) from None
+    return syn
 
 
 _IMAGE_KEYS = ("images", "image_syn", "images_syn", "x", "data")
@@ -193,7 +207,7 @@ def load_peer_set(
             obj = torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         raise _peer_refusal(file, str(e)) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001  (damaged bytes raise nearly any type; fuzzing found IndexError)
         why = (
             str(e).strip().splitlines()[0] if str(e).strip() else f"{type(e).__name__} (truncated or empty?)"
         )

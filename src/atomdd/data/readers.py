@@ -111,10 +111,29 @@ def _corrupt(file: Path, why: str) -> AtomddError:
     )
 
 
-def _decode_image(file: Path, mode: str, size: int | None) -> np.ndarray:
-    """One image as a C×H×W uint8 array: converted to `mode`, centre-cropped and resized to `size`."""
+# More pixels than this in one image file is a decompression bomb (Pillow's own threshold for a warning):
+# refused from the header, before decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _decode_image(
+    file: Path, mode: str, size: int | None, shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """One image as a C×H×W uint8 array: converted to `mode`, centre-cropped and resized to `size`.
+
+    The header is checked first: an image of another size than `shape` (when `size` is None), or one
+    of more than MAX_IMAGE_PIXELS, is refused without being decoded.
+    """
     try:
         with Image.open(file) as im:
+            w, h = im.size
+            if size is None and shape is not None and (h, w) != shape:
+                raise AtomddError(f"image {file} is {w}×{h}, expected {shape[1]}×{shape[0]}")
+            if w * h > MAX_IMAGE_PIXELS:
+                raise AtomddError(
+                    f"image {file} claims {w}×{h} pixels, more than {MAX_IMAGE_PIXELS} (a decompression "
+                    "bomb?); remove or replace the file"
+                )
             im = im.convert(mode)
             if size is not None:
                 im = ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC)
@@ -132,7 +151,7 @@ def _decode_all(files: Sequence[Path], mode: str, size: int | None, shape: tuple
 
     def fill(start: int) -> None:
         for i in range(start, len(files), workers):
-            arr = _decode_image(files[i], mode, size)
+            arr = _decode_image(files[i], mode, size, shape)
             if arr.shape[1:] != shape:
                 raise AtomddError(
                     f"image {files[i]} is {arr.shape[2]}×{arr.shape[1]}, expected {shape[1]}×{shape[0]}"
@@ -495,6 +514,13 @@ def _save_cache(cache: Path, key: str, train: np.ndarray, test: np.ndarray) -> N
         log.warning("could not write the decode cache %s: %s", cache, e)
 
 
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # found by fuzzing
+        raise _corrupt(file, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _wordnet_names(words: Path, wnids: Sequence[str]) -> list[str]:
     """Human names from words.txt (first synonym), falling back to the wnid."""
     names: dict[str, str] = {}
@@ -508,7 +534,7 @@ def _wordnet_names(words: Path, wnids: Sequence[str]) -> list[str]:
 def read_tinyimagenet(path: Path) -> Dataset:
     """Tiny ImageNet 200: train/<wnid>/images/*.JPEG; its labelled val split serves as the test split."""
     require_files("tinyimagenet", path)
-    wnids = (path / "wnids.txt").read_text().split()
+    wnids = _read_text(path / "wnids.txt").split()
     index = {w: i for i, w in enumerate(wnids)}
     train_files: list[Path] = []
     train_labels: list[int] = []
@@ -522,7 +548,7 @@ def read_tinyimagenet(path: Path) -> Dataset:
     notes = path / "val" / "val_annotations.txt"
     test_files: list[Path] = []
     test_labels: list[int] = []
-    for n, line in enumerate(notes.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(notes).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
