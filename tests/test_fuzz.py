@@ -17,9 +17,11 @@ import json
 import os
 import pickle
 import random
+import re
 import struct
 import tempfile
 import tracemalloc
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,7 +584,7 @@ def _peer_tensor(rng: random.Random) -> torch.Tensor:
 
 def make_peer(rng: random.Random, folder: Path) -> str:
     x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
-    kind = rng.choice(["bytes", "structure", "structure", "tensors", "code", "legacy bytes"])
+    kind = rng.choice(["bytes", "structure", "structure", "tensors", "code", "legacy bytes", "forged size"])
     obj: object = {"data": [[x, y]]}
     if kind == "structure":
         obj = rng.choice(
@@ -609,6 +611,24 @@ def make_peer(rng: random.Random, folder: Path) -> str:
         obj = {"data": [[x, y]], "extra": _Code()}
     path = folder / "peer.pt"
     torch.save(obj, path, _use_new_zipfile_serialization=kind != "legacy bytes")
+    if kind == "forged size":  # the pickle declares a storage of up to 2^31 elements; the file holds 4
+        legacy = rng.random() < 0.5
+        torch.save({"data": [[x, y]]}, path, _use_new_zipfile_serialization=not legacy)
+        numel = struct.pack("<i", rng.choice([2**20, 2**30, 2**31 - 1]))
+        forge = re.compile(rb"(cpu(?:q.)?)K.", re.DOTALL)  # the first storage's element count
+
+        def forged(b: bytes) -> bytes:
+            return forge.sub(lambda m: m.group(1) + b"J" + numel, b, count=1)
+
+        if legacy:
+            path.write_bytes(forged(path.read_bytes()))
+        else:
+            with zipfile.ZipFile(path) as z:
+                parts = {n: z.read(n) for n in z.namelist()}
+            with zipfile.ZipFile(path, "w") as z:
+                for n, b in parts.items():
+                    z.writestr(n, forged(b) if n.endswith("data.pkl") else b)
+        return f"{'legacy ' if legacy else ''}forged storage size"
     if kind in ("bytes", "legacy bytes"):
         name, data = damage_bytes(rng, path.read_bytes())
         path.write_bytes(data)
