@@ -166,6 +166,23 @@ def test_killed_writer_leaves_a_temp_file_the_next_write_removes(tmp_path: Path)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["run.json"]
 
 
+def test_unpack_folder_of_a_killed_extraction_is_removed(tmp_path: Path) -> None:
+    import zipfile
+
+    from atomdd.data.download import extract
+
+    left = tmp_path / "root" / f".atomdd-unpack-{_dead_pid()}-k2x9q0a_"
+    (left / "toyset").mkdir(parents=True)
+    (left / "toyset" / "half.bin").write_bytes(b"partial")
+    live = tmp_path / "root" / f".atomdd-unpack-{os.getpid()}-abc"
+    live.mkdir()
+    archive = tmp_path / "toy.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("toyset/a.txt", "A")
+    extract(archive, tmp_path / "root")
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [live.name, "toyset"]
+
+
 def _src() -> str:
     import atomdd
 

@@ -27,7 +27,8 @@ _OLD_TMP_CHARS = re.compile(r"^[a-z0-9_]{8}$")
 OLD_TMP_AGE = 3600.0  # seconds: a pid-less temp file this old belongs to no live writer
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id runs on this machine."""
     if pid <= 0:
         return False
     try:
@@ -67,7 +68,7 @@ def clean_stale_temps(folder: str | os.PathLike, name: str | None = None) -> lis
         if not (n.startswith(".") and n.endswith(".tmp")):
             continue
         if m := _TMP.match(n):
-            stale = not _pid_alive(int(m["pid"]))
+            stale = not pid_alive(int(m["pid"]))
         elif name is not None and n.startswith(f".{name}.") and _OLD_TMP_CHARS.match(n[len(name) + 2 : -4]):
             try:
                 stale = now - entry.stat(follow_symlinks=False).st_mtime > OLD_TMP_AGE

@@ -11,6 +11,8 @@ import hashlib
 import http.client
 import logging
 import os
+import re
+import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -22,7 +24,7 @@ from atomdd import __version__
 from atomdd.data import DatasetSpec, get_spec
 from atomdd.data.readers import missing_files_error
 from atomdd.errors import AtomddError
-from atomdd.io import atomic_path
+from atomdd.io import atomic_path, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +128,25 @@ def _check_member(archive: Path, name: str) -> None:
         )
 
 
+_UNPACK = re.compile(r"^\.atomdd-unpack-(\d{1,10})-[a-z0-9_]+$")
+
+
+def _remove_stale_unpacks(into: Path) -> None:
+    """Remove the unpack folders of killed extractions (named by the pid of a process now gone)."""
+    for entry in os.scandir(into):
+        if (
+            (m := _UNPACK.match(entry.name))
+            and entry.is_dir(follow_symlinks=False)
+            and not pid_alive(int(m[1]))
+        ):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def extract(archive: Path, into: Path) -> None:
     """Unpack a .tar(.gz) or .zip into `into`, via a temporary folder, refusing unsafe members."""
     into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=into, prefix=".atomdd-unpack-") as tmp:
+    _remove_stale_unpacks(into)
+    with tempfile.TemporaryDirectory(dir=into, prefix=f".atomdd-unpack-{os.getpid()}-") as tmp:
         try:
             if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
                 with tarfile.open(archive) as tar:
