@@ -459,3 +459,17 @@ def test_tinyimagenet_text_and_image_bombs_found_by_fuzzing(tmp_path: Path) -> N
         assert tracemalloc.get_traced_memory()[1] < 8 << 20  # refused from the header, not decoded
     finally:
         tracemalloc.stop()
+
+
+def test_peer_file_with_a_forged_pickle_length_allocates_nothing_large(tmp_path: Path, digits) -> None:
+    from atomdd.sets import load_peer_set
+
+    f = tmp_path / "peer.pt"  # not a zip, so read as a legacy pickle: a 2 GiB string "follows"
+    f.write_bytes(b"\x80\x02X" + struct.pack("<I", 2**31 - 1) + b"abc")
+    tracemalloc.start()
+    try:
+        with pytest.raises(AtomddError, match="not a readable torch.save file"):
+            load_peer_set(f, digits)
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
