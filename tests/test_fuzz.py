@@ -383,6 +383,9 @@ def read_tiny_target(folder: Path) -> object:
 
     ds = load_dataset("tinyimagenet", folder)
     assert ds.train_images.shape[1:] == (3, 64, 64)
+    (folder / "tiny-imagenet-200" / "atomdd-cache.safetensors").unlink(missing_ok=True)
+    fresh = load_dataset("tinyimagenet", folder)  # decoded again: a damaged cache must not have been used
+    assert torch.equal(ds.train_images, fresh.train_images) and torch.equal(ds.test_images, fresh.test_images)
     return ds
 
 

@@ -473,3 +473,25 @@ def test_peer_file_with_a_forged_pickle_length_allocates_nothing_large(tmp_path:
         assert tracemalloc.get_traced_memory()[1] < 8 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_damaged_tinyimagenet_cache_is_not_used(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from atomdd.data.readers import TINY_CACHE, read_tinyimagenet
+
+    root = tmp_path / "tiny-imagenet-200"
+    (root / "train" / "n1" / "images").mkdir(parents=True)
+    (root / "val" / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(root / "train" / "n1" / "images" / "a.JPEG")
+    Image.new("RGB", (64, 64), (40, 50, 60)).save(root / "val" / "images" / "v.JPEG")
+    (root / "val" / "val_annotations.txt").write_text("v.JPEG\tn1\t0\t0\t63\t63\n")
+    (root / "wnids.txt").write_text("n1\n")
+    first = read_tinyimagenet(root)
+    cache = root / TINY_CACHE
+    data = bytearray(cache.read_bytes())
+    data[-100] ^= 0xFF  # one cached pixel
+    cache.write_bytes(bytes(data))
+    again = read_tinyimagenet(root)
+    assert torch.equal(first.train_images, again.train_images)
+    assert torch.equal(first.test_images, again.test_images)

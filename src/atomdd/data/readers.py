@@ -495,9 +495,13 @@ def _load_cache(cache: Path, key: str, counts: tuple[int, int]) -> tuple[np.ndar
         return None
     try:
         with safe_open(str(cache), framework="np") as f:
-            if (f.metadata() or {}).get("key") != key:
+            meta = f.metadata() or {}
+            if meta.get("key") != key:
                 return None
             train, test = f.get_tensor("train_images"), f.get_tensor("test_images")
+        if meta.get("crc32") != _crc32(train, test):  # found by fuzzing: flipped pixels loaded silently
+            log.warning("ignoring the damaged cache %s (checksum mismatch); decoding again", cache)
+            return None
     except (SafetensorError, OSError, KeyError, ValueError) as e:
         log.warning("ignoring unreadable cache %s: %s", cache, e)
         return None
@@ -506,10 +510,19 @@ def _load_cache(cache: Path, key: str, counts: tuple[int, int]) -> tuple[np.ndar
     return train, test
 
 
+def _crc32(*arrays: np.ndarray) -> str:
+    """A checksum of the cached pixels (0.5 s for Tiny ImageNet's 1.2 GB; decoding them takes minutes)."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).data, crc)
+    return f"{crc:08x}"
+
+
 def _save_cache(cache: Path, key: str, train: np.ndarray, test: np.ndarray) -> None:
     try:
         with atomic_path(cache) as tmp:
-            save_file({"train_images": train, "test_images": test}, str(tmp), metadata={"key": key})
+            meta = {"key": key, "crc32": _crc32(train, test)}
+            save_file({"train_images": train, "test_images": test}, str(tmp), metadata=meta)
     except OSError as e:  # a read-only or full disk only costs the next read its speed
         log.warning("could not write the decode cache %s: %s", cache, e)
 
