@@ -115,9 +115,11 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
     if "images" not in tensors or "labels" not in tensors or "dataset" not in metadata:
         raise AtomddError(f"{file} lacks images, labels or the dataset name; it was not written by atomdd")
     names_ok = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-    if not (names_ok and isinstance(prep_meta, dict) and isinstance(meta, dict)):
+    prep_ok = all(torch.is_floating_point(t) for k, t in tensors.items() if k.startswith(_PREP))
+    if not (names_ok and prep_ok and isinstance(prep_meta, dict) and isinstance(meta, dict)):
         raise AtomddError(
-            f"{file}: its preprocess, meta or classes metadata is malformed; not written by atomdd"
+            f"{file}: its preprocess, meta or classes metadata (or a preprocessing tensor) is malformed; "
+            "not written by atomdd"
         )
     syn = SyntheticSet(
         images=tensors["images"],
