@@ -474,6 +474,10 @@ def read_config_target(folder: Path) -> object:
 # --- synthetic sets (safetensors) -------------------------------------------------------------------
 
 
+def _torch_generator(rng: random.Random) -> torch.Generator:
+    return torch.Generator().manual_seed(rng.randrange(2**63))  # the case's seed fixes its tensors too
+
+
 def _safetensors_parts(data: bytes) -> tuple[dict, bytes]:
     n = struct.unpack("<Q", data[:8])[0]
     return json.loads(data[8 : 8 + n]), data[8 + n :]
@@ -487,15 +491,20 @@ def _safetensors_join(header: dict, body: bytes) -> bytes:
 def make_synthetic(rng: random.Random, folder: Path) -> str:
     from atomdd.sets import SyntheticSet
 
+    g = _torch_generator(rng)
     n, c, s = rng.randint(1, 6), rng.choice([1, 3]), rng.randint(1, 6)
     zca = rng.random() < 0.3
     tensors = {}
     if zca:
         d = c * s * s
-        tensors = {"zca_mean": torch.randn(d), "zca_eigvecs": torch.randn(d, d), "zca_eigvals": torch.rand(d)}
+        tensors = {
+            "zca_mean": torch.randn(d, generator=g),
+            "zca_eigvecs": torch.randn(d, d, generator=g),
+            "zca_eigvals": torch.rand(d, generator=g),
+        }
     SyntheticSet(
-        images=torch.randn(n, c, s, s),
-        labels=torch.randint(0, 3, (n,)),
+        images=torch.randn(n, c, s, s, generator=g),
+        labels=torch.randint(0, 3, (n,), generator=g),
         dataset="digits",
         classes=("a", "b", "c"),
         preprocess_tensors=tensors,
@@ -579,14 +588,18 @@ def _peer_tensor(rng: random.Random) -> torch.Tensor:
         [torch.float32, torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool, torch.complex64]
     )
     shape = rng.choice([(4, 1, 4, 4), (4, 3, 4, 4), (4,), (), (0, 1, 4, 4), (4, 1, 4), (2, 1, 4, 4)])
-    t = torch.randn(shape).to(dtype) if dtype != torch.bool else torch.zeros(shape, dtype=dtype)
+    t = (
+        torch.randn(shape, generator=_torch_generator(rng)).to(dtype)
+        if dtype != torch.bool
+        else torch.zeros(shape, dtype=dtype)
+    )
     if dtype.is_floating_point and t.numel() and rng.random() < 0.2:
         t.view(-1)[0] = rng.choice([float("nan"), float("inf")])
     return t
 
 
 def make_peer(rng: random.Random, folder: Path) -> str:
-    x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    x, y = torch.randn(4, 1, 4, 4, generator=_torch_generator(rng)), torch.tensor([0, 1, 2, 0])
     kind = rng.choice(["bytes", "structure", "structure", "tensors", "code", "legacy bytes", "forged size"])
     obj: object = {"data": [[x, y]]}
     if kind == "structure":
