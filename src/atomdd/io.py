@@ -16,6 +16,7 @@ import platform
 import re
 import secrets
 import struct
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -155,6 +156,12 @@ def save_safetensors(
     """
     import torch
 
+    if sys.byteorder != "little":  # safetensors is little-endian; let the library convert
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        return
     entries, offset = [], 0
     for name, t in sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0])):
         dtype = _SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
