@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -495,3 +496,66 @@ def test_damaged_tinyimagenet_cache_is_not_used(tmp_path: Path) -> None:
     again = read_tinyimagenet(root)
     assert torch.equal(first.train_images, again.train_images)
     assert torch.equal(first.test_images, again.test_images)
+
+
+# --------------------------------------------------------------------------------------------------
+# case 1: a set that cannot give a meaningful score is refused before any training (exit 2)
+
+
+def _digits_set(digits, labels: torch.Tensor, fill: float | None = None, ipc: int | None = 1) -> SyntheticSet:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(len(labels), digits.channels, *digits.image_size, generator=gen)
+    if fill is not None and len(labels):
+        images[-1, 0, 0, 0] = fill
+    meta = {"method": "test", "dataset_hash": digits.content_hash} | ({"ipc": ipc} if ipc else {})
+    return SyntheticSet.of(images, labels, digits, digits.preprocess(False), meta)
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("nan", "NaN or infinite"),
+        ("inf", "NaN or infinite"),
+        ("empty", "no images"),
+        ("some classes", "no image of class(es) '7', '8', '9'"),
+        ("ipc differs", "records 1 images per class"),
+        ("label out of range", "must lie in 0–9"),
+    ],
+)
+def test_an_unusable_set_is_refused_before_training(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits, case: str, expect: str
+) -> None:
+    import atomdd.evaluate as ev
+
+    every = torch.arange(10)
+    labels, fill = every, None
+    if case in ("nan", "inf"):
+        fill = float(case)
+    elif case == "empty":
+        labels = torch.zeros(0, dtype=torch.long)
+    elif case == "some classes":
+        labels = torch.arange(7)
+    elif case == "ipc differs":
+        labels = torch.cat([every, torch.tensor([3])])
+    syn = _digits_set(digits, labels, fill)
+    if case == "label out of range":
+        syn.labels = torch.cat([torch.arange(9), torch.tensor([10])])
+    syn.save(tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a model was trained on an unusable set")
+
+    monkeypatch.setattr(ev, "train_models", no_training)
+    code, err = _cli(capsys, "evaluate", str(tmp_path), "--epochs", "1", "--runs", "1")
+    assert code == 2 and expect in err, err
+    assert not (tmp_path / "eval.json").exists()
+    with pytest.raises(AtomddError, match=re.escape(expect)):
+        ev.evaluate_set(load_synthetic(tmp_path), "convnet", ev.EvalConfig(epochs=1, runs=1))
+
+
+def test_a_usable_set_still_evaluates(digits) -> None:
+    import atomdd.evaluate as ev
+
+    syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
+    report = ev.evaluate_set(syn, "convnet(width=8)", ev.EvalConfig(epochs=1, runs=1), dataset=digits)
+    assert len(report["models"]["convnet(width=8)"]["runs"]) == 1

@@ -157,8 +157,44 @@ def _check_set(syn: SyntheticSet, data: Dataset) -> None:
         raise AtomddError(
             f"the set's images are {tuple(syn.images.shape[1:])}, but {data.name} images are {want} (C×H×W)"
         )
-    if len(syn.labels) and not 0 <= int(syn.labels.min()) <= int(syn.labels.max()) < data.num_classes:
-        raise AtomddError(f"the set's labels must lie in 0–{data.num_classes - 1} for {data.name}")
+    check_set_contents(syn, data.num_classes, data.name)
+
+
+def check_set_contents(syn: SyntheticSet, num_classes: int, name: str) -> None:
+    """Refuse a set that cannot give a meaningful score, before any model is trained: no images,
+    non-finite pixels, labels out of range, a class without images, or a class holding another
+    number of images than the set's recorded IPC (issue 17: 1)."""
+    n = len(syn.labels)
+    if n == 0:
+        raise AtomddError("the set holds no images; nothing to train on")
+    if not 0 <= int(syn.labels.min()) <= int(syn.labels.max()) < num_classes:
+        raise AtomddError(
+            f"the set's labels must lie in 0–{num_classes - 1} for {name}, found "
+            f"{int(syn.labels.min())}–{int(syn.labels.max())}"
+        )
+    finite = torch.isfinite(syn.images)
+    if not bool(finite.all()):
+        bad = int((~finite).flatten(1).any(1).sum())
+        raise AtomddError(
+            f"{bad} of the set's {n} images hold NaN or infinite values; a model trained on them "
+            "scores at chance. Re-make the set (a diverging distillation: lower lr_img)"
+        )
+    counts = torch.bincount(syn.labels, minlength=num_classes).tolist()
+    if missing := [
+        syn.classes[c] if c < len(syn.classes) else str(c) for c, k in enumerate(counts) if k == 0
+    ]:
+        raise AtomddError(
+            f"the set has no image of class(es) {', '.join(map(repr, missing))} of {name}; every class "
+            "needs at least one"
+        )
+    ipc = syn.meta.get("ipc")
+    recorded = isinstance(ipc, int) and not isinstance(ipc, bool)
+    if recorded and (off := {c: k for c, k in enumerate(counts) if k != ipc}):
+        shown = ", ".join(f"class {c}: {k}" for c, k in list(off.items())[:5])
+        raise AtomddError(
+            f"the set records {ipc} images per class but holds another number for "
+            f"{len(off)} class(es) ({shown}); it is damaged or was assembled by hand"
+        )
 
 
 def evaluate_set(
