@@ -559,3 +559,41 @@ def test_a_usable_set_still_evaluates(digits) -> None:
     syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
     report = ev.evaluate_set(syn, "convnet(width=8)", ev.EvalConfig(epochs=1, runs=1), dataset=digits)
     assert len(report["models"]["convnet(width=8)"]["runs"]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# case 2: a different set or run in --out is never replaced without --overwrite
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def test_coreset_into_a_distill_run_and_back_needs_overwrite(capsys, tmp_path: Path) -> None:
+    run, core = tmp_path / "run", tmp_path / "core"
+    distill_args = ["distill", *_TINY, "--method", "dm", "--iterations", "2", "--out"]
+    coreset_args = ["coreset", "--dataset", "digits", "--ipc", "1", "--out"]
+    assert _cli(capsys, *distill_args, str(run))[0] == 0
+    assert _cli(capsys, *coreset_args, str(core))[0] == 0
+    before_run, before_core = _digest(run), _digest(core)
+    assert {"run.json", "grid.png", "checkpoint.safetensors"} <= set(before_run)
+
+    code, err = _cli(capsys, *coreset_args, str(run))  # a coreset into a distillation's folder
+    assert code == 2 and "already holds a run (distillation: dm on digits" in err and "--overwrite" in err
+    code, err = _cli(capsys, *distill_args, str(core))  # a distillation into a coreset's folder
+    assert code == 2 and "already holds a coreset set (method random, dataset digits, ipc 1, seed 0)" in err
+    code, err = _cli(capsys, *coreset_args, str(core), "--seed", "1")  # another coreset
+    assert code == 2 and "already holds a coreset set" in err
+    assert _digest(run) == before_run and _digest(core) == before_core  # nothing replaced
+
+    assert _cli(capsys, *coreset_args, str(core))[0] == 0  # the same coreset again: same bytes
+    assert _digest(core) == before_core
+
+    assert _cli(capsys, *coreset_args, str(run), "--overwrite")[0] == 0
+    assert set(_digest(run)) == {"synthetic.safetensors"}  # nothing of the run describes the coreset
+    assert load_synthetic(run).meta["kind"] == "coreset"
+    assert _cli(capsys, *distill_args, str(core), "--overwrite")[0] == 0
+    record = json.loads((core / "run.json").read_text())
+    assert record["status"] == "done" and load_synthetic(core).meta["method"] == "dm"

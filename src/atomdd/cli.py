@@ -124,6 +124,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             method=args.method,
             out=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             quiet=args.quiet,
             config_file=args.config,
             stop=stop,
@@ -144,7 +145,13 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
         raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
+    from atomdd.outputs import claim
+
+    basics = {"kind": "coreset", "method": cfg.method, "ipc": int(ipc), "seed": cfg.seed, "dataset": dataset}
+    claim(args.out, args.overwrite, same=basics)  # before minutes of selection
     result = select(dataset, int(ipc), cfg, data_root=args.data_root)
+    same = result.meta | {"dataset": result.dataset, "zca": result.preprocess_meta.get("zca")}
+    claim(args.out, args.overwrite, same=same)
     result.save(args.out)
     print(f"wrote {len(result.labels)} {cfg.method} images ({ipc} per class) to {args.out}")
     return 0
@@ -220,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a set or run already in --out (default: refuse)"
+    )
     p.add_argument("--config", default=None, help="YAML/TOML file of config values")
     p.add_argument("--quiet", action="store_true")
     _add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
@@ -228,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="required (here or in --config)")
     p.add_argument("--ipc", type=int, default=None, help="images per class; required (here or in --config)")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different set or run in --out (default: refuse)"
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--config", default=None, help="YAML/TOML file of coreset settings (and dataset, ipc)")
     _add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")

@@ -125,14 +125,20 @@ class Distiller:
 
     # --- the loop -------------------------------------------------------------------------
     def run(
-        self, out: Path | None = None, resume: bool = False, quiet: bool = True, stop: object = None
+        self,
+        out: Path | None = None,
+        resume: bool = False,
+        quiet: bool = True,
+        stop: object = None,
+        overwrite: bool = False,
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
         `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`.
-        With `out`, an error leaves run.json "failed" or "interrupted" and why."""
+        With `out`, an error leaves run.json "failed" or "interrupted" and why. A folder holding
+        another set or run is refused unless `overwrite` (which removes the old one's files)."""
         self._t0 = None
         try:
-            return self._run(out, resume, quiet, stop)
+            return self._run(out, resume, quiet, stop, overwrite)
         except BaseException as e:
             self._record_failure(out, e)
             raise
@@ -147,19 +153,17 @@ class Distiller:
         except Exception:  # noqa: BLE001  (never hide the error being reported)
             pass
 
-    def _run(self, out: Path | None, resume: bool, quiet: bool, stop: object) -> SyntheticSet:
+    def _run(
+        self, out: Path | None, resume: bool, quiet: bool, stop: object, overwrite: bool
+    ) -> SyntheticSet:
         cfg = self.cfg
         folder = RunFolder(out) if out is not None else None
         if folder is not None:
             if resume:
                 self.load_checkpoint(folder.path)
                 folder.truncate_metrics(self.step)
-            elif (folder.path / CHECKPOINT).exists():
-                raise AtomddError(
-                    f"{folder.path} already holds a run; pass --resume to continue it, or use another --out"
-                )
             else:
-                folder.start()
+                folder.start(overwrite)
             folder.record(self._record("running", 0.0, folder.path))
         start, t0 = self.step, time.perf_counter()
         self._t0 = t0
@@ -246,7 +250,20 @@ class RunFolder:
         self.path = Path(path)
         self.main = is_main_process()
 
-    def start(self) -> None:
+    def start(self, overwrite: bool = False) -> None:
+        """Begin a fresh run here: refuse a folder holding another set or a run's checkpoint (a
+        failed run's record alone is replaced), unless `overwrite`."""
+        from atomdd.outputs import SET_FILE, describe, remove_described
+
+        if (self.path / CHECKPOINT).exists() or (self.path / SET_FILE).exists():
+            if not overwrite:
+                cont = "--resume to continue it, " if (self.path / CHECKPOINT).exists() else ""
+                raise AtomddError(
+                    f"{self.path} already holds {describe(self.path)}; pass {cont}--overwrite to replace "
+                    "it, or use another --out"
+                )
+            if self.main:
+                remove_described(self.path)
         if self.main:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / METRICS).unlink(missing_ok=True)
@@ -320,14 +337,16 @@ def distill(
     quiet: bool = True,
     config_file: str | Path | None = None,
     stop: object = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> SyntheticSet:
     """Distil `dataset` (default digits) to `ipc` (10) images per class with `method` (atom).
 
     `overrides` are any `DistillConfig` fields (e.g. iterations=1000, lr_img=1.0, p_spatial=2).
     With `out`, writes synthetic.safetensors, run.json, metrics.jsonl, grid.png, attention.png and a
-    checkpoint there; `resume=True` continues from that checkpoint. A truthy `stop` (e.g. the flag of
+    checkpoint there; `resume=True` continues from that checkpoint; `overwrite=True` replaces another
+    set or run found there (else refused). A truthy `stop` (e.g. the flag of
     `signals.stop_on_signals()`) ends the run after the current step, checkpointed (`Interrupted`).
     """
     cfg = make_config(dataset, ipc, method, config_file, **overrides)
-    return Distiller(cfg).run(out, resume=resume, quiet=quiet, stop=stop)
+    return Distiller(cfg).run(out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite)
