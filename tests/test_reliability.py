@@ -597,3 +597,50 @@ def test_coreset_into_a_distill_run_and_back_needs_overwrite(capsys, tmp_path: P
     assert _cli(capsys, *distill_args, str(core), "--overwrite")[0] == 0
     record = json.loads((core / "run.json").read_text())
     assert record["status"] == "done" and load_synthetic(core).meta["method"] == "dm"
+
+
+# --------------------------------------------------------------------------------------------------
+# case 10: run.json says "done" only once the figures are written
+
+
+def test_a_kill_while_the_figures_are_drawn_leaves_the_run_unfinished_and_resumable(tmp_path: Path) -> None:
+    from atomdd.distillation.driver import distill
+
+    out = tmp_path / "run"
+    cfg = dict(iterations=2, model="convnet(width=16)", batch_real=8)
+    script = (
+        "import os, signal\n"
+        "import atomdd.report as report\n"
+        "from atomdd.distillation.driver import distill\n"
+        "def killed(out, data=None):\n"
+        "    (out / 'grid.png').write_bytes(b'half a png')\n"  # the kill lands mid-figure
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "report.save_run_figures = killed\n"
+        f"distill('digits', 1, 'dm', out={str(out)!r}, **{cfg!r})\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "running"  # before: "done", with the figures missing
+    done = distill("digits", 1, "dm", out=out, resume=True, **cfg)  # what a rerun (jobs.py) does
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "done" and record["step"] == 2 and len(done.labels) == 10
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "attention.png").exists()
+
+
+def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import atomdd.report as report
+    from atomdd.distillation.driver import distill
+
+    seen = []
+    honest = report.save_run_figures
+
+    def watched(out, data=None):
+        seen.append(json.loads((Path(out) / "run.json").read_text())["status"])
+        honest(out, data)
+
+    monkeypatch.setattr(report, "save_run_figures", watched)
+    distill("digits", 1, "dm", out=tmp_path, iterations=1, model="convnet(width=16)", batch_real=8)
+    assert seen == ["running"]
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "done"

@@ -204,8 +204,8 @@ class Distiller:
         if folder is not None:
             self.save_checkpoint(folder.path)
             folder.save_set(result)
-            folder.record(self._record("done", seconds, folder.path, steps_run=self.step - start))
-            folder.figures(self.data)
+            folder.figures(self.data)  # drawn from the folder's run.json ("running") and set
+            folder.record(self._record("done", seconds, folder.path, steps_run=self.step - start))  # last
         return result
 
     def result(self) -> SyntheticSet:
