@@ -644,3 +644,60 @@ def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch:
     distill("digits", 1, "dm", out=tmp_path, iterations=1, model="convnet(width=16)", batch_real=8)
     assert seen == ["running"]
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "done"
+
+
+# --------------------------------------------------------------------------------------------------
+# case 5: an evaluation shows its progress (a bar on a terminal, a line per 30 s in a log)
+
+
+class _Terminal:
+    """A stream that says it is a terminal and keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_evaluation_progress_in_a_log_and_on_a_terminal(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
+) -> None:
+    import atomdd.progress as progress
+
+    syn = _digits_set(digits, torch.arange(10))
+    syn.save(tmp_path)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every epoch instead of every 30 s
+    code = _cli(
+        capsys, "evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--runs", "2"
+    )
+    assert code[0] == 0
+    lines = [line for line in code[1].splitlines() if line.startswith("convnet(width=8): ")]
+    assert len(lines) == 2 * 3 + 1, lines  # one per epoch of each run, then the result
+    assert lines[0].startswith("convnet(width=8): run 1/2, epoch 1/3 (17 %), 0:") and "ETA 0:" in lines[0]
+    assert lines[5].startswith("convnet(width=8): run 2/2, epoch 3/3 (100 %)") and lines[5].endswith(
+        "ETA 0:00"
+    )
+    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 runs \(\d+\.\d s\)", lines[6])
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 30.0)  # a log file: nothing between the lines
+    argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--runs", "2"]
+    code, err = _cli(capsys, *argv)
+    lines = [line for line in err.splitlines() if "epoch" in line]
+    assert code == 0 and len(lines) == 1 and "run 2/2, epoch 3/3 (100 %)" in lines[0], err
+
+    screen = _Terminal()
+    bar = progress.Progress("convnet", 2 * 3, file=screen)
+    for run in (1, 2):
+        for epoch in (1, 2, 3):
+            bar.advance(1, f"run {run}/2, epoch {epoch}/3")
+    bar.close("97.00 ± 1.00 % over 2 runs")
+    assert "convnet: 100%" in screen.text and "6/6" in screen.text and "epoch" in screen.text
+    assert "97.00 ± 1.00 % over 2 runs" in screen.text

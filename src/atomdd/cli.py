@@ -171,7 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
         report = ev.evaluate_whole(
-            args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out, zca=args.zca
+            args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out, zca=args.zca, progress=True
         )
     else:
         if not args.path:
@@ -180,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
         report = ev.evaluate_set(
-            syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
+            syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path), progress=True
         )
     print(eval_table(report))
     return 0

@@ -38,8 +38,10 @@ def run_demo(
     say(f"3/3 training {runs} fresh ConvNets for {epochs} epochs on each set, testing on the real test set")
     cfg = EvalConfig(epochs=epochs, runs=runs)
     reports = {
-        "random real images": evaluate_set(rand, ["convnet"], cfg, out_dir=out / "random"),
-        "ATOM": evaluate_set(atom, ["convnet"], cfg, out_dir=out / "atom"),
+        "random real images": evaluate_set(
+            rand, ["convnet"], cfg, out_dir=out / "random", progress=not quiet
+        ),
+        "ATOM": evaluate_set(atom, ["convnet"], cfg, out_dir=out / "atom", progress=not quiet),
     }
     print(f"\ndigits, {ipc} images per class, ConvNet-3, {runs} runs × {epochs} epochs")
     rows = [

@@ -31,6 +31,7 @@ from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import versions, write_json
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
+from atomdd.progress import Progress
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 from atomdd.train import test_models, train_models, use_batched
@@ -88,12 +89,16 @@ def run_protocol(
     test_labels: torch.Tensor,
     num_classes: int,
     config: EvalConfig = EvalConfig(),
+    progress: bool = False,
 ) -> ModelResult:
     """Train and test one architecture: {"mean", "std", "runs", "seconds"} (accuracies in %), and
-    with `config.test_limit` N the same on the first N test images as "first"."""
+    with `config.test_limit` N the same on the first N test images as "first". With `progress`, a
+    bar on a terminal (one line per 30 s elsewhere) shows the run, the epoch and the time left."""
     start = time.perf_counter()
     ref = ModelRef.parse(model)
-    models = train_models(ref, train_images, train_labels, num_classes, config)
+    bar = Progress(str(ref), config.runs * config.epochs) if progress else None
+    on_epoch = bar.advance if bar is not None else None
+    models = train_models(ref, train_images, train_labels, num_classes, config, on_epoch=on_epoch)
     accs = test_models(models, test_images, test_labels, config)
     result: dict[str, Any] = dict(_accuracy(accs))
     if config.test_limit:
@@ -102,6 +107,8 @@ def run_protocol(
         result["first"] = {"images": n} | _accuracy(first)
     seconds = time.perf_counter() - start
     log.info("%s: %.2f ± %.2f %% over %d runs (%.1f s)", ref, np.mean(accs), np.std(accs), len(accs), seconds)
+    if bar is not None:
+        bar.close(f"{np.mean(accs):.2f} ± {np.std(accs):.2f} % over {len(accs)} runs ({seconds:.1f} s)")
     return result | {"seconds": seconds, "options": ref.options_for(train_images.shape[-1])}
 
 
@@ -113,6 +120,7 @@ def _evaluate(
     models: str | Sequence[str | ModelRef],
     config: EvalConfig,
     out_dir: str | os.PathLike | None,
+    progress: bool = False,
 ) -> EvalReport:
     start = time.perf_counter()
     refs = parse_models(models)  # every name and option checked before any work
@@ -124,7 +132,7 @@ def _evaluate(
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     results = {
-        str(ref): run_protocol(ref, train_x, train[1], test_x, test[1], data.num_classes, resolved)
+        str(ref): run_protocol(ref, train_x, train[1], test_x, test[1], data.num_classes, resolved, progress)
         for ref in refs
     }
     report: EvalReport = {
@@ -204,11 +212,12 @@ def evaluate_set(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     dataset: Dataset | None = None,
+    progress: bool = False,
 ) -> EvalReport:
     """Run the protocol for each architecture on `syn`; write `out_dir/eval.json` if given.
 
     The test images go through the set's own fitted preprocessing (normalisation, ZCA), once.
-    Returns an `EvalReport` (accuracies in %).
+    Returns an `EvalReport` (accuracies in %). `progress`: show each model's training (`Progress`).
     """
     data = as_dataset(dataset if dataset is not None else syn.dataset, data_root)
     _check_set(syn, data)
@@ -216,7 +225,7 @@ def evaluate_set(
     kind = {"kind": "synthetic", "images": len(syn.labels), "ipc": syn.ipc}
     kind |= {k: syn.meta[k] for k in ("method", "source", "experiment") if k in syn.meta}
     return _evaluate(
-        kind, (syn.images, syn.labels), (test_x, data.test_labels), data, models, config, out_dir
+        kind, (syn.images, syn.labels), (test_x, data.test_labels), data, models, config, out_dir, progress
     )
 
 
@@ -227,6 +236,7 @@ def evaluate_whole(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     zca: bool = False,
+    progress: bool = False,
 ) -> EvalReport:
     """The upper bound: the same protocol on the full train set (preprocessing fitted on it).
 
@@ -236,4 +246,5 @@ def evaluate_whole(
     prep = data.preprocess(zca)
     train = (prep(data.train_images), data.train_labels)
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
-    return _evaluate(kind, train, (prep(data.test_images), data.test_labels), data, models, config, out_dir)
+    test = (prep(data.test_images), data.test_labels)
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress)

@@ -14,7 +14,7 @@ under vmap.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 
 import torch
@@ -200,8 +200,12 @@ def train_models(
     num_classes: int,
     config: TrainConfig = TrainConfig(),
     runs: Sequence[int] | None = None,
+    on_epoch: Callable[[int, str], None] | None = None,
 ) -> list[FeatureModel]:
     """Train `config.runs` fresh models (or the given run numbers) on model-space `images`.
+
+    `on_epoch(n, where)`, if given, is called after every epoch of every group of runs trained
+    together: `n` runs advanced one epoch, `where` says which ("run 2/5, epoch 300/1000").
 
     The precision is used as given (resolve it first with `hardware.resolve_precision`, as
     `evaluate_set` does); the device is `config.device`. Returns the trained models, on that device.
@@ -216,8 +220,20 @@ def train_models(
     batched = use_batched(config, device)
     for part in _stacks(len(runs), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        _fit(group, [streams[i] for i in part], x, y, config, device)
+        tell = _teller(on_epoch, part, len(runs), config.epochs) if on_epoch is not None else None
+        _fit(group, [streams[i] for i in part], x, y, config, device, tell)
     return models
+
+
+def _teller(
+    on_epoch: Callable[[int, str], None], part: range, runs: int, epochs: int
+) -> Callable[[int], None]:
+    who = f"run {part.start + 1}/{runs}" if len(part) == 1 else f"runs {part.start + 1}–{part.stop}/{runs}"
+
+    def tell(epoch: int) -> None:
+        on_epoch(len(part), f"{who}, epoch {epoch}/{epochs}")
+
+    return tell
 
 
 def _fit(
@@ -227,6 +243,7 @@ def _fit(
     y: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """The training loop of a group of runs: the schedule, the batches and the augmentations."""
     opt = torch.optim.SGD(
@@ -247,6 +264,8 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
     group.finish()
 
 
