@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -689,7 +690,7 @@ def test_evaluation_progress_in_a_log_and_on_a_terminal(
 
     monkeypatch.setattr(progress, "LOG_EVERY_S", 30.0)  # a log file: nothing between the lines
     argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--runs", "2"]
-    code, err = _cli(capsys, *argv)
+    code, err = _cli(capsys, *argv, "--seed", "1")  # another seed: the runs above are not reused
     lines = [line for line in err.splitlines() if "epoch" in line]
     assert code == 0 and len(lines) == 1 and "run 2/2, epoch 3/3 (100 %)" in lines[0], err
 
@@ -701,3 +702,74 @@ def test_evaluation_progress_in_a_log_and_on_a_terminal(
     bar.close("97.00 ± 1.00 % over 2 runs")
     assert "convnet: 100%" in screen.text and "6/6" in screen.text and "epoch" in screen.text
     assert "97.00 ± 1.00 % over 2 runs" in screen.text
+
+
+# --------------------------------------------------------------------------------------------------
+# case 4: finished runs kept and reused; eval.json merged, never overwritten; --whole writes its result
+
+
+def test_an_interrupted_evaluation_resumes_from_its_finished_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
+) -> None:
+    import atomdd.evaluate as ev
+
+    syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
+    cfg = ev.EvalConfig(epochs=2, runs=3, batched=False, test_limit=50)
+    whole = ev.evaluate_set(syn, "convnet(width=8)", cfg, dataset=digits)["models"]["convnet(width=8)"]
+
+    honest, trained = ev.train_models, []
+
+    def crashing(*args, **kwargs):
+        runs = args[5]
+        if 2 in runs:
+            raise RuntimeError("killed (simulated) while training run 2")
+        trained.extend(runs)
+        return honest(*args, **kwargs)
+
+    folder = tmp_path / "set"
+    monkeypatch.setattr(ev, "train_models", crashing)
+    with pytest.raises(RuntimeError):
+        ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
+    rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in rows] == [0, 1] and trained == [0, 1]
+
+    monkeypatch.setattr(ev, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
+    resumed = ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
+    got = resumed["models"]["convnet(width=8)"]
+    assert trained == [0, 1, 2]  # only the missing run was trained
+    assert got["runs"] == whole["runs"] and got["first"]["runs"] == whole["first"]["runs"]
+
+    changed = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
+    changed.images[0, 0, 0, 0] += 1  # another set in the same folder: nothing of the old one is reused
+    ev.evaluate_set(changed, "convnet(width=8)", replace(cfg, runs=1), out_dir=folder, dataset=digits)
+    assert trained == [0, 1, 2, 0]
+
+
+def test_eval_json_merges_models_and_protocols(tmp_path: Path, digits) -> None:
+    import atomdd.evaluate as ev
+
+    syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
+    one, two = ev.EvalConfig(epochs=1, runs=1), ev.EvalConfig(epochs=2, runs=1)
+    ev.evaluate_set(syn, ["convnet(width=8)", "mlp"], one, out_dir=tmp_path, dataset=digits)
+    first = json.loads((tmp_path / "eval.json").read_text())
+    assert set(first["models"]) == {"convnet(width=8)", "mlp"}
+    ev.evaluate_set(syn, ["mlp"], two, out_dir=tmp_path, dataset=digits)  # another protocol, one model
+    ev.evaluate_set(syn, ["mlp"], one, out_dir=tmp_path, dataset=digits)  # the first again: reused
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert len(saved["results"]) == 2
+    old = saved["results"][saved["protocol"]]
+    assert set(old) == {"convnet(width=8)", "mlp"}  # the cross-architecture table is still there
+    assert old["convnet(width=8)"]["runs"] == first["models"]["convnet(width=8)"]["runs"]
+    assert set(saved["models"]) == {"convnet(width=8)", "mlp"} and saved["config"]["epochs"] == 1
+    (newer,) = [k for k in saved["results"] if k != saved["protocol"]]
+    assert "epochs=2" in newer and set(saved["results"][newer]) == {"mlp"}
+
+
+def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["evaluate", "--whole", "--dataset", "digits", "--models", "mlp", "--epochs", "1", "--runs", "1"]
+    code, err = _cli(capsys, *argv)
+    assert code == 0 and "whole-digits/eval.json" in err
+    saved = json.loads((tmp_path / "whole-digits" / "eval.json").read_text())
+    assert saved["set"]["kind"] == "whole" and len(saved["models"]["mlp"]["runs"]) == 1
+    assert len((tmp_path / "whole-digits" / "eval.jsonl").read_text().splitlines()) == 1

@@ -170,9 +170,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
+        out = args.out or f"whole-{args.dataset}{'-zca' if args.zca else ''}"  # its result is kept too
         report = ev.evaluate_whole(
-            args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out, zca=args.zca, progress=True
+            args.dataset, models, cfg, data_root=args.data_root, out_dir=out, zca=args.zca, progress=True
         )
+        print(f"results in {out}/eval.json", file=sys.stderr)
     else:
         if not args.path:
             raise AtomddError(
@@ -257,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt, or for --whole")
     p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="where eval.json and eval.jsonl go (default: the set's folder; with --whole, whole-DATASET)",
+    )
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
     _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
 

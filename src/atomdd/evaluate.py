@@ -14,6 +14,7 @@ The models are trained and tested by `train.py` (N runs at once, stacked under v
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -28,17 +29,18 @@ import torch
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import versions, write_json
+from atomdd.io import versions
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
 from atomdd.progress import Progress
+from atomdd.results import RESULT_FILE, RunStore, merge_report, run_protocol_key, set_id
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 from atomdd.train import test_models, train_models, use_batched
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "eval.json"
+__all__ = ["RESULT_FILE", "EvalReport", "ModelResult", "evaluate_set", "evaluate_whole", "run_protocol"]
 
 
 class Accuracy(TypedDict):
@@ -90,25 +92,46 @@ def run_protocol(
     num_classes: int,
     config: EvalConfig = EvalConfig(),
     progress: bool = False,
+    store: RunStore | None = None,
 ) -> ModelResult:
     """Train and test one architecture: {"mean", "std", "runs", "seconds"} (accuracies in %), and
     with `config.test_limit` N the same on the first N test images as "first". With `progress`, a
-    bar on a terminal (one line per 30 s elsewhere) shows the run, the epoch and the time left."""
+    bar on a terminal (one line per 30 s elsewhere) shows the run, the epoch and the time left.
+    With `store`, each finished run is appended there at once, and the runs it already holds are
+    reused, not trained again."""
     start = time.perf_counter()
     ref = ModelRef.parse(model)
-    bar = Progress(str(ref), config.runs * config.epochs) if progress else None
+    name = str(ref)
+    done = store.done(name) if store is not None else {}
+    accs = {r: float(done[r]["accuracy"]) for r in range(config.runs) if r in done}
+    firsts = {r: done[r].get("first") for r in accs}
+    todo = [r for r in range(config.runs) if r not in accs]
+    if accs and store is not None:
+        log.info("%s: %d of %d runs reused from %s", name, len(accs), config.runs, store.path)
+    bar = Progress(name, len(todo) * config.epochs) if progress and todo else None
     on_epoch = bar.advance if bar is not None else None
-    models = train_models(ref, train_images, train_labels, num_classes, config, on_epoch=on_epoch)
-    accs = test_models(models, test_images, test_labels, config)
-    result: dict[str, Any] = dict(_accuracy(accs))
-    if config.test_limit:
-        n = min(config.test_limit, len(test_labels))
-        first = test_models(models, test_images[:n], test_labels[:n], config)
-        result["first"] = {"images": n} | _accuracy(first)
+    n = min(config.test_limit, len(test_labels)) if config.test_limit else 0
+    batched = use_batched(config, resolve_device(config.device))
+    size = (config.stack_size or len(todo)) if batched else 1
+    for i in range(0, len(todo), max(size, 1)):  # the groups train_models would train together
+        part, t0 = todo[i : i + size], time.perf_counter()
+        models = train_models(ref, train_images, train_labels, num_classes, config, part, on_epoch)
+        got = test_models(models, test_images, test_labels, config)
+        got_first = test_models(models, test_images[:n], test_labels[:n], config) if n else [None] * len(part)
+        seconds = (time.perf_counter() - t0) / len(part)
+        for r, acc, first in zip(part, got, got_first, strict=True):
+            accs[r], firsts[r] = acc, first
+            if store is not None:
+                store.add(name, r, acc, first, seconds)
+    runs = [accs[r] for r in range(config.runs)]
+    result: dict[str, Any] = dict(_accuracy(runs))
+    if n:
+        result["first"] = {"images": n} | _accuracy([float(firsts[r]) for r in range(config.runs)])
     seconds = time.perf_counter() - start
-    log.info("%s: %.2f ± %.2f %% over %d runs (%.1f s)", ref, np.mean(accs), np.std(accs), len(accs), seconds)
+    summary = f"{np.mean(runs):.2f} ± {np.std(runs):.2f} % over {len(runs)} runs ({seconds:.1f} s)"
+    log.info("%s: %s", name, summary)
     if bar is not None:
-        bar.close(f"{np.mean(accs):.2f} ± {np.std(accs):.2f} % over {len(accs)} runs ({seconds:.1f} s)")
+        bar.close(summary)
     return result | {"seconds": seconds, "options": ref.options_for(train_images.shape[-1])}
 
 
@@ -121,6 +144,7 @@ def _evaluate(
     config: EvalConfig,
     out_dir: str | os.PathLike | None,
     progress: bool = False,
+    set_key: str = "",
 ) -> EvalReport:
     start = time.perf_counter()
     refs = parse_models(models)  # every name and option checked before any work
@@ -131,8 +155,14 @@ def _evaluate(
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
+    main = is_main_process()
+    if out_dir is not None and main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    store = RunStore(out_dir, set_key, run_protocol_key(asdict(config), precision), write=main)
     results = {
-        str(ref): run_protocol(ref, train_x, train[1], test_x, test[1], data.num_classes, resolved, progress)
+        str(ref): run_protocol(
+            ref, train_x, train[1], test_x, test[1], data.num_classes, resolved, progress, store
+        )
         for ref in refs
     }
     report: EvalReport = {
@@ -147,8 +177,8 @@ def _evaluate(
         "seconds": time.perf_counter() - start,
         "versions": versions(),
     }
-    if out_dir is not None and is_main_process():
-        write_json(Path(out_dir) / RESULT_FILE, report)
+    if out_dir is not None and main:
+        merge_report(Path(out_dir) / RESULT_FILE, dict(report), set_key)  # other entries kept
     return report
 
 
@@ -224,9 +254,11 @@ def evaluate_set(
     test_x = syn.preprocess()(data.test_images)
     kind = {"kind": "synthetic", "images": len(syn.labels), "ipc": syn.ipc}
     kind |= {k: syn.meta[k] for k in ("method", "source", "experiment") if k in syn.meta}
-    return _evaluate(
-        kind, (syn.images, syn.labels), (test_x, data.test_labels), data, models, config, out_dir, progress
+    key = set_id(
+        syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=json.dumps(syn.preprocess_meta)
     )
+    train, test = (syn.images, syn.labels), (test_x, data.test_labels)
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key)
 
 
 def evaluate_whole(
@@ -247,4 +279,5 @@ def evaluate_whole(
     train = (prep(data.train_images), data.train_labels)
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     test = (prep(data.test_images), data.test_labels)
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress)
+    key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key)

@@ -220,18 +220,20 @@ def train_models(
     batched = use_batched(config, device)
     for part in _stacks(len(runs), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        tell = _teller(on_epoch, part, len(runs), config.epochs) if on_epoch is not None else None
+        numbers = [runs[i] for i in part]
+        tell = _teller(on_epoch, numbers, config.runs, config.epochs) if on_epoch is not None else None
         _fit(group, [streams[i] for i in part], x, y, config, device, tell)
     return models
 
 
 def _teller(
-    on_epoch: Callable[[int, str], None], part: range, runs: int, epochs: int
+    on_epoch: Callable[[int, str], None], numbers: list[int], runs: int, epochs: int
 ) -> Callable[[int], None]:
-    who = f"run {part.start + 1}/{runs}" if len(part) == 1 else f"runs {part.start + 1}–{part.stop}/{runs}"
+    first, last = numbers[0] + 1, numbers[-1] + 1
+    who = f"run {first}/{runs}" if len(numbers) == 1 else f"runs {first}–{last}/{runs}"
 
     def tell(epoch: int) -> None:
-        on_epoch(len(part), f"{who}, epoch {epoch}/{epochs}")
+        on_epoch(len(numbers), f"{who}, epoch {epoch}/{epochs}")
 
     return tell
 

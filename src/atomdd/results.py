@@ -1,0 +1,107 @@
+"""Where evaluation results are kept so that none is lost and none overwrites another (issue 17: 4).
+
+- `eval.jsonl` (beside the set): one line per finished (model, run), appended as soon as the run is
+  tested. A rerun of the same evaluation reuses every run found there for the same set and protocol
+  and trains only the missing ones, so a kill, a crash or a full disk loses at most the runs in
+  progress.
+- `eval.json`: the latest report at the top level (its "models" hold every model evaluated under the
+  latest protocol), and under "results" every (protocol, model reference) ever evaluated there; a new
+  evaluation replaces only the entries of its own protocol and models.
+
+A protocol is the settings that decide the accuracies (not the device, the stacking or the test batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from atomdd.io import append_jsonl, read_jsonl, write_json
+
+RESULT_FILE = "eval.json"
+RUNS_FILE = "eval.jsonl"
+# the settings that decide a run's accuracy (the number of runs decides only which runs there are)
+_PER_RUN = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "lr_decay", "decay_at", "dsa", "seed")
+
+
+def run_protocol_key(config: dict[str, Any], precision: str) -> str:
+    """The settings that decide one run's accuracy, as one canonical string."""
+    parts = [f"{k}={config[k]}" for k in _PER_RUN] + [f"precision={precision}"]
+    return ",".join(parts + [f"test_limit={config.get('test_limit', 0)}"])
+
+
+def protocol_key(config: dict[str, Any], precision: str) -> str:
+    """The key of a model's result in eval.json: the per-run settings and the number of runs."""
+    return f"{run_protocol_key(config, precision)},runs={config['runs']}"
+
+
+def set_id(*tensors: Any, extra: str = "") -> str:
+    """A short digest of a set's tensors (images, labels): the runs of another set are never reused."""
+    h = hashlib.sha256(extra.encode())
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class RunStore:
+    """The finished (model, run) accuracies of one set under one per-run protocol, in `eval.jsonl`."""
+
+    def __init__(self, folder: str | Path | None, set_key: str, protocol: str, write: bool = True) -> None:
+        self.path = Path(folder) / RUNS_FILE if folder is not None else None
+        self.set_key, self.protocol, self.write = set_key, protocol, write
+
+    def done(self, model: str) -> dict[int, dict[str, Any]]:
+        """Run number → its row, for the runs of `model` already finished."""
+        if self.path is None or not self.path.exists():
+            return {}
+        rows = read_jsonl(self.path)
+        mine = (
+            r
+            for r in rows
+            if isinstance(r, dict)
+            and r.get("set") == self.set_key
+            and r.get("protocol") == self.protocol
+            and r.get("model") == model
+            and isinstance(r.get("run"), int)
+            and isinstance(r.get("accuracy"), (int, float))
+        )
+        return {r["run"]: r for r in mine}
+
+    def add(self, model: str, run: int, accuracy: float, first: float | None, seconds: float) -> None:
+        if self.path is None or not self.write:
+            return
+        row = {"set": self.set_key, "protocol": self.protocol, "model": model, "run": run}
+        row |= {"accuracy": accuracy, "first": first, "seconds": seconds}
+        append_jsonl(self.path, row)
+
+
+def merge_report(path: Path, report: dict[str, Any], set_key: str) -> dict[str, Any]:
+    """`report` with the results already in `path` (eval.json) merged in: this report's protocol and
+    models replace only their own entries. Returns what is written."""
+    key = protocol_key(report["config"], report["precision"])
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        old = {}
+    if isinstance(old, dict):
+        if isinstance(old.get("results"), dict):
+            results = {k: dict(v) for k, v in old["results"].items() if isinstance(v, dict)}
+        elif isinstance(old.get("models"), dict) and isinstance(old.get("config"), dict):  # before "results"
+            try:
+                was = protocol_key(old["config"], old.get("precision", old["config"].get("precision")))
+                results[was] = {m: r | {"set_id": old.get("set_id")} for m, r in old["models"].items()}
+            except (KeyError, TypeError):
+                pass
+    mine = results.setdefault(key, {})
+    mine.update({m: r | {"set_id": set_key} for m, r in report["models"].items()})
+    models = {
+        m: {k: v for k, v in r.items() if k != "set_id"}
+        for m, r in mine.items()
+        if r.get("set_id") == set_key
+    }
+    merged = report | {"models": models, "set_id": set_key, "protocol": key, "results": results}
+    write_json(path, merged)
+    return merged
