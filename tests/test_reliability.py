@@ -773,3 +773,61 @@ def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch
     saved = json.loads((tmp_path / "whole-digits" / "eval.json").read_text())
     assert saved["set"]["kind"] == "whole" and len(saved["models"]["mlp"]["runs"]) == 1
     assert len((tmp_path / "whole-digits" / "eval.jsonl").read_text().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# case 3: a write error is a clear message naming the path (exit 2), the previous files intact
+
+
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:
+    import errno as _errno
+
+    import atomdd.io as io
+
+    honest = os.replace
+
+    def replace_(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(code, os.strerror(code), str(src))
+        return honest(src, dst, *args, **kwargs)
+
+    assert code in (_errno.ENOSPC, _errno.EROFS)
+    monkeypatch.setattr(io.os, "replace", replace_)
+
+
+def test_write_errors_name_the_path_and_keep_what_was_there(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
+) -> None:
+    import errno
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = _cli(capsys, "distill", *_TINY, "--iterations", "1", "--out", str(blocker / "run"))
+    assert code == 2 and f"cannot write {blocker / 'run'}" in err and "not a folder" in err
+    assert "Traceback" not in err
+
+    folder = tmp_path / "set"
+    _digits_set(digits, torch.arange(10)).save(folder)
+    argv = ["evaluate", str(folder), "--models", "convnet(width=8)", "--epochs", "1", "--runs", "2"]
+    assert _cli(capsys, *argv)[0] == 0
+    before = (folder / "eval.json").read_bytes()
+    with monkeypatch.context() as m:
+        _failing_replace(m, "eval.json", errno.ENOSPC)  # the disk fills up at the end
+        from atomdd.cli import main
+
+        code = main([*argv, "--seed", "1"])
+        out, err = capsys.readouterr()
+    assert code == 2 and f"cannot write {folder / 'eval.json'}: No space left on device" in err
+    assert "the disk is full" in err and "Traceback" not in err
+    assert "convnet(width=8)" in out  # the table of what was trained is printed all the same
+    assert (folder / "eval.json").read_bytes() == before  # the previous file intact
+    assert not list(folder.glob(".*.tmp"))
+    rows = (folder / "eval.jsonl").read_text().splitlines()
+    assert len(rows) == 4  # 2 runs of seed 0, 2 of seed 1: kept, reused by the next run
+    assert _cli(capsys, *argv, "--seed", "1")[0] == 0
+
+    with monkeypatch.context() as m:
+        _failing_replace(m, "synthetic.safetensors", errno.EROFS)
+        code, err = _cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "c"))
+    assert code == 2 and f"cannot write {tmp_path / 'c' / 'synthetic.safetensors'}" in err
+    assert "read-only" in err and "Traceback" not in err

@@ -286,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with offer_download(hasattr(args, "download")):  # hints name --download only where it exists
             return COMMANDS[args.command](args)
     except AtomddError as e:
+        if getattr(e, "report", None) is not None:  # a write failed after the work: show the work
+            from atomdd.report import eval_table
+
+            print(eval_table(e.report))
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
     except KeyboardInterrupt:

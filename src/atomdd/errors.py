@@ -18,6 +18,16 @@ class Interrupted(AtomddError):
         self.signum = int(signum)
 
 
+class WriteError(AtomddError):
+    """A file could not be written (a full disk, a read-only folder, no permission): the message names
+    the path; the previous file, if any, is left as it was. `report` may carry what was computed."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.report: object = None
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> AtomddError:
     """The error for a registry miss: always lists the valid names."""
     return AtomddError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")

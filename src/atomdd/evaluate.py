@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from atomdd.data import Dataset, as_dataset
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, WriteError
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import versions
+from atomdd.io import make_folder, versions
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
 from atomdd.progress import Progress
@@ -157,7 +157,7 @@ def _evaluate(
     train_x = train[0].to(device)
     main = is_main_process()
     if out_dir is not None and main:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RunStore(out_dir, set_key, run_protocol_key(asdict(config), precision), write=main)
     results = {
         str(ref): run_protocol(
@@ -178,7 +178,11 @@ def _evaluate(
         "versions": versions(),
     }
     if out_dir is not None and main:
-        merge_report(Path(out_dir) / RESULT_FILE, dict(report), set_key)  # other entries kept
+        try:
+            merge_report(Path(out_dir) / RESULT_FILE, dict(report), set_key)  # other entries kept
+        except WriteError as e:
+            e.report = report  # computed all the same: the CLI prints it
+            raise
     return report
 
 

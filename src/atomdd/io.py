@@ -9,18 +9,23 @@ removed by the next write into that folder. New files get the usual mode (0666 l
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import re
 import secrets
+import socket
 import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+
+from atomdd.errors import WriteError
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.atomdd-(?P<pid>\d{1,10})-[0-9a-f]{8}\.tmp$")
 # what `tempfile.mkstemp` named them before the pid was part of the name
@@ -86,8 +91,41 @@ def clean_stale_temps(folder: str | os.PathLike, name: str | None = None) -> lis
     return removed
 
 
+_WHY = {
+    errno.ENOSPC: "the disk is full; free some space and run again",
+    errno.EDQUOT: "the disk quota is used up; free some space and run again",
+    errno.EROFS: "the file system is read-only; choose another folder",
+    errno.EACCES: "no permission to write there; choose another folder",
+    errno.EPERM: "no permission to write there; choose another folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def write_error(path: str | os.PathLike, error: OSError) -> WriteError:
+    """The message for a failed write: the path, the system's reason, what to do."""
+    reason = error.strerror or type(error).__name__
+    hint = _WHY.get(error.errno or 0, "")
+    return WriteError(
+        f"cannot write {path}: {reason}{f' ({hint})' if hint else ''}; the previous file, if any, is "
+        "left as it was",
+        Path(path),
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """`_atomic_path`, with every OS error of the write turned into a `WriteError` naming `path`."""
+    try:
+        with _atomic_path(path) as tmp:
+            yield tmp
+    except (URLError, ConnectionError, TimeoutError, socket.gaierror):
+        raise  # a download's network error inside the block is not a write error
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+@contextlib.contextmanager
+def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The temporary file exists (empty, mode 0666 less the umask) when the block starts; temporary
@@ -118,8 +156,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one line; a torn last line after a crash is skipped by `read_jsonl`."""
-    with open(path, "a") as f:
-        f.write(json.dumps(obj, default=_jsonable) + "\n")
+    line = json.dumps(obj, default=_jsonable) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """`mkdir -p`, a failure a `WriteError` naming the folder."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return Path(path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -27,7 +27,15 @@ from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import append_jsonl, read_jsonl, save_safetensors, versions, write_bytes, write_json
+from atomdd.io import (
+    append_jsonl,
+    make_folder,
+    read_jsonl,
+    save_safetensors,
+    versions,
+    write_bytes,
+    write_json,
+)
 from atomdd.models import FeatureModel
 from atomdd.parallel import is_main_process
 from atomdd.provenance import git_state
@@ -265,7 +273,7 @@ class RunFolder:
             if self.main:
                 remove_described(self.path)
         if self.main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_folder(self.path)
             (self.path / METRICS).unlink(missing_ok=True)
 
     def record(self, run: dict[str, Any]) -> None:
