@@ -187,6 +187,23 @@ def _set_dir(path: str) -> str | None:
 
 
 @command
+def cmd_report(args: argparse.Namespace) -> int:
+    from atomdd.reporting import report
+
+    page = report(args.paths, args.out, title=args.title)
+    print(f"wrote {page} and its figures")
+    return 0
+
+
+@command
+def cmd_show(args: argparse.Namespace) -> int:
+    from atomdd.report import show
+
+    print(f"wrote {show(args.path, args.out, args.klass)}")
+    return 0
+
+
+@command
 def cmd_demo(args: argparse.Namespace) -> int:
     from atomdd.demo import run_demo
 
@@ -247,6 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
     _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
+
+    p = sub.add_parser("report", help="runs, evaluations, grids and NAS results → report.md with PNG figures")
+    p.add_argument(
+        "paths", nargs="+", metavar="RUN_DIR", help="run folders, grids (ipc*/<method>-seed*/) or NAS folders"
+    )
+    p.add_argument("--out", required=True, help="folder for report.md and its figures")
+    p.add_argument("--title", default="Report")
+
+    p = sub.add_parser("show", help="a set's images as a PNG grid (a row per class), or one class enlarged")
+    p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")
+    p.add_argument("--class", dest="klass", default=None, help="one class, by index or name")
+    p.add_argument("--out", default=None, help="the PNG (default: show.png in the set's folder)")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")

@@ -31,6 +31,7 @@ from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import versions, write_json
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
+from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 from atomdd.train import test_models, train_models, use_batched
@@ -74,6 +75,7 @@ class EvalReport(TypedDict):
     set: dict[str, Any]
     seconds: float
     versions: dict[str, str]
+    git: dict[str, Any] | None  # the commit of the checkout that evaluated
 
 
 def _accuracy(accs: list[float]) -> Accuracy:
@@ -138,6 +140,7 @@ def _evaluate(
         "set": kind,
         "seconds": time.perf_counter() - start,
         "versions": versions(),
+        "git": git_state(),
     }
     if out_dir is not None and is_main_process():
         write_json(Path(out_dir) / RESULT_FILE, report)
