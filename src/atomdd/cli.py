@@ -127,6 +127,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             config_file=args.config,
             stop=stop,
+            tensorboard=args.tensorboard,
             **overrides,
         )
     if not args.quiet:
@@ -175,6 +176,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = ev.evaluate_set(
             syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
         )
+    if args.tensorboard:
+        from atomdd.tblog import log_evaluation
+
+        log_evaluation(args.tensorboard, report)
     print(eval_table(report))
     return 0
 
@@ -211,6 +216,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_TB_HELP = "also write TensorBoard event files to DIR (local files only; needs the tensorboard extra)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
     from atomdd.distillation.config import flat_fields
@@ -239,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--config", default=None, help="YAML/TOML file of config values")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
     _add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
@@ -263,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
     _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
 
     p = sub.add_parser("report", help="runs, evaluations, grids and NAS results → report.md with PNG figures")

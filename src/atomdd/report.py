@@ -60,15 +60,22 @@ def grid_layout(n_rows: int, cols: int, h: int, w: int, zoom: int, pad: int = 2)
     return n_rows * (h * zoom + pad) + pad, LABEL_WIDTH + cols * (w * zoom + pad) + pad
 
 
-def save_grid(
+def save_grid(images01: torch.Tensor, labels: torch.Tensor, path: str | Path, **kwargs: Any) -> Path:
+    """`grid_image` (same arguments) as a PNG file."""
+    img = grid_image(images01, labels, **kwargs)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def grid_image(
     images01: torch.Tensor,
     labels: torch.Tensor,
-    path: str | Path,
     max_per_class: int = 10,
     pad: int = 2,
     class_names: Sequence[str] = (),
     size: int = 64,
-) -> Path:
+) -> Image.Image:
     """One row per class (in label order), up to `max_per_class` images, the class name at the left
     of each row (its index where no names are known); images upscaled to about `size` pixels."""
     from PIL import ImageDraw, ImageFont
@@ -94,9 +101,7 @@ def save_grid(
         draw.text(
             (LABEL_WIDTH - 6, pad + r * ch + (ch - pad) // 2), name, fill=(0, 0, 0), font=font, anchor="rm"
         )
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+    return img
 
 
 def show(path: str | Path, out: str | Path | None = None, klass: str | int | None = None) -> Path:

@@ -116,11 +116,22 @@ class Distiller:
 
     # --- the loop -------------------------------------------------------------------------
     def run(
-        self, out: Path | None = None, resume: bool = False, quiet: bool = True, stop: object = None
+        self,
+        out: Path | None = None,
+        resume: bool = False,
+        quiet: bool = True,
+        stop: object = None,
+        tensorboard: str | Path | None = None,
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
-        `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`."""
+        `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`.
+        `tensorboard`: a folder for TensorBoard event files (loss, terms, the grid now and then)."""
         cfg = self.cfg
+        tb = None
+        if tensorboard is not None:
+            from atomdd.tblog import DistillLog
+
+            tb = DistillLog(tensorboard)
         folder = RunFolder(out) if out is not None else None
         if folder is not None:
             if resume:
@@ -150,6 +161,8 @@ class Distiller:
             bar.update(1)
             if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
                 bar.set_postfix(loss=f"{value:.4g}")
+                if tb is not None:
+                    tb.step(self.step, value, terms, make_set=self.result)
                 if folder is not None:
                     row = {"step": self.step, "loss": value, "seconds": time.perf_counter() - t0}
                     folder.log(row | {k: float(v) for k, v in terms.items()})
@@ -166,6 +179,9 @@ class Distiller:
         bar.close()
         seconds = time.perf_counter() - t0
         result = self.result()
+        if tb is not None:
+            tb.image(self.step, result)
+            tb.close()
         if folder is not None:
             self.save_checkpoint(folder.path)
             folder.save_set(result)
@@ -289,6 +305,7 @@ def distill(
     quiet: bool = True,
     config_file: str | Path | None = None,
     stop: object = None,
+    tensorboard: str | Path | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
     """Distil `dataset` (default digits) to `ipc` (10) images per class with `method` (atom).
@@ -297,6 +314,7 @@ def distill(
     With `out`, writes synthetic.safetensors, run.json, metrics.jsonl, grid.png, attention.png and a
     checkpoint there; `resume=True` continues from that checkpoint. A truthy `stop` (e.g. the flag of
     `signals.stop_on_signals()`) ends the run after the current step, checkpointed (`Interrupted`).
+    `tensorboard`: a folder for TensorBoard event files (needs the `tensorboard` extra).
     """
     cfg = make_config(dataset, ipc, method, config_file, **overrides)
-    return Distiller(cfg).run(out, resume=resume, quiet=quiet, stop=stop)
+    return Distiller(cfg).run(out, resume=resume, quiet=quiet, stop=stop, tensorboard=tensorboard)

@@ -1,0 +1,73 @@
+"""Optional TensorBoard logging (`--tensorboard DIR`): event files written locally, nothing sent
+anywhere. Off by default; needs the `tensorboard` package (`pip install -e '.[tensorboard]'`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from atomdd.errors import AtomddError
+from atomdd.parallel import is_main_process
+
+INSTALL = "pip install -e '.[tensorboard]' (or pip install tensorboard)"
+
+
+def writer(logdir: str | Path) -> Any:
+    """A `SummaryWriter` on `logdir` (None in every process but the main one)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise AtomddError(
+            f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}"
+        ) from None
+    return SummaryWriter(log_dir=str(logdir)) if is_main_process() else None
+
+
+class DistillLog:
+    """The loss and each weighted term per logged step; the synthetic grid every `image_every` logs."""
+
+    def __init__(self, logdir: str | Path, image_every: int = 10) -> None:
+        self.w = writer(logdir)
+        self.image_every = image_every
+        self.logs = 0
+
+    def step(self, step: int, loss: float, terms: dict[str, Any], make_set: Any = None) -> None:
+        """`make_set()`: the set now, called only when a grid is due."""
+        if self.w is None:
+            return
+        self.w.add_scalar("distill/loss", loss, step)
+        for name, value in terms.items():
+            self.w.add_scalar(f"distill/{name}", float(value), step)
+        if make_set is not None and self.logs % self.image_every == 0:
+            self.image(step, make_set())
+        self.logs += 1
+
+    def image(self, step: int, syn: Any) -> None:
+        """The set's grid (class names on the rows) as drawn by `report`."""
+        import numpy as np
+
+        from atomdd.report import display_images, grid_image
+
+        if self.w is None:
+            return
+        images, _ = display_images(syn)
+        img = grid_image(images, syn.labels, class_names=syn.classes)
+        self.w.add_image("distill/synthetic", np.asarray(img), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.w is not None:
+            self.w.close()
+
+
+def log_evaluation(logdir: str | Path, report: dict) -> None:
+    """Per model: each evaluation run's final test accuracy (step = run index) and the mean."""
+    w = writer(logdir)
+    if w is None:
+        return
+    for model, r in report["models"].items():
+        for i, acc in enumerate(r["runs"]):
+            w.add_scalar(f"eval/{model}/accuracy", acc, i)
+        w.add_scalar(f"eval/{model}/mean_accuracy", r["mean"], 0)
+        w.add_scalar(f"eval/{model}/std_accuracy", r["std"], 0)
+    w.add_text("eval/config", str(report["config"]), 0)
+    w.close()

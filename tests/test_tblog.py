@@ -1,0 +1,40 @@
+"""`--tensorboard DIR`: off by default, a clear error without the package, local event files with it."""
+
+import sys
+
+import pytest
+
+from atomdd.cli import main
+from atomdd.errors import AtomddError
+
+
+def test_without_the_package_the_flag_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    from atomdd.tblog import DistillLog
+
+    with pytest.raises(AtomddError, match=r"pip install -e '\.\[tensorboard\]'"):
+        DistillLog(tmp_path / "tb")
+    argv = ["distill", "--iterations", "1", "--ipc", "1", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main([*argv, "--tensorboard", str(tmp_path / "tb")]) == 2
+    assert "needs the tensorboard package" in capsys.readouterr().err
+
+
+def test_distill_and_evaluate_write_event_files(tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import atomdd
+    from atomdd.tblog import log_evaluation
+
+    atomdd.distill("digits", 1, "atom", iterations=3, log_every=1, tensorboard=tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"distill/loss", "distill/embedding", "distill/spatial0"} <= set(scalars)
+    assert [e.step for e in events.Scalars("distill/loss")] == [1, 2, 3]
+    assert events.Tags()["images"] == ["distill/synthetic"]
+    report = {"models": {"convnet": {"runs": [50.0, 52.0], "mean": 51.0, "std": 1.0}}, "config": {}}
+    log_evaluation(tmp_path / "tb-eval", report)
+    events = EventAccumulator(str(tmp_path / "tb-eval"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("eval/convnet/accuracy")] == [50.0, 52.0]
