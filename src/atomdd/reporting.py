@@ -238,14 +238,16 @@ def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, str | int | float | bool)
 
 
-def render(paths: Sequence[str | Path], page: Path, figures: bool = True, title: str = "Report") -> str:
+def render(
+    paths: Sequence[str | Path], page: Path, figures: bool = True, title: str = "Report", intro: str = ""
+) -> str:
     """The markdown of the report over `paths`, to be written at `page` (links are relative to it).
     With `figures`, PNGs are drawn or copied into the page's folder."""
     from atomdd import plots
 
     groups, nas = gather(paths)
     out = page.parent
-    md = [f"# {title}\n"]
+    md = [f"# {title}\n", *([intro + "\n"] if intro else [])]
     md.append(
         "Accuracy: test accuracy (%) as mean ± std (population std, as eval.json and the published "
         "code compute it) over every evaluation model of every set (n = sets, i.e. distillation seeds); "
@@ -283,3 +285,25 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "Report") 
     page = out / "report.md"
     write_bytes(page, render(paths, page, figures=True, title=title).encode())
     return page
+
+
+ACCURACY_PAGE = "docs/accuracy.md"
+
+
+def accuracy_page(root: str | Path) -> str:
+    """docs/accuracy.md of the repository at `root`: the tables of the MNIST long-budget grid and of
+    every CIFAR-10 grid under benchmarks/results/, no figures (the page must regenerate exactly)."""
+    root = Path(root)
+    results = root / "benchmarks" / "results"
+    grids = [results / "accuracy-mnist-s1000-e300", *sorted(results.glob("cifar10-*"))]
+    intro = (
+        "Generated from `benchmarks/results/` by `python benchmarks/accuracy_page.py`, not typed: "
+        "edit the results or the generator, never this page (`tests/test_docs.py` regenerates it "
+        "and fails on any difference). The story behind these numbers (ablations, paired "
+        "differences, what changed a default) is in [accuracy-mnist.md](accuracy-mnist.md); "
+        "CIFAR-10 in [cifar10.md](cifar10.md). Each run's folder, linked from its row, holds its "
+        "set, run.json, eval.json, metrics.jsonl and (distilled sets) grid.png and attention.png."
+    )
+    return render(
+        [g for g in grids if g.is_dir()], root / ACCURACY_PAGE, figures=False, title="Accuracy", intro=intro
+    )
