@@ -13,6 +13,13 @@ from atomdd.io import atomic_path, read_jsonl
 if TYPE_CHECKING:
     from atomdd.reporting import Group, Run
 
+ORDER = ("random", "herding", "kcenter", "dm", "datadam", "atom-channel", "atom")
+
+
+def method_order(label: str) -> tuple[int, str]:
+    """The published tables' order: coresets, DM, DataDAM, ATOM; other labels after, by name."""
+    return (ORDER.index(label) if label in ORDER else len(ORDER), label)
+
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
@@ -25,11 +32,9 @@ def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Run]]], model: str, path
     """Test accuracy (mean ± std over every model of every seed) against IPC, a line per method."""
     from matplotlib.figure import Figure
 
-    from atomdd.reporting import _order
-
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for label in sorted(by_method, key=_order):
+    for label in sorted(by_method, key=method_order):
         pts = []
         for ipc, runs in sorted(by_method[label].items()):
             accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
@@ -85,9 +90,7 @@ def _lowest_seeds(group: Group) -> list[Run]:
 def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
     """Markdown lines of the group's loss curves and, per (method, IPC), the lowest seed's grid
     (redrawn from its set, class names on the rows; else copied) and attention maps (copied)."""
-    from atomdd.reporting import _order
-
-    chosen = sorted(_lowest_seeds(group), key=lambda r: (r.dataset, r.ipc, _order(r.label)))
+    chosen = sorted(_lowest_seeds(group), key=lambda r: (r.dataset, r.ipc, method_order(r.label)))
     md = []
     if png := loss_curves(chosen, out / f"{prefix}-loss.png"):
         md.append(f"![matching loss against step]({png.name})\n")

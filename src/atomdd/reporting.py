@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from atomdd.errors import AtomddError
+from atomdd.plots import method_order
 from atomdd.report import markdown_table
 
 RUN_FILES = ("run.json", "eval.json", "synthetic.safetensors")
-ORDER = ("random", "herding", "kcenter", "dm", "datadam", "atom-channel", "atom")
 
 
 @dataclass
@@ -102,10 +102,6 @@ def gather(paths: Sequence[str | Path]) -> tuple[list[Group], list[Path]]:
     return groups, nas
 
 
-def _order(label: str) -> tuple[int, str]:
-    return (ORDER.index(label) if label in ORDER else len(ORDER), label)
-
-
 def _fmt(values: list[float]) -> str:
     std = statistics.pstdev(values)  # as eval.json and the published code (np.std) compute it
     return f"{statistics.mean(values):.1f} ± {std:.1f}"
@@ -126,7 +122,7 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str) -> st
     model of every seed, n = sets (seeds)."""
     ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc})
     rows = []
-    for label in sorted(by_method, key=_order):
+    for label in sorted(by_method, key=method_order):
         cells = [label]
         for i in ipcs:
             runs = by_method[label].get(i, [])
@@ -168,7 +164,7 @@ def _link(target: Path, page_dir: Path) -> str:
 def runs_table(group: Group, page_dir: Path) -> str:
     """Every evaluated run's numbers as eval.json holds them, with the commit and versions."""
     rows = []
-    for r in sorted(group.runs, key=lambda r: (r.dataset, r.ipc, _order(r.label), r.seed)):
+    for r in sorted(group.runs, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed)):
         ev = r.evaluation or {}
         v = r.run.get("versions") or ev.get("versions") or {}
         where = f"[{_name(r, group)}]({_link(r.folder, page_dir)})"
