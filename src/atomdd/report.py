@@ -52,14 +52,6 @@ def display_images(syn: Any) -> tuple[torch.Tensor, str]:
     return raw.clamp(0, 1), "normalisation inverted, clipped to [0, 1]"
 
 
-LABEL_WIDTH = 120  # pixels of the class-name column of a grid
-
-
-def grid_layout(n_rows: int, cols: int, h: int, w: int, zoom: int, pad: int = 2) -> tuple[int, int]:
-    """(height, width) in pixels of a grid of `n_rows` × `cols` tiles of h×w images upscaled by `zoom`."""
-    return n_rows * (h * zoom + pad) + pad, LABEL_WIDTH + cols * (w * zoom + pad) + pad
-
-
 def save_grid(images01: torch.Tensor, labels: torch.Tensor, path: str | Path, **kwargs: Any) -> Path:
     """`grid_image` (same arguments) as a PNG file."""
     img = grid_image(images01, labels, **kwargs)
@@ -81,26 +73,24 @@ def grid_image(
     from PIL import ImageDraw, ImageFont
 
     classes = sorted(set(labels.tolist()))
+    names = [class_names[c] if c < len(class_names) else str(c) for c in classes]
     cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
     h, w = images01.shape[2:]
     zoom = max(1, size // max(h, w))
     ch, cw = h * zoom + pad, w * zoom + pad
-    height, width = grid_layout(len(classes), cols, h, w, zoom, pad)
-    canvas = np.full((height, width, 3), 255, np.uint8)
+    font = ImageFont.load_default(size=max(10, min(16, ch // 3)))
+    left = max(int(font.getlength(n)) for n in names) + 12  # the class-name column
+    canvas = np.full((len(classes) * ch + pad, left + cols * cw + pad, 3), 255, np.uint8)
     pixels = _to_uint8(images01.detach().float().cpu())
     for r, c in enumerate(classes):
         for j, i in enumerate(torch.nonzero(labels == c).flatten()[:cols].tolist()):
             tile = pixels[i].repeat(zoom, 0).repeat(zoom, 1)
-            x0 = LABEL_WIDTH + pad + j * cw
+            x0 = left + pad + j * cw
             canvas[pad + r * ch : pad + r * ch + h * zoom, x0 : x0 + w * zoom] = tile
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=max(10, min(16, ch // 3)))
-    for r, c in enumerate(classes):
-        name = class_names[c] if c < len(class_names) else str(c)
-        draw.text(
-            (LABEL_WIDTH - 6, pad + r * ch + (ch - pad) // 2), name, fill=(0, 0, 0), font=font, anchor="rm"
-        )
+    for r, name in enumerate(names):
+        draw.text((left - 6, pad + r * ch + (ch - pad) // 2), name, fill=(0, 0, 0), font=font, anchor="rm")
     return img
 
 
