@@ -83,9 +83,18 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     nas.mkdir()
     (nas / "nas.json").write_text(json.dumps({"proxies": [{"proxy": "10 epochs", "kendall_tau": 0.61}]}))
     Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(nas / "scatter.png")
-    page = report([grid, nas], tmp_path / "out")
+    from atomdd.coreset import select
+    from atomdd.evaluate import evaluate_set
+    from atomdd.settings import EvalConfig
+
+    coreset = tmp_path / "random-subset"  # a loose coreset folder: a set and eval.json, no run.json
+    syn = select("digits", 1, "random")
+    syn.save(coreset)
+    ev = evaluate_set(syn, ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=coreset)
+    page = report([grid, nas, coreset], tmp_path / "out")
     text = page.read_text()
     assert "## grid" in text and "| 10 epochs | 0.61 |" in text
+    assert "| random |" in text and repr(ev["models"]["convnet"]["mean"]) in text
     for png in _linked_pngs(page):
         _check_png(png)
 

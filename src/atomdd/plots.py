@@ -88,15 +88,18 @@ def _lowest_seeds(group: Group) -> list[Run]:
 
 
 def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
-    """Markdown lines of the group's loss curves and, per (method, IPC), the lowest seed's grid
-    (redrawn from its set, class names on the rows; else copied) and attention maps (copied)."""
-    chosen = sorted(_lowest_seeds(group), key=lambda r: (r.dataset, r.ipc, method_order(r.label)))
+    """Markdown lines of the group's loss curves and each run's grid (redrawn from its set, class
+    names on the rows; else copied) and attention maps (copied); of a grid, the lowest seed of each
+    (method, IPC) only."""
+    runs = _lowest_seeds(group) if group.folder is not None else group.runs
+    chosen = sorted(runs, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed))
     md = []
     if png := loss_curves(chosen, out / f"{prefix}-loss.png"):
         md.append(f"![matching loss against step]({png.name})\n")
-        md.append("Loss curves: the lowest seed of each method (DM's loss is on another scale).\n")
-    for r in chosen:
-        name = f"{prefix}-{r.label}-ipc{r.ipc}-seed{r.seed}"
+        which = "the lowest seed of each method" if group.folder is not None else "each run"
+        md.append(f"Loss curves: {which} (DM's loss is on another scale).\n")
+    for n, r in enumerate(chosen):
+        name = f"{prefix}-{r.label}-ipc{r.ipc}-seed{r.seed}" + (f"-{n}" if group.folder is None else "")
         shown = []
         if (r.folder / "synthetic.safetensors").exists():
             from atomdd.report import display_images, save_grid

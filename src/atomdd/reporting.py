@@ -44,7 +44,11 @@ class Run:
 
     @property
     def seed(self) -> int:
-        return int(self.run.get("config", {}).get("seed", self.folder.name.rpartition("-seed")[2] or 0))
+        """The set's seed: run.json's, else the grid folder's `-seed<N>`, else 0."""
+        if "seed" in self.run.get("config", {}):
+            return int(self.run["config"]["seed"])
+        suffix = self.folder.name.rpartition("-seed")[2]
+        return int(suffix) if suffix.isdigit() else 0
 
 
 @dataclass
