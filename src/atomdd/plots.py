@@ -67,7 +67,8 @@ def loss_curves(chosen: list[Run], path: Path) -> Path | None:
     for ax, ipc in zip(axes, ipcs, strict=True):
         for r, rows in logged:
             if r.ipc == ipc:
-                ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], lw=1.2, label=r.label)
+                label = r.label if r.group != "runs" else f"{r.label} ({r.folder.name})"
+                ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], lw=1.2, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("distillation step")
         ax.set_ylabel("matching loss (log scale)")

@@ -48,7 +48,9 @@ def display_images(syn: Any) -> tuple[torch.Tensor, str]:
     real images' spread, so a plain inverse clips). The set's own data is untouched."""
     raw = syn.preprocess().inverse(syn.images.detach().float().cpu(), clamp=False)
     if syn.preprocess_meta.get("zca"):
-        return stretch(raw), "ZCA inverted, each image contrast-stretched (1st–99th percentile) for display"
+        return stretch(
+            raw
+        ), "ZCA inverted; each image contrast-stretched to its 1st–99th percentile for display"
     return raw.clamp(0, 1), "normalisation inverted, clipped to [0, 1]"
 
 
