@@ -280,11 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         "paths", nargs="+", metavar="RUN_DIR", help="run folders, grids (ipc*/<method>-seed*/) or NAS folders"
     )
     p.add_argument("--out", required=True, help="folder for report.md and its figures")
-    p.add_argument("--title", default="Report")
+    p.add_argument("--title", default="Report", help="the page's heading")
 
     p = sub.add_parser("show", help="a set's images as a PNG grid (a row per class), or one class enlarged")
     p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")
-    p.add_argument("--class", dest="klass", default=None, help="one class, by index or name")
+    p.add_argument("--class", dest="klass", default=None, metavar="K", help="one class, by index or name")
     p.add_argument("--out", default=None, help="the PNG (default: show.png in the set's folder)")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
