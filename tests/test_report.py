@@ -91,10 +91,14 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     syn = select("digits", 1, "random")
     syn.save(coreset)
     ev = evaluate_set(syn, ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=coreset)
-    page = report([grid, nas, coreset], tmp_path / "out")
+    from atomdd.evaluate import evaluate_whole
+
+    whole = evaluate_whole("digits", ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=tmp_path / "whole")
+    page = report([grid, nas, coreset, tmp_path / "whole"], tmp_path / "out")
     text = page.read_text()
     assert "## grid" in text and "| 10 epochs | 0.61 |" in text
     assert "| random |" in text and repr(ev["models"]["convnet"]["mean"]) in text
+    assert "| method | IPC 1 | whole data |" in text and repr(whole["models"]["convnet"]["mean"]) in text
     for png in _linked_pngs(page):
         _check_png(png)
 

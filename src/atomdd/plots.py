@@ -37,12 +37,16 @@ def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Run]]], model: str, path
     for label in sorted(by_method, key=method_order):
         pts = []
         for ipc, runs in sorted(by_method[label].items()):
+            if not ipc:  # the whole data has no IPC
+                continue
             accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
             pts.append((ipc, statistics.mean(accs), statistics.pstdev(accs)))
+        if not pts:
+            continue
         xs, ys, es = zip(*pts, strict=True)
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
-    ipcs = sorted({i for v in by_method.values() for i in v})
+    ipcs = sorted({i for v in by_method.values() for i in v} - {0})
     ax.set_xticks(ipcs, [str(i) for i in ipcs])
     ax.set_xlabel("images per class (IPC)")
     ax.set_ylabel(f"test accuracy (%), {model}")

@@ -72,6 +72,8 @@ def is_run(folder: Path) -> bool:
 def load_run(folder: Path, group: str, label: str | None = None) -> Run:
     run = _read_json(folder / "run.json") if (folder / "run.json").exists() else {}
     ev = _read_json(folder / "eval.json") if (folder / "eval.json").exists() else None
+    if label is None and (ev or {}).get("set", {}).get("kind") == "whole":
+        label = "whole dataset"  # `atomdd evaluate --whole`: the upper bound, in the IPC 0 column
     if label is None:
         label = run.get("config", {}).get("method") or (ev or {}).get("set", {}).get("method") or folder.name
     return Run(folder, label, group, run, ev)
@@ -124,7 +126,7 @@ def accuracy(group: Group) -> dict[tuple[str, str], dict[str, dict[int, list[Run
 def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str) -> str:
     """Rows methods, columns IPC (the published tables' layout): mean ± std over every evaluation
     model of every seed, n = sets (seeds)."""
-    ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc})
+    ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc}, key=lambda i: (i == 0, i))
     rows = []
     for label in sorted(by_method, key=method_order):
         cells = [label]
@@ -133,7 +135,7 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str) -> st
             accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
             cells.append(f"{_fmt(accs)} (n={len(runs)})" if accs else "–")
         rows.append(cells)
-    return markdown_table(["method", *(f"IPC {i}" for i in ipcs)], rows)
+    return markdown_table(["method", *(f"IPC {i}" if i else "whole data" for i in ipcs)], rows)
 
 
 def _budget(group: Group) -> str:
@@ -260,7 +262,7 @@ def render(
             md.append(budget.capitalize() + ".\n")
         for (dataset, model), by_method in accuracy(group).items():
             md.append(f"**{dataset}, {model}**\n\n" + accuracy_table(by_method, model) + "\n")
-            if figures and len({i for v in by_method.values() for i in v}) > 1:
+            if figures and len({i for v in by_method.values() for i in v} - {0}) > 1:
                 png = plots.accuracy_vs_ipc(by_method, model, out / f"{_slug(group.name)}-{model}-ipc.png")
                 md.append(f"![accuracy vs IPC, {dataset}, {model}]({png.name})\n")
         if figures:
