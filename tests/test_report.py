@@ -64,6 +64,8 @@ def test_report_holds_every_number_and_real_figures(two_runs, tmp_path):
     assert sum("grid" in n for n in names) == 2 and sum("attention" in n for n in names) == 2
     for png in pngs:
         _check_png(png)
+    assert main(["report", *map(str, two_runs), "--out", str(tmp_path / "cli"), "--title", "Two runs"]) == 0
+    assert (tmp_path / "cli" / "report.md").read_text().startswith("# Two runs")
 
 
 def _rel(folder: Path, page: Path) -> str:
