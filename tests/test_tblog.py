@@ -17,6 +17,9 @@ def test_without_the_package_the_flag_is_a_clear_error(monkeypatch, tmp_path, ca
     argv = ["distill", "--iterations", "1", "--ipc", "1", "--out", str(tmp_path / "run"), "--quiet"]
     assert main([*argv, "--tensorboard", str(tmp_path / "tb")]) == 2
     assert "needs the tensorboard package" in capsys.readouterr().err
+    evaluate = ["evaluate", "--whole", "--dataset", "digits", "--epochs", "1", "--runs", "1"]
+    assert main([*evaluate, "--out", str(tmp_path / "ev"), "--tensorboard", str(tmp_path / "tb")]) == 2
+    assert not (tmp_path / "ev" / "eval.json").exists()  # refused before evaluating
 
 
 def test_distill_and_evaluate_write_event_files(tmp_path, one_thread):

@@ -161,6 +161,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg, own = _settings(args, EvalConfig, ("models",))
     models = parse_models(args.models or own.get("models") or "convnet")
+    if args.tensorboard:
+        from atomdd.tblog import require
+
+        require()  # before the evaluation, not after it
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")

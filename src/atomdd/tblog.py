@@ -12,15 +12,22 @@ from atomdd.parallel import is_main_process
 INSTALL = "pip install -e '.[tensorboard]' (or pip install tensorboard)"
 
 
-def writer(logdir: str | Path) -> Any:
-    """A `SummaryWriter` on `logdir` (None in every process but the main one)."""
+def require() -> Any:
+    """The `SummaryWriter` class, or a clear error naming the extra to install (check it before a
+    long run, not after)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise AtomddError(
             f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}"
         ) from None
-    return SummaryWriter(log_dir=str(logdir)) if is_main_process() else None
+    return SummaryWriter
+
+
+def writer(logdir: str | Path) -> Any:
+    """A `SummaryWriter` on `logdir` (None in every process but the main one)."""
+    summary_writer = require()
+    return summary_writer(log_dir=str(logdir)) if is_main_process() else None
 
 
 class DistillLog:

@@ -171,6 +171,8 @@ class Distiller:
                 self.save_checkpoint(folder.path)
             if stopping:
                 bar.close()
+                if tb is not None:
+                    tb.close()
                 raise Interrupted(
                     f"interrupted at step {self.step}; checkpoint saved in {out}; continue with --resume"
                     if out
