@@ -241,13 +241,23 @@ def _scalar(v: Any) -> bool:
 
 
 def render(
-    paths: Sequence[str | Path], page: Path, figures: bool = True, title: str = "Report", intro: str = ""
+    paths: Sequence[str | Path],
+    page: Path,
+    figures: bool = True,
+    title: str = "Report",
+    intro: str = "",
+    evaluated_only: bool = False,
 ) -> str:
     """The markdown of the report over `paths`, to be written at `page` (links are relative to it).
-    With `figures`, PNGs are drawn or copied into the page's folder."""
+    With `figures`, PNGs are drawn or copied into the page's folder; with `evaluated_only`, runs
+    without an eval.json (e.g. still running) are left out."""
     from atomdd import plots
 
     groups, nas = gather(paths)
+    if evaluated_only:
+        for group in groups:
+            group.runs = [r for r in group.runs if r.evaluation]
+        groups = [g for g in groups if g.runs]
     out = page.parent
     md = [f"# {title}\n", *([intro + "\n"] if intro else [])]
     md.append(
@@ -306,6 +316,8 @@ def accuracy_page(root: str | Path) -> str:
         "CIFAR-10 in [cifar10.md](cifar10.md). Each run's folder, linked from its row, holds its "
         "set, run.json, eval.json, metrics.jsonl and (distilled sets) grid.png and attention.png."
     )
+    grids = [g for g in grids if g.is_dir()]
+    # runs still in progress (no eval.json) are left out, so the page changes only with results
     return render(
-        [g for g in grids if g.is_dir()], root / ACCURACY_PAGE, figures=False, title="Accuracy", intro=intro
+        grids, root / ACCURACY_PAGE, figures=False, title="Accuracy", intro=intro, evaluated_only=True
     )
