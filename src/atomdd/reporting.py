@@ -201,7 +201,8 @@ def configs_section(group: Group) -> str:
                 distinct.setdefault(key, []).append(_name(r, group))
         for n, (key, names) in enumerate(distinct.items(), 1):
             out.append(
-                f"<details><summary>{kind} config {n} (seed aside) of {len(names)} runs</summary>\n\n"
+                f"<details><summary>{kind} config {n} (seed aside) of {len(names)} run"
+                f"{'s' if len(names) > 1 else ''}</summary>\n\n"
                 f"Runs: {', '.join(names)}\n\n```json\n{json.dumps(json.loads(key), indent=1)}\n```\n"
                 "</details>\n"
             )
