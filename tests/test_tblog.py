@@ -1,5 +1,6 @@
 """`--tensorboard DIR`: off by default, a clear error without the package, local event files with it."""
 
+import json
 import sys
 
 import pytest
@@ -27,7 +28,6 @@ def test_distill_and_evaluate_write_event_files(tmp_path, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import atomdd
-    from atomdd.tblog import log_evaluation
 
     atomdd.distill("digits", 1, "atom", iterations=3, log_every=1, tensorboard=tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -36,8 +36,13 @@ def test_distill_and_evaluate_write_event_files(tmp_path, one_thread):
     assert {"distill/loss", "distill/embedding", "distill/spatial0"} <= set(scalars)
     assert [e.step for e in events.Scalars("distill/loss")] == [1, 2, 3]
     assert events.Tags()["images"] == ["distill/synthetic"]
-    report = {"models": {"convnet": {"runs": [50.0, 52.0], "mean": 51.0, "std": 1.0}}, "config": {}}
-    log_evaluation(tmp_path / "tb-eval", report)
+    argv = ["evaluate", "--whole", "--dataset", "digits", "--epochs", "3", "--runs", "2", "--no-batched"]
+    assert main([*argv, "--out", str(tmp_path / "ev"), "--tensorboard", str(tmp_path / "tb-eval")]) == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
     events = EventAccumulator(str(tmp_path / "tb-eval"))
     events.Reload()
-    assert [e.value for e in events.Scalars("eval/convnet/accuracy")] == [50.0, 52.0]
+    assert events.Scalars("eval/convnet/accuracy")[-1].value == pytest.approx(
+        report["models"]["convnet"]["runs"][-1]
+    )
+    losses = events.Scalars("eval/convnet/train_loss/run1")  # one run at a time on CPU
+    assert [e.step for e in losses] == [0, 1, 2] and all(e.value > 0 for e in losses)

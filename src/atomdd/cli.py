@@ -161,15 +161,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg, own = _settings(args, EvalConfig, ("models",))
     models = parse_models(args.models or own.get("models") or "convnet")
-    if args.tensorboard:
-        from atomdd.tblog import require
+    tb = None
+    if args.tensorboard:  # checked before the evaluation, not after it
+        from atomdd.tblog import EvalLog
 
-        require()  # before the evaluation, not after it
+        tb = EvalLog(args.tensorboard)
+    on_epoch = tb.epoch if tb is not None else None
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
         report = ev.evaluate_whole(
-            args.dataset, models, cfg, data_root=args.data_root, out_dir=args.out, zca=args.zca
+            args.dataset,
+            models,
+            cfg,
+            data_root=args.data_root,
+            out_dir=args.out,
+            zca=args.zca,
+            on_epoch=on_epoch,
         )
     else:
         if not args.path:
@@ -177,13 +185,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
             )
         syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
-        report = ev.evaluate_set(
-            syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path)
-        )
-    if args.tensorboard:
-        from atomdd.tblog import log_evaluation
-
-        log_evaluation(args.tensorboard, report)
+        out = args.out or _set_dir(args.path)
+        report = ev.evaluate_set(syn, models, cfg, data_root=args.data_root, out_dir=out, on_epoch=on_epoch)
+    if tb is not None:
+        tb.final(report)
     print(eval_table(report))
     return 0
 

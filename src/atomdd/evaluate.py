@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -78,6 +79,14 @@ class EvalReport(TypedDict):
     git: dict[str, Any] | None  # the commit of the checkout that evaluated
 
 
+# on_epoch(model, runs, epoch, loss): each epoch's mean training loss of the runs trained together
+EpochHook = Callable[[str, list[int], int, float], None]
+
+
+def _hook(on_epoch: EpochHook | None, model: str) -> Callable[[list[int], int, float], None] | None:
+    return partial(on_epoch, model) if on_epoch is not None else None
+
+
 def _accuracy(accs: list[float]) -> Accuracy:
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs}
 
@@ -90,12 +99,13 @@ def run_protocol(
     test_labels: torch.Tensor,
     num_classes: int,
     config: EvalConfig = EvalConfig(),
+    on_epoch: Callable[[list[int], int, float], None] | None = None,
 ) -> ModelResult:
     """Train and test one architecture: {"mean", "std", "runs", "seconds"} (accuracies in %), and
     with `config.test_limit` N the same on the first N test images as "first"."""
     start = time.perf_counter()
     ref = ModelRef.parse(model)
-    models = train_models(ref, train_images, train_labels, num_classes, config)
+    models = train_models(ref, train_images, train_labels, num_classes, config, on_epoch=on_epoch)
     accs = test_models(models, test_images, test_labels, config)
     result: dict[str, Any] = dict(_accuracy(accs))
     if config.test_limit:
@@ -115,6 +125,7 @@ def _evaluate(
     models: str | Sequence[str | ModelRef],
     config: EvalConfig,
     out_dir: str | os.PathLike | None,
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     start = time.perf_counter()
     refs = parse_models(models)  # every name and option checked before any work
@@ -126,7 +137,9 @@ def _evaluate(
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     results = {
-        str(ref): run_protocol(ref, train_x, train[1], test_x, test[1], data.num_classes, resolved)
+        str(ref): run_protocol(
+            ref, train_x, train[1], test_x, test[1], data.num_classes, resolved, _hook(on_epoch, str(ref))
+        )
         for ref in refs
     }
     report: EvalReport = {
@@ -171,6 +184,7 @@ def evaluate_set(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     dataset: Dataset | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     """Run the protocol for each architecture on `syn`; write `out_dir/eval.json` if given.
 
@@ -182,9 +196,8 @@ def evaluate_set(
     test_x = syn.preprocess()(data.test_images)
     kind = {"kind": "synthetic", "images": len(syn.labels), "ipc": syn.ipc}
     kind |= {k: syn.meta[k] for k in ("method", "source", "experiment") if k in syn.meta}
-    return _evaluate(
-        kind, (syn.images, syn.labels), (test_x, data.test_labels), data, models, config, out_dir
-    )
+    train = (syn.images, syn.labels)
+    return _evaluate(kind, train, (test_x, data.test_labels), data, models, config, out_dir, on_epoch)
 
 
 def evaluate_whole(
@@ -194,6 +207,7 @@ def evaluate_whole(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     zca: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     """The upper bound: the same protocol on the full train set (preprocessing fitted on it).
 
@@ -203,4 +217,5 @@ def evaluate_whole(
     prep = data.preprocess(zca)
     train = (prep(data.train_images), data.train_labels)
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
-    return _evaluate(kind, train, (prep(data.test_images), data.test_labels), data, models, config, out_dir)
+    test = (prep(data.test_images), data.test_labels)
+    return _evaluate(kind, train, test, data, models, config, out_dir, on_epoch)

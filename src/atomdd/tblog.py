@@ -66,15 +66,30 @@ class DistillLog:
             self.w.close()
 
 
+class EvalLog:
+    """Per model: each epoch's mean training loss of the runs trained together (`on_epoch` of
+    `evaluate_set` / `evaluate_whole`), then each run's final test accuracy and their mean."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        self.w = writer(logdir)
+
+    def epoch(self, model: str, runs: list[int], epoch: int, loss: float) -> None:
+        if self.w is not None:
+            which = f"run{runs[0]}" if len(runs) == 1 else f"runs{runs[0]}-{runs[-1]}"
+            self.w.add_scalar(f"eval/{model}/train_loss/{which}", loss, epoch)
+
+    def final(self, report: dict) -> None:
+        if self.w is None:
+            return
+        for model, r in report["models"].items():
+            for i, acc in enumerate(r["runs"]):
+                self.w.add_scalar(f"eval/{model}/accuracy", acc, i)
+            self.w.add_scalar(f"eval/{model}/mean_accuracy", r["mean"], 0)
+            self.w.add_scalar(f"eval/{model}/std_accuracy", r["std"], 0)
+        self.w.add_text("eval/config", str(report["config"]), 0)
+        self.w.close()
+
+
 def log_evaluation(logdir: str | Path, report: dict) -> None:
-    """Per model: each evaluation run's final test accuracy (step = run index) and the mean."""
-    w = writer(logdir)
-    if w is None:
-        return
-    for model, r in report["models"].items():
-        for i, acc in enumerate(r["runs"]):
-            w.add_scalar(f"eval/{model}/accuracy", acc, i)
-        w.add_scalar(f"eval/{model}/mean_accuracy", r["mean"], 0)
-        w.add_scalar(f"eval/{model}/std_accuracy", r["std"], 0)
-    w.add_text("eval/config", str(report["config"]), 0)
-    w.close()
+    """A finished evaluation's final accuracies (no per-epoch losses)."""
+    EvalLog(logdir).final(report)

@@ -14,8 +14,9 @@ under vmap.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -200,8 +201,11 @@ def train_models(
     num_classes: int,
     config: TrainConfig = TrainConfig(),
     runs: Sequence[int] | None = None,
+    on_epoch: Callable[[list[int], int, float], None] | None = None,
 ) -> list[FeatureModel]:
     """Train `config.runs` fresh models (or the given run numbers) on model-space `images`.
+    `on_epoch(runs, epoch, loss)`: after each epoch of the runs trained together, their mean
+    training loss (one device sync an epoch; only when given).
 
     The precision is used as given (resolve it first with `hardware.resolve_precision`, as
     `evaluate_set` does); the device is `config.device`. Returns the trained models, on that device.
@@ -216,7 +220,8 @@ def train_models(
     batched = use_batched(config, device)
     for part in _stacks(len(runs), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        _fit(group, [streams[i] for i in part], x, y, config, device)
+        report = partial(on_epoch, [runs[i] for i in part]) if on_epoch is not None else None
+        _fit(group, [streams[i] for i in part], x, y, config, device, report)
     return models
 
 
@@ -227,6 +232,7 @@ def _fit(
     y: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> None:
     """The training loop of a group of runs: the schedule, the batches and the augmentations."""
     opt = torch.optim.SGD(
@@ -237,6 +243,7 @@ def _fit(
         for param_group in opt.param_groups:
             param_group["lr"] = _lr(config, epoch)
         orders = torch.stack([s.order(len(x)) for s in streams]).to(device)
+        total, batches = torch.zeros((), device=device), 0
         for start in range(0, len(x), config.batch_size):
             idx = orders[:, start : start + config.batch_size]
             xb = x[idx.flatten()]
@@ -247,6 +254,10 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_epoch is not None:
+                total, batches = total + loss.detach(), batches + 1
+        if on_epoch is not None:  # the group's loss sums its runs' batch means
+            on_epoch(epoch, float(total) / max(batches, 1) / len(streams))
     group.finish()
 
 
