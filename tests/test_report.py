@@ -134,3 +134,30 @@ def test_bad_input_is_a_clear_error(two_runs, tmp_path, capsys):
         show(tmp_path / "empty")
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "is no run" in capsys.readouterr().err
+
+
+def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
+    """Sets distilled in ZCA space reach several times real images' spread: a plain inverse clips
+    most pixels; the display stretches each image and leaves the set's data alone."""
+    import torch
+
+    from atomdd.data.transforms import Preprocess
+    from atomdd.report import display_images
+    from atomdd.sets import SyntheticSet
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (300, 3, 8, 8), generator=g, dtype=torch.uint8)
+    prep = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), zca=True).fit(real)
+    images = prep(real[:20]) * 10  # ten times the spread of real whitened images
+    syn = SyntheticSet(
+        images.clone(),
+        torch.arange(20) % 10,
+        "cifar10",
+        preprocess_tensors=prep.tensors(),
+        preprocess_meta=prep.meta(),
+    )
+    clipped = prep.inverse(images)
+    assert ((clipped == 0) | (clipped == 1)).float().mean() > 0.5  # what a plain inverse shows
+    shown, caption = display_images(syn)
+    assert ((shown == 0) | (shown == 1)).float().mean() < 0.05 and "contrast-stretched" in caption
+    assert torch.equal(syn.images, images)  # the data is untouched
