@@ -128,6 +128,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             config_file=args.config,
             stop=stop,
+            tensorboard=args.tensorboard,
             **overrides,
         )
     if not args.quiet:
@@ -167,12 +168,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg, own = _settings(args, EvalConfig, ("models",))
     models = parse_models(args.models or own.get("models") or "convnet")
+    tb = None
+    if args.tensorboard:  # checked before the evaluation, not after it
+        from atomdd.tblog import EvalLog
+
+        tb = EvalLog(args.tensorboard)
+    on_epoch = tb.epoch if tb is not None else None
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
         out = args.out or f"whole-{args.dataset}{'-zca' if args.zca else ''}"  # its result is kept too
         report = ev.evaluate_whole(
-            args.dataset, models, cfg, data_root=args.data_root, out_dir=out, zca=args.zca, progress=True
+            args.dataset,
+            models,
+            cfg,
+            data_root=args.data_root,
+            out_dir=out,
+            zca=args.zca,
+            progress=True,
+            on_epoch=on_epoch,
         )
         print(f"results in {out}/eval.json", file=sys.stderr)
     else:
@@ -181,9 +195,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
             )
         syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
+        out = args.out or _set_dir(args.path)
         report = ev.evaluate_set(
-            syn, models, cfg, data_root=args.data_root, out_dir=args.out or _set_dir(args.path), progress=True
+            syn, models, cfg, data_root=args.data_root, out_dir=out, progress=True, on_epoch=on_epoch
         )
+    if tb is not None:
+        tb.final(report)
     print(eval_table(report))
     return 0
 
@@ -196,11 +213,31 @@ def _set_dir(path: str) -> str | None:
 
 
 @command
+def cmd_report(args: argparse.Namespace) -> int:
+    from atomdd.reporting import report
+
+    page = report(args.paths, args.out, title=args.title)
+    print(f"wrote {page} and its figures")
+    return 0
+
+
+@command
+def cmd_show(args: argparse.Namespace) -> int:
+    from atomdd.report import show
+
+    print(f"wrote {show(args.path, args.out, args.klass)}")
+    return 0
+
+
+@command
 def cmd_demo(args: argparse.Namespace) -> int:
     from atomdd.demo import run_demo
 
     run_demo(out=args.out, iterations=args.iterations, quiet=args.quiet)
     return 0
+
+
+_TB_HELP = "also write TensorBoard event files to DIR (local files only; needs the tensorboard extra)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML/TOML file of config values")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
     _add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
@@ -265,7 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where eval.json and eval.jsonl go (default: the set's folder; with --whole, whole-DATASET)",
     )
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
     _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
+
+    p = sub.add_parser("report", help="runs, evaluations, grids and NAS results → report.md with PNG figures")
+    p.add_argument(
+        "paths", nargs="+", metavar="RUN_DIR", help="run folders, grids (ipc*/<method>-seed*/) or NAS folders"
+    )
+    p.add_argument("--out", required=True, help="folder for report.md and its figures")
+    p.add_argument("--title", default="Report", help="the page's heading")
+
+    p = sub.add_parser("show", help="a set's images as a PNG grid (a row per class), or one class enlarged")
+    p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")
+    p.add_argument("--class", dest="klass", default=None, metavar="K", help="one class, by index or name")
+    p.add_argument("--out", default=None, help="the PNG (default: show.png in the set's folder)")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -33,6 +34,7 @@ from atomdd.io import make_folder, versions
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import is_main_process
 from atomdd.progress import Progress
+from atomdd.provenance import git_state
 from atomdd.results import RESULT_FILE, RunStore, merge_report, run_protocol_key, set_id
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
@@ -77,6 +79,33 @@ class EvalReport(TypedDict):
     set: dict[str, Any]
     seconds: float
     versions: dict[str, str]
+    git: dict[str, Any] | None  # the commit of the checkout that evaluated
+
+
+# on_epoch(model, runs, epoch, loss): each epoch's mean training loss of the runs trained together
+EpochHook = Callable[[str, list[int], int, float], None]
+
+
+def _hook(on_epoch: EpochHook | None, model: str) -> Callable[[list[int], int, float], None] | None:
+    return partial(on_epoch, model) if on_epoch is not None else None
+
+
+def _epoch_hook(
+    bar: Progress | None, on_epoch: Callable[[list[int], int, float], None] | None, config: EvalConfig
+) -> Callable[[list[int], int, torch.Tensor], None] | None:
+    """train_models' per-epoch hook: advance the bar ("runs 1–5/5, epoch 3/300") and pass the
+    epoch's mean loss on (the only place it is read from the device)."""
+    if bar is None and on_epoch is None:
+        return None
+
+    def hook(runs: list[int], epoch: int, loss: torch.Tensor) -> None:
+        if bar is not None:
+            who = f"run {runs[0] + 1}" if len(runs) == 1 else f"runs {runs[0] + 1}–{runs[-1] + 1}"
+            bar.advance(len(runs), f"{who}/{config.runs}, epoch {epoch}/{config.epochs}")
+        if on_epoch is not None:
+            on_epoch(runs, epoch, float(loss))
+
+    return hook
 
 
 def _accuracy(accs: list[float]) -> Accuracy:
@@ -93,6 +122,7 @@ def run_protocol(
     config: EvalConfig = EvalConfig(),
     progress: bool = False,
     store: RunStore | None = None,
+    on_epoch: Callable[[list[int], int, float], None] | None = None,
 ) -> ModelResult:
     """Train and test one architecture: {"mean", "std", "runs", "seconds"} (accuracies in %), and
     with `config.test_limit` N the same on the first N test images as "first". With `progress`, a
@@ -109,13 +139,13 @@ def run_protocol(
     if accs and store is not None:
         log.info("%s: %d of %d runs reused from %s", name, len(accs), config.runs, store.path)
     bar = Progress(name, len(todo) * config.epochs) if progress and todo else None
-    on_epoch = bar.advance if bar is not None else None
     n = min(config.test_limit, len(test_labels)) if config.test_limit else 0
     batched = use_batched(config, resolve_device(config.device))
     size = (config.stack_size or len(todo)) if batched else 1
+    hook = _epoch_hook(bar, on_epoch, config)
     for i in range(0, len(todo), max(size, 1)):  # the groups train_models would train together
         part, t0 = todo[i : i + size], time.perf_counter()
-        models = train_models(ref, train_images, train_labels, num_classes, config, part, on_epoch)
+        models = train_models(ref, train_images, train_labels, num_classes, config, part, hook)
         got = test_models(models, test_images, test_labels, config)
         got_first = test_models(models, test_images[:n], test_labels[:n], config) if n else [None] * len(part)
         seconds = (time.perf_counter() - t0) / len(part)
@@ -145,6 +175,7 @@ def _evaluate(
     out_dir: str | os.PathLike | None,
     progress: bool = False,
     set_key: str = "",
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     start = time.perf_counter()
     refs = parse_models(models)  # every name and option checked before any work
@@ -161,7 +192,16 @@ def _evaluate(
     store = RunStore(out_dir, set_key, run_protocol_key(asdict(config), precision), write=main)
     results = {
         str(ref): run_protocol(
-            ref, train_x, train[1], test_x, test[1], data.num_classes, resolved, progress, store
+            ref,
+            train_x,
+            train[1],
+            test_x,
+            test[1],
+            data.num_classes,
+            resolved,
+            progress,
+            store,
+            _hook(on_epoch, str(ref)),
         )
         for ref in refs
     }
@@ -176,6 +216,7 @@ def _evaluate(
         "set": kind,
         "seconds": time.perf_counter() - start,
         "versions": versions(),
+        "git": git_state(),
     }
     if out_dir is not None and main:
         try:
@@ -247,6 +288,7 @@ def evaluate_set(
     out_dir: str | os.PathLike | None = None,
     dataset: Dataset | None = None,
     progress: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     """Run the protocol for each architecture on `syn`; write `out_dir/eval.json` if given.
 
@@ -262,7 +304,7 @@ def evaluate_set(
         syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=json.dumps(syn.preprocess_meta)
     )
     train, test = (syn.images, syn.labels), (test_x, data.test_labels)
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key)
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
 
 
 def evaluate_whole(
@@ -273,6 +315,7 @@ def evaluate_whole(
     out_dir: str | os.PathLike | None = None,
     zca: bool = False,
     progress: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> EvalReport:
     """The upper bound: the same protocol on the full train set (preprocessing fitted on it).
 
@@ -284,4 +327,4 @@ def evaluate_whole(
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     test = (prep(data.test_images), data.test_labels)
     key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key)
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)

@@ -34,24 +34,95 @@ def _to_uint8(images01: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(
-    images01: torch.Tensor, labels: torch.Tensor, path: str | Path, max_per_class: int = 10, pad: int = 2
-) -> Path:
-    """One row per class (in label order), up to `max_per_class` images; small images upscaled."""
+def stretch(images: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch.Tensor:
+    """Each image scaled on its own so its `low`..`high` percentiles span [0, 1] (for display only)."""
+    flat = images.flatten(1).float()
+    lo = torch.quantile(flat, low / 100, dim=1).view(-1, 1, 1, 1)
+    hi = torch.quantile(flat, high / 100, dim=1).view(-1, 1, 1, 1)
+    return ((images - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+
+
+def display_images(syn: Any) -> tuple[torch.Tensor, str]:
+    """A set's images as [0, 1] pictures, and a caption saying how: the preprocessing inverted;
+    a ZCA set then stretched per image (its pixels, pushed by the distillation, reach several times
+    real images' spread, so a plain inverse clips). The set's own data is untouched."""
+    raw = syn.preprocess().inverse(syn.images.detach().float().cpu(), clamp=False)
+    if syn.preprocess_meta.get("zca"):
+        return stretch(
+            raw
+        ), "ZCA inverted; each image contrast-stretched to its 1st–99th percentile for display"
+    return raw.clamp(0, 1), "normalisation inverted, clipped to [0, 1]"
+
+
+def save_grid(images01: torch.Tensor, labels: torch.Tensor, path: str | Path, **kwargs: Any) -> Path:
+    """`grid_image` (same arguments) as a PNG file."""
+    img = grid_image(images01, labels, **kwargs)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def grid_image(
+    images01: torch.Tensor,
+    labels: torch.Tensor,
+    max_per_class: int = 10,
+    pad: int = 2,
+    class_names: Sequence[str] = (),
+    size: int = 64,
+) -> Image.Image:
+    """One row per class (in label order), up to `max_per_class` images, the class name at the left
+    of each row (its index where no names are known); images upscaled to about `size` pixels."""
+    from PIL import ImageDraw, ImageFont
+
     classes = sorted(set(labels.tolist()))
+    names = [class_names[c] if c < len(class_names) else str(c) for c in classes]
     cols = min(max_per_class, max(int((labels == c).sum()) for c in classes))
     h, w = images01.shape[2:]
-    zoom = max(1, 64 // max(h, w))
+    zoom = max(1, size // max(h, w))
     ch, cw = h * zoom + pad, w * zoom + pad
-    canvas = np.full((len(classes) * ch + pad, cols * cw + pad, 3), 255, np.uint8)
+    font = ImageFont.load_default(size=max(10, min(16, ch // 3)))
+    left = max(int(font.getlength(n)) for n in names) + 12  # the class-name column
+    canvas = np.full((len(classes) * ch + pad, left + cols * cw + pad, 3), 255, np.uint8)
     pixels = _to_uint8(images01.detach().float().cpu())
     for r, c in enumerate(classes):
         for j, i in enumerate(torch.nonzero(labels == c).flatten()[:cols].tolist()):
             tile = pixels[i].repeat(zoom, 0).repeat(zoom, 1)
-            canvas[pad + r * ch : pad + r * ch + h * zoom, pad + j * cw : pad + j * cw + w * zoom] = tile
-    with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-    return Path(path)
+            x0 = left + pad + j * cw
+            canvas[pad + r * ch : pad + r * ch + h * zoom, x0 : x0 + w * zoom] = tile
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    for r, name in enumerate(names):
+        draw.text((left - 6, pad + r * ch + (ch - pad) // 2), name, fill=(0, 0, 0), font=font, anchor="rm")
+    return img
+
+
+def show(path: str | Path, out: str | Path | None = None, klass: str | int | None = None) -> Path:
+    """`atomdd show`: a set's grid (a row per class) or one class enlarged (`klass`: its index or
+    name) as a PNG; default `<set folder>/show.png` or `show-<class>.png`."""
+    from atomdd.errors import AtomddError
+
+    syn = load_synthetic(path)
+    images, _ = display_images(syn)
+    names = list(syn.classes) or [str(c) for c in range(int(syn.labels.max()) + 1)]
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if klass is None:
+        target = Path(out) if out else folder / "show.png"
+        return save_grid(images, syn.labels, target, class_names=names)
+    k = names.index(str(klass)) if str(klass) in names else int(klass) if str(klass).isdigit() else -1
+    if not 0 <= k < len(names) or not (syn.labels == k).any():
+        raise AtomddError(f"no class {klass!r} in {path}; its classes: {', '.join(names)}")
+    pick = syn.labels == k
+    n = int(pick.sum())
+    per_row = min(n, 5)
+    rows = torch.arange(n) // per_row  # several rows of the one class; the name on each
+    target = Path(out) if out else folder / f"show-{_safe(names[k])}.png"
+    return save_grid(
+        images[pick], rows, target, max_per_class=per_row, class_names=[names[k]] * len(rows), size=192
+    )
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 @torch.no_grad()
@@ -96,6 +167,8 @@ def save_attention(
         if row == 0:
             ax.set_title(f"channel profile, block {layer}", fontsize=7)
             ax.legend(fontsize=6)
+        if row == len(real) - 1:
+            ax.set_xlabel("channel (by real attention)", fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -111,7 +184,8 @@ def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown
     cfg = DistillConfig.from_dict(run["config"])
     result = load_synthetic(out)
     prep = result.preprocess()
-    save_grid(prep.inverse(result.images), result.labels, out / "grid.png")
+    images, _ = display_images(result)
+    save_grid(images, result.labels, out / "grid.png", class_names=result.classes)
     data = as_dataset(data if data is not None else cfg.dataset, cfg.run.data_root)
     k = min(classes_shown, data.num_classes)
     net = network(cfg, data.channels, data.num_classes, data.image_size, 0, torch.device("cpu"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -200,12 +201,12 @@ def train_models(
     num_classes: int,
     config: TrainConfig = TrainConfig(),
     runs: Sequence[int] | None = None,
-    on_epoch: Callable[[int, str], None] | None = None,
+    on_epoch: Callable[[list[int], int, torch.Tensor], None] | None = None,
 ) -> list[FeatureModel]:
     """Train `config.runs` fresh models (or the given run numbers) on model-space `images`.
-
-    `on_epoch(n, where)`, if given, is called after every epoch of every group of runs trained
-    together: `n` runs advanced one epoch, `where` says which ("run 2/5, epoch 300/1000").
+    `on_epoch(runs, epoch, loss)`, if given, is called after every epoch (counted from 1) of every
+    group of runs trained together, with their mean training loss as a 0-d tensor (read it only
+    when needed: reading it waits for the device).
 
     The precision is used as given (resolve it first with `hardware.resolve_precision`, as
     `evaluate_set` does); the device is `config.device`. Returns the trained models, on that device.
@@ -220,22 +221,9 @@ def train_models(
     batched = use_batched(config, device)
     for part in _stacks(len(runs), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        numbers = [runs[i] for i in part]
-        tell = _teller(on_epoch, numbers, config.runs, config.epochs) if on_epoch is not None else None
-        _fit(group, [streams[i] for i in part], x, y, config, device, tell)
+        report = partial(on_epoch, [runs[i] for i in part]) if on_epoch is not None else None
+        _fit(group, [streams[i] for i in part], x, y, config, device, report)
     return models
-
-
-def _teller(
-    on_epoch: Callable[[int, str], None], numbers: list[int], runs: int, epochs: int
-) -> Callable[[int], None]:
-    first, last = numbers[0] + 1, numbers[-1] + 1
-    who = f"run {first}/{runs}" if len(numbers) == 1 else f"runs {first}–{last}/{runs}"
-
-    def tell(epoch: int) -> None:
-        on_epoch(len(numbers), f"{who}, epoch {epoch}/{epochs}")
-
-    return tell
 
 
 def _fit(
@@ -245,7 +233,7 @@ def _fit(
     y: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> None:
     """The training loop of a group of runs: the schedule, the batches and the augmentations."""
     opt = torch.optim.SGD(
@@ -256,6 +244,7 @@ def _fit(
         for param_group in opt.param_groups:
             param_group["lr"] = _lr(config, epoch)
         orders = torch.stack([s.order(len(x)) for s in streams]).to(device)
+        total, batches = torch.zeros((), device=device), 0
         for start in range(0, len(x), config.batch_size):
             idx = orders[:, start : start + config.batch_size]
             xb = x[idx.flatten()]
@@ -266,8 +255,10 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
+            if on_epoch is not None:
+                total, batches = total + loss.detach(), batches + 1
+        if on_epoch is not None:  # the group's loss sums its runs' batch means
+            on_epoch(epoch + 1, total / (max(batches, 1) * len(streams)))
     group.finish()
 
 

@@ -1,10 +1,8 @@
-"""The distillation driver: the state of one run (synthetic pixels, optimiser, step), its loop,
-checkpoints, log and run folder, over the pure step in `step.py`.
+"""The distillation driver: the state of one run (synthetic pixels, optimiser, step), its loop and
+checkpoints, over the pure step in `step.py`; every file goes through `folder.RunFolder`.
 
-Every file of a run folder is written through `RunFolder`, which writes only in the main process
-(`parallel.is_main_process`; a single process is the main one). Stopping cleanly on a signal is
-the entry point's business: pass `stop` (e.g. `signals.stop_on_signals()`'s flag) and the loop
-checkpoints and raises `Interrupted` once it is set.
+Stopping cleanly on a signal is the entry point's business: pass `stop` (e.g.
+`signals.stop_on_signals()`'s flag) and the loop checkpoints and raises `Interrupted` once it is set.
 """
 
 from __future__ import annotations
@@ -25,25 +23,15 @@ from safetensors.torch import load_file, safe_open
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
+from atomdd.distillation.folder import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import (
-    append_jsonl,
-    make_folder,
-    read_jsonl,
-    save_safetensors,
-    versions,
-    write_bytes,
-    write_json,
-)
+from atomdd.io import versions
 from atomdd.models import FeatureModel
-from atomdd.parallel import is_main_process
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
-RUN_FILE = "run.json"
+__all__ = ["CHECKPOINT", "RUN_FILE", "Distiller", "distill"]
 
 
 class Distiller:
@@ -139,17 +127,27 @@ class Distiller:
         quiet: bool = True,
         stop: object = None,
         overwrite: bool = False,
+        tensorboard: str | Path | None = None,
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
         `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`.
         With `out`, an error leaves run.json "failed" or "interrupted" and why. A folder holding
-        another set or run is refused unless `overwrite` (which removes the old one's files)."""
+        another set or run is refused unless `overwrite` (which removes the old one's files).
+        `tensorboard`: a folder for TensorBoard event files (loss, terms, the grid now and then)."""
         self._t0 = None
+        tb = None
+        if tensorboard is not None:
+            from atomdd.tblog import DistillLog
+
+            tb = DistillLog(tensorboard)
         try:
-            return self._run(out, resume, quiet, stop, overwrite)
+            return self._run(out, resume, quiet, stop, overwrite, tb)
         except BaseException as e:
             self._record_failure(out, e)
             raise
+        finally:
+            if tb is not None:
+                tb.close()
 
     def _record_failure(self, out: Path | None, error: BaseException) -> None:
         if out is None or self._t0 is None:  # stopped before this run wrote its run.json
@@ -162,7 +160,7 @@ class Distiller:
             pass
 
     def _run(
-        self, out: Path | None, resume: bool, quiet: bool, stop: object, overwrite: bool
+        self, out: Path | None, resume: bool, quiet: bool, stop: object, overwrite: bool, tb: Any
     ) -> SyntheticSet:
         cfg = self.cfg
         folder = RunFolder(out) if out is not None else None
@@ -192,6 +190,8 @@ class Distiller:
             bar.update(1)
             if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
                 bar.set_postfix(loss=f"{value:.4g}")
+                if tb is not None:
+                    tb.step(self.step, value, terms, make_set=self.result)
                 if folder is not None:
                     row = {"step": self.step, "loss": value, "seconds": self.wall_seconds()}
                     folder.log(row | {k: float(v) for k, v in terms.items()})
@@ -209,6 +209,8 @@ class Distiller:
         bar.close()
         seconds = time.perf_counter() - t0
         result = self.result()
+        if tb is not None:
+            tb.image(self.step, result)
         if folder is not None:
             self.save_checkpoint(folder.path)
             folder.save_set(result)
@@ -251,70 +253,6 @@ class Distiller:
         }
 
 
-class RunFolder:
-    """The files of one run, each written through here and only by the main process."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.main = is_main_process()
-
-    def start(self, overwrite: bool = False) -> None:
-        """Begin a fresh run here: refuse a folder holding another set or a run's checkpoint (a
-        failed run's record alone is replaced), unless `overwrite`."""
-        from atomdd.outputs import SET_FILE, describe, remove_described
-
-        if (self.path / CHECKPOINT).exists() or (self.path / SET_FILE).exists():
-            if not overwrite:
-                cont = "--resume to continue it, " if (self.path / CHECKPOINT).exists() else ""
-                raise AtomddError(
-                    f"{self.path} already holds {describe(self.path)}; pass {cont}--overwrite to replace "
-                    "it, or use another --out"
-                )
-            if self.main:
-                remove_described(self.path)
-        if self.main:
-            make_folder(self.path)
-            (self.path / METRICS).unlink(missing_ok=True)
-
-    def record(self, run: dict[str, Any]) -> None:
-        if self.main:
-            write_json(self.path / RUN_FILE, run)
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.main:
-            append_jsonl(self.path / METRICS, row)
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drop rows logged after the checkpoint, so a resumed run's log reads as one run."""
-        path = self.path / METRICS
-        if self.main and path.exists():
-            rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
-
-    def checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-        if self.main:
-            save_safetensors(self.path / CHECKPOINT, tensors, meta)
-
-    def save_set(self, result: SyntheticSet) -> None:
-        if self.main:
-            result.save(self.path)
-
-    def figures(self, data: Dataset | None = None) -> None:
-        """grid.png and attention.png, drawn from the folder's files (run.json, the set)."""
-        if self.main:
-            from atomdd.report import save_run_figures
-
-            save_run_figures(self.path, data)
-
-
-def loss_summary(out: Path) -> dict[str, float]:
-    rows = read_jsonl(out / METRICS) if (out / METRICS).exists() else []
-    if not rows:
-        return {}
-    losses = [r["loss"] for r in rows]
-    return {"first": losses[0], "last": losses[-1], "min": min(losses), "logged": len(rows)}
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -346,6 +284,7 @@ def distill(
     config_file: str | Path | None = None,
     stop: object = None,
     overwrite: bool = False,
+    tensorboard: str | Path | None = None,
     **overrides: Any,
 ) -> SyntheticSet:
     """Distil `dataset` (default digits) to `ipc` (10) images per class with `method` (atom).
@@ -355,6 +294,9 @@ def distill(
     checkpoint there; `resume=True` continues from that checkpoint; `overwrite=True` replaces another
     set or run found there (else refused). A truthy `stop` (e.g. the flag of
     `signals.stop_on_signals()`) ends the run after the current step, checkpointed (`Interrupted`).
+    `tensorboard`: a folder for TensorBoard event files (needs the `tensorboard` extra).
     """
     cfg = make_config(dataset, ipc, method, config_file, **overrides)
-    return Distiller(cfg).run(out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite)
+    return Distiller(cfg).run(
+        out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite, tensorboard=tensorboard
+    )

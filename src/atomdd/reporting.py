@@ -1,0 +1,324 @@
+"""`atomdd report`: distillation runs, their evaluations, grids of them and NAS results gathered into
+one markdown page (`report.md`) with PNG figures beside it.
+
+Everything is read from folders: a run folder holds run.json (a distillation), eval.json (an
+evaluation) or a set file (a coreset); a grid is a folder of `ipc<N>/<method>-seed<S>/` run folders
+(`jobs.py` makes them); a folder holding `nas.json` adds an architecture-search table. Numbers
+are printed as their JSON files hold them, beside the config, commit and versions that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atomdd.errors import AtomddError
+from atomdd.plots import method_order
+from atomdd.report import markdown_table
+
+RUN_FILES = ("run.json", "eval.json", "synthetic.safetensors")
+
+
+@dataclass
+class Run:
+    folder: Path
+    label: str  # the method as its grid names it (folder name), else the run's method
+    group: str  # the grid it belongs to, or "runs"
+    run: dict  # run.json ({} for a coreset)
+    evaluation: dict | None  # eval.json
+
+    @property
+    def dataset(self) -> str:
+        return self.run.get("config", {}).get("dataset") or (self.evaluation or {}).get("dataset", "?")
+
+    @property
+    def ipc(self) -> int:
+        ipc = self.run.get("config", {}).get("ipc") or (self.evaluation or {}).get("set", {}).get("ipc")
+        return int(ipc) if ipc is not None else 0
+
+    @property
+    def seed(self) -> int:
+        """The set's seed: run.json's, else the grid folder's `-seed<N>`, else 0."""
+        if "seed" in self.run.get("config", {}):
+            return int(self.run["config"]["seed"])
+        suffix = self.folder.name.rpartition("-seed")[2]
+        return int(suffix) if suffix.isdigit() else 0
+
+
+@dataclass
+class Group:
+    name: str
+    folder: Path | None
+    runs: list[Run] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AtomddError(f"{path} is not readable JSON: {e}") from None
+
+
+def is_run(folder: Path) -> bool:
+    return any((folder / f).exists() for f in RUN_FILES)
+
+
+def load_run(folder: Path, group: str, label: str | None = None) -> Run:
+    run = _read_json(folder / "run.json") if (folder / "run.json").exists() else {}
+    ev = _read_json(folder / "eval.json") if (folder / "eval.json").exists() else None
+    if label is None and (ev or {}).get("set", {}).get("kind") == "whole":
+        label = "whole dataset"  # `atomdd evaluate --whole`: the upper bound, in the IPC 0 column
+    if label is None:
+        label = run.get("config", {}).get("method") or (ev or {}).get("set", {}).get("method") or folder.name
+    return Run(folder, label, group, run, ev)
+
+
+def gather(paths: Sequence[str | Path]) -> tuple[list[Group], list[Path]]:
+    """The groups of runs (each grid one group, loose runs one more) and the folders with nas.json."""
+    groups: list[Group] = []
+    loose = Group("runs", None)
+    nas: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise AtomddError(f"{p} is not a folder: give run folders, grids or folders with nas.json")
+        found = False
+        if (p / "nas.json").exists():
+            nas.append(p)
+            found = True
+        members = [f for f in sorted(p.glob("ipc*/*-seed*")) if f.is_dir() and is_run(f)]
+        if members:
+            grid = Group(p.name, p)
+            grid.runs = [load_run(f, p.name, f.name.rpartition("-seed")[0]) for f in members]
+            groups.append(grid)
+        elif is_run(p):
+            loose.runs.append(load_run(p, "runs"))
+        elif not found:
+            raise AtomddError(
+                f"{p} is no run: it holds none of {', '.join(RUN_FILES)}, no ipc*/<method>-seed* run "
+                "folders (a grid) and no nas.json"
+            )
+    if loose.runs:
+        groups.append(loose)
+    return groups, nas
+
+
+def _fmt(values: list[float]) -> str:
+    std = statistics.pstdev(values)  # as eval.json and the published code (np.std) compute it
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def accuracy(group: Group) -> dict[tuple[str, str], dict[str, dict[int, list[Run]]]]:
+    """(dataset, model) → method → IPC → the evaluated runs."""
+    table: dict[tuple[str, str], dict[str, dict[int, list[Run]]]] = {}
+    for r in group.runs:
+        for model in (r.evaluation or {}).get("models", {}):
+            by_method = table.setdefault((r.dataset, model), {})
+            by_method.setdefault(r.label, {}).setdefault(r.ipc, []).append(r)
+    return table
+
+
+def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str) -> str:
+    """Rows methods, columns IPC (the published tables' layout): mean ± std over every evaluation
+    model of every seed, n = sets (seeds)."""
+    ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc}, key=lambda i: (i == 0, i))
+    rows = []
+    for label in sorted(by_method, key=method_order):
+        cells = [label]
+        for i in ipcs:
+            runs = by_method[label].get(i, [])
+            accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
+            cells.append(f"{_fmt(accs)} (n={len(runs)})" if accs else "–")
+        rows.append(cells)
+    return markdown_table(["method", *(f"IPC {i}" if i else "whole data" for i in ipcs)], rows)
+
+
+def _budget(group: Group) -> str:
+    steps = sorted({r.run.get("config", {}).get("iterations") for r in group.runs if r.run} - {None})
+    evals = sorted(
+        {
+            (r.evaluation["config"]["epochs"], len(m["runs"]))
+            for r in group.runs
+            if r.evaluation
+            for m in r.evaluation["models"].values()
+        }
+    )
+    parts = []
+    if steps:
+        parts.append("distillation steps " + ", ".join(map(str, steps)))
+    if evals:
+        parts.append("evaluation " + ", ".join(f"{n} models × {e} epochs" for e, n in evals))
+    return "; ".join(parts)
+
+
+def _commit(d: dict | None) -> str:
+    git = (d or {}).get("git")
+    if not git:
+        return "not recorded"
+    return git["commit"][:10] + (" (dirty)" if git.get("dirty") else "")
+
+
+def _link(target: Path, page_dir: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+
+
+def runs_table(group: Group, page_dir: Path) -> str:
+    """Every evaluated run's numbers as eval.json holds them, with the commit and versions."""
+    rows = []
+    for r in sorted(group.runs, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed)):
+        ev = r.evaluation or {}
+        v = r.run.get("versions") or ev.get("versions") or {}
+        where = f"[{_name(r, group)}]({_link(r.folder, page_dir)})"
+        commit = _commit(r.run) if r.run else _commit(ev)
+        made = f"{commit}, atomdd {v.get('atomdd', '?')}, torch {v.get('torch', '?')}"
+        if not ev:
+            rows.append([where, r.ipc, r.seed, "–", "not evaluated", "", "", made])
+        for model, m in ev.get("models", {}).items():
+            runs = ", ".join(map(repr, m["runs"]))
+            rows.append([where, r.ipc, r.seed, model, runs, repr(m["mean"]), repr(m["std"]), made])
+    header = ["run", "IPC", "seed", "model", "accuracy of each model (%)", "mean", "std", "made by"]
+    return markdown_table(header, rows)
+
+
+def _name(r: Run, group: Group) -> str:
+    return r.folder.relative_to(group.folder).as_posix() if group.folder else r.folder.name
+
+
+def configs_section(group: Group) -> str:
+    """The distinct distillation and evaluation configs of a group (seed aside), and which runs."""
+    out = []
+    for kind, get in (("distillation", lambda r: r.run.get("config")), ("evaluation", _eval_config)):
+        distinct: dict[str, list[str]] = {}
+        for r in group.runs:
+            cfg = get(r)
+            if cfg:
+                key = json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True)
+                distinct.setdefault(key, []).append(_name(r, group))
+        for n, (key, names) in enumerate(distinct.items(), 1):
+            out.append(
+                f"<details><summary>{kind} config {n} (seed aside) of {len(names)} run"
+                f"{'s' if len(names) > 1 else ''}</summary>\n\n"
+                f"Runs: {', '.join(names)}\n\n```json\n{json.dumps(json.loads(key), indent=1)}\n```\n"
+                "</details>\n"
+            )
+    commands = sorted({r.run["command"] for r in group.runs if r.run.get("command")})
+    if commands:
+        out.append("Commands that made these runs:\n\n```\n" + "\n".join(commands) + "\n```\n")
+    return "\n".join(out)
+
+
+def _eval_config(r: Run) -> dict | None:
+    return r.evaluation and r.evaluation["config"] | {"device": r.evaluation.get("device")}
+
+
+def nas_section(folder: Path, out: Path | None) -> str:
+    """The architecture search in `folder/nas.json`: a table of whatever per-proxy rows it holds
+    (a list of records, or a mapping of name → record), and its scatter PNG(s) if there."""
+    lines = [f"### Architecture search: {folder.name}\n"]
+    try:
+        nas = json.loads((folder / "nas.json").read_text())
+    except (OSError, ValueError) as e:
+        return lines[0] + f"\n`nas.json` could not be read: {e}\n"
+    rows = nas.get("proxies", nas.get("correlations", nas)) if isinstance(nas, dict) else nas
+    if isinstance(rows, dict):
+        rows = [{"proxy": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in rows.items()]
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if all(_scalar(r.get(k)) for r in rows)]
+    lines.append(markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows]) if keys else "(no table)")
+    for png in sorted(folder.glob("*.png")):
+        if out is not None:
+            shutil.copyfile(png, out / f"nas-{folder.name}-{png.name}")
+            lines.append(f"\n![{png.stem}](nas-{folder.name}-{png.name})")
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
+def render(
+    paths: Sequence[str | Path],
+    page: Path,
+    figures: bool = True,
+    title: str = "Report",
+    intro: str = "",
+    evaluated_only: bool = False,
+) -> str:
+    """The markdown of the report over `paths`, to be written at `page` (links are relative to it).
+    With `figures`, PNGs are drawn or copied into the page's folder; with `evaluated_only`, runs
+    without an eval.json (e.g. still running) are left out."""
+    from atomdd import plots
+
+    groups, nas = gather(paths)
+    if evaluated_only:
+        for group in groups:
+            group.runs = [r for r in group.runs if r.evaluation]
+        groups = [g for g in groups if g.runs]
+    out = page.parent
+    md = [f"# {title}\n", *([intro + "\n"] if intro else [])]
+    md.append(
+        "Accuracy: test accuracy (%) as mean ± std (population std, as eval.json and the published "
+        "code compute it) over every evaluation model of every set (n = sets, i.e. distillation seeds); "
+        "rows methods, columns images per class (IPC). "
+        "Each run's own numbers, as its eval.json holds them, follow each table.\n"
+    )
+    for group in groups:
+        md.append(f"## {group.name}\n")
+        if budget := _budget(group):
+            md.append(budget.capitalize() + ".\n")
+        for (dataset, model), by_method in accuracy(group).items():
+            md.append(f"**{dataset}, {model}**\n\n" + accuracy_table(by_method, model) + "\n")
+            if figures and len({i for v in by_method.values() for i in v} - {0}) > 1:
+                png = plots.accuracy_vs_ipc(by_method, model, out / f"{_slug(group.name)}-{model}-ipc.png")
+                md.append(f"![accuracy vs IPC, {dataset}, {model}]({png.name})\n")
+        if figures:
+            md.extend(plots.run_figures(group, out, _slug(group.name)))
+        md.append(f"### Every run of {group.name}\n\n" + runs_table(group, out) + "\n")
+        md.append(configs_section(group))
+    for folder in nas:
+        md.append(nas_section(folder, out if figures else None))
+    return "\n".join(md)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def report(paths: Sequence[str | Path], out: str | Path, title: str = "Report") -> Path:
+    """Write `out/report.md` and its figures; returns the page's path."""
+    from atomdd.io import write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    page = out / "report.md"
+    write_bytes(page, render(paths, page, figures=True, title=title).encode())
+    return page
+
+
+ACCURACY_PAGE = "docs/accuracy.md"
+
+
+def accuracy_page(root: str | Path) -> str:
+    """docs/accuracy.md of the repository at `root`: the tables of the MNIST long-budget grid and of
+    every CIFAR-10 grid under benchmarks/results/, no figures (the page must regenerate exactly)."""
+    root = Path(root)
+    results = root / "benchmarks" / "results"
+    grids = [results / "accuracy-mnist-s1000-e300", *sorted(results.glob("cifar10-*"))]
+    intro = (
+        "Generated from `benchmarks/results/` by `python benchmarks/accuracy_page.py`, not typed: "
+        "edit the results or the generator, never this page (`tests/test_docs.py` regenerates it "
+        "and fails on any difference). The story behind these numbers (ablations, paired "
+        "differences, what changed a default) is in [accuracy-mnist.md](accuracy-mnist.md); "
+        "CIFAR-10 in [cifar10.md](cifar10.md). Each run's folder, linked from its row, holds its "
+        "set, run.json, eval.json, metrics.jsonl and (distilled sets) grid.png and attention.png."
+    )
+    grids = [g for g in grids if g.is_dir()]
+    # runs still in progress (no eval.json) are left out, so the page changes only with results
+    return render(
+        grids, root / ACCURACY_PAGE, figures=False, title="Accuracy", intro=intro, evaluated_only=True
+    )

@@ -1,0 +1,163 @@
+"""`atomdd report` and `atomdd show`: every run's numbers as its JSON holds them, every linked figure
+a real, non-blank PNG, one row per class, and a clear error for a folder that is no run."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atomdd.cli import main
+from atomdd.errors import AtomddError
+from atomdd.report import show
+from atomdd.reporting import report
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, one_thread):
+    """Two small digits runs (ATOM IPC 1, DM IPC 2), distilled a few steps and evaluated briefly."""
+    import atomdd
+    from atomdd.evaluate import evaluate_set
+    from atomdd.settings import EvalConfig
+
+    root = tmp_path_factory.mktemp("runs")
+    folders = []
+    for method, ipc in (("atom", 1), ("dm", 2)):
+        folder = root / method
+        syn = atomdd.distill("digits", ipc, method, out=folder, iterations=4, log_every=2)
+        evaluate_set(syn, ["convnet"], EvalConfig(epochs=2, runs=2), out_dir=folder)
+        folders.append(folder)
+    return folders
+
+
+def _linked_pngs(page: Path) -> list[Path]:
+    return [page.parent / m for m in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text())]
+
+
+def _check_png(path: Path) -> np.ndarray:
+    assert path.exists(), f"{path} is linked but missing"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    assert pixels.var() > 0, f"{path} is blank"
+    return pixels
+
+
+def test_report_holds_every_number_and_real_figures(two_runs, tmp_path):
+    page = report(two_runs, tmp_path / "out")
+    text = page.read_text()
+    for folder in two_runs:
+        ev = json.loads((folder / "eval.json").read_text())
+        run = json.loads((folder / "run.json").read_text())
+        for model, r in ev["models"].items():
+            line = next(x for x in text.splitlines() if f"]({_rel(folder, page)})" in x and model in x)
+            for number in [*r["runs"], r["mean"], r["std"]]:
+                assert repr(number) in line, (number, line)
+        assert run["git"]["commit"][:10] in text
+        assert run["versions"]["torch"] in text
+        assert json.dumps(run["config"]["match"]["embedding"]) in text  # the config is there
+    assert "| method | IPC 1 | IPC 2 |" in text  # rows methods, columns IPC
+    pngs = _linked_pngs(page)
+    names = {p.name for p in pngs}
+    assert any("loss" in n for n in names) and any(n.endswith("-ipc.png") for n in names)
+    assert sum("grid" in n for n in names) == 2 and sum("attention" in n for n in names) == 2
+    for png in pngs:
+        _check_png(png)
+    assert main(["report", *map(str, two_runs), "--out", str(tmp_path / "cli"), "--title", "Two runs"]) == 0
+    assert (tmp_path / "cli" / "report.md").read_text().startswith("# Two runs")
+
+
+def _rel(folder: Path, page: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(folder, page.parent)).as_posix()
+
+
+def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
+    import shutil
+
+    grid = tmp_path / "grid"
+    for folder in two_runs:
+        ipc = json.loads((folder / "run.json").read_text())["config"]["ipc"]
+        shutil.copytree(folder, grid / f"ipc{ipc}" / f"{folder.name}-seed0")
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    (nas / "nas.json").write_text(json.dumps({"proxies": [{"proxy": "10 epochs", "kendall_tau": 0.61}]}))
+    Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(nas / "scatter.png")
+    from atomdd.coreset import select
+    from atomdd.evaluate import evaluate_set
+    from atomdd.settings import EvalConfig
+
+    coreset = tmp_path / "random-subset"  # a loose coreset folder: a set and eval.json, no run.json
+    syn = select("digits", 1, "random")
+    syn.save(coreset)
+    ev = evaluate_set(syn, ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=coreset)
+    from atomdd.evaluate import evaluate_whole
+
+    whole = evaluate_whole("digits", ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=tmp_path / "whole")
+    page = report([grid, nas, coreset, tmp_path / "whole"], tmp_path / "out")
+    text = page.read_text()
+    assert "## grid" in text and "| 10 epochs | 0.61 |" in text
+    assert "| random |" in text and repr(ev["models"]["convnet"]["mean"]) in text
+    assert "| method | IPC 1 | whole data |" in text and repr(whole["models"]["convnet"]["mean"]) in text
+    for png in _linked_pngs(page):
+        _check_png(png)
+
+
+def test_show_writes_one_row_per_class(two_runs, tmp_path):
+    from atomdd.sets import load_synthetic
+
+    syn = load_synthetic(two_runs[1])
+    path = show(two_runs[1], tmp_path / "grid.png")
+    pixels = _check_png(path)
+    # the column through the last image of each row (IPC 2: every row has two): a dark (or coloured)
+    # band per class, white between
+    column = pixels[:, -5].min(axis=1) < 250
+    bands = int(column[0]) + int(np.sum(column[1:] & ~column[:-1]))
+    assert bands == len(syn.classes) == 10
+    one = show(two_runs[1], tmp_path / "one.png", klass="3")
+    assert _check_png(one).shape[0] > pixels.shape[0] / 10  # enlarged
+    assert main(["show", str(two_runs[1]), "--class", "7", "--out", str(tmp_path / "seven.png")]) == 0
+    _check_png(tmp_path / "seven.png")
+
+
+def test_bad_input_is_a_clear_error(two_runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AtomddError, match="is no run"):
+        report([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(AtomddError, match="not a folder"):
+        report([tmp_path / "missing"], tmp_path / "out")
+    with pytest.raises(AtomddError, match="no class 'cat'"):
+        show(two_runs[0], tmp_path / "x.png", klass="cat")
+    with pytest.raises(AtomddError, match="no synthetic set"):
+        show(tmp_path / "empty")
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "is no run" in capsys.readouterr().err
+
+
+def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
+    """Sets distilled in ZCA space reach several times real images' spread: a plain inverse clips
+    most pixels; the display stretches each image and leaves the set's data alone."""
+    import torch
+
+    from atomdd.data.transforms import Preprocess
+    from atomdd.report import display_images
+    from atomdd.sets import SyntheticSet
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (300, 3, 8, 8), generator=g, dtype=torch.uint8)
+    prep = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), zca=True).fit(real)
+    images = prep(real[:20]) * 10  # ten times the spread of real whitened images
+    syn = SyntheticSet(
+        images.clone(),
+        torch.arange(20) % 10,
+        "cifar10",
+        preprocess_tensors=prep.tensors(),
+        preprocess_meta=prep.meta(),
+    )
+    clipped = prep.inverse(images)
+    assert ((clipped == 0) | (clipped == 1)).float().mean() > 0.5  # what a plain inverse shows
+    shown, caption = display_images(syn)
+    assert ((shown == 0) | (shown == 1)).float().mean() < 0.05 and "contrast-stretched" in caption
+    assert torch.equal(syn.images, images)  # the data is untouched
