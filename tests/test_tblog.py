@@ -45,4 +45,4 @@ def test_distill_and_evaluate_write_event_files(tmp_path, one_thread):
         report["models"]["convnet"]["runs"][-1]
     )
     losses = events.Scalars("eval/convnet/train_loss/run1")  # one run at a time on CPU
-    assert [e.step for e in losses] == [0, 1, 2] and all(e.value > 0 for e in losses)
+    assert [e.step for e in losses] == [1, 2, 3] and all(e.value > 0 for e in losses)
