@@ -187,6 +187,37 @@ def _set_dir(path: str) -> str | None:
 
 
 @command
+def cmd_nas(args: argparse.Namespace) -> int:
+    from atomdd.nas import NasSettings, run_search, search_space
+    from atomdd.report import nas_table
+    from atomdd.settings import dsa_ops
+
+    if args.workers < 1 or min(args.epochs, args.truth_epochs, args.early_epochs) < 1:
+        raise AtomddError("--workers and every epoch count must be at least 1")
+    dsa_ops(args.dsa)
+    space = search_space(args.space)
+    settings = NasSettings(
+        dataset=args.dataset,
+        proxies=tuple(args.proxy),
+        space=tuple(map(str, space)),
+        space_name=args.space if not os.path.isfile(args.space) else os.path.basename(args.space),
+        epochs=args.epochs,
+        truth_epochs=args.truth_epochs,
+        early_epochs=args.early_epochs,
+        seeds=tuple(args.seeds),
+        ipc=args.ipc,
+        dsa=args.dsa,
+        zca=args.zca,
+        device=args.device,
+        data_root=args.data_root,
+    )
+    log = None if args.quiet else lambda line: print(line, flush=True)
+    report = run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)
+    print(nas_table(report))
+    return 0
+
+
+@command
 def cmd_demo(args: argparse.Namespace) -> int:
     from atomdd.demo import run_demo
 
@@ -247,6 +278,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where eval.json goes (default: the set's folder)")
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
     _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
+
+    p = sub.add_parser("nas", help="rank a space of ConvNets by training on proxies; compare with the truth")
+    p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--proxy", nargs="+", required=True, help="set folders (distilled or coreset), random, early-stop"
+    )
+    p.add_argument(
+        "--space", default="small", help="small | cifar-cpu | full | FILE (a model reference a line)"
+    )
+    p.add_argument("--epochs", type=int, default=300, help="training epochs on a proxy set (default 300)")
+    p.add_argument("--truth-epochs", type=int, default=30, help="epochs on the whole data (default 30)")
+    p.add_argument("--early-epochs", type=int, default=1, help="the early-stop proxy's epochs (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model per architecture × seed")
+    p.add_argument("--ipc", type=int, default=10, help="random proxy's images per class without a set folder")
+    p.add_argument(
+        "--dsa", default="color_crop_cutout_flip_scale_rotate", help="training augmentation, or none"
+    )
+    p.add_argument("--zca", action="store_true", help="whole data, random and early stop ZCA-whitened")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument(
+        "--truth-dir", default=None, help="where the whole-data results are cached (default OUT/truth)"
+    )
+    p.add_argument("--out", required=True, help="results.jsonl, nas.json, nas.png go here")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")
