@@ -29,7 +29,8 @@ import numpy as np
 from atomdd.errors import AtomddError
 from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
 from atomdd.models import ModelRef
-from atomdd.parallel import is_main_process
+from atomdd.parallel import is_main_process, map_local
+from atomdd.ranking import kendall, spearman
 
 DEPTHS, WIDTHS = (1, 2, 3, 4), (32, 64, 128, 256)
 ACTS, POOLS = ("relu", "leakyrelu", "sigmoid"), ("none", "maxpool", "avgpool")
@@ -109,36 +110,6 @@ def unbuildable(ref: ModelRef, channels: int, image_size: int) -> str | None:
     return None
 
 
-# --- rank correlation --------------------------------------------------------------------------
-
-
-def ranks(x: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank."""
-    a = np.asarray(x, dtype=float)
-    order = np.argsort(a, kind="mergesort")
-    r = np.empty(len(a))
-    r[order] = np.arange(1, len(a) + 1)
-    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=r)
-    return sums[inverse] / counts[inverse]
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson's correlation of the average ranks (nan if either is constant)."""
-    rx, ry = ranks(x) - (len(x) + 1) / 2, ranks(y) - (len(y) + 1) / 2
-    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b (ties counted as scipy's default does; nan if either is constant)."""
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    sx, sy = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
-    iu = np.triu_indices(len(a), 1)
-    den = math.sqrt(float(np.abs(sx[iu]).sum() * np.abs(sy[iu]).sum()))
-    return float((sx[iu] * sy[iu]).sum() / den) if den > 0 else float("nan")
-
-
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -160,15 +131,19 @@ class NasSettings:
     device: str = "auto"
     data_root: str | None = field(default=None, compare=False)
 
+    def labels(self) -> list[str]:
+        return [self.label(p) for p in self.proxies] + [TRUTH]
+
     def label(self, proxy: str) -> str:
         return proxy if proxy in (RANDOM, EARLY) else Path(proxy).resolve().name
 
     def budget(self, proxy: str) -> dict[str, Any]:
+        """The training of a proxy's jobs (a set folder's label: the proxy epochs)."""
         epochs = self.truth_epochs if proxy == TRUTH else self.early_epochs if proxy == EARLY else self.epochs
         return {"epochs": epochs, "dsa": self.dsa, "zca": self.zca}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Job:
     arch: str
     proxy: str  # a label of NasSettings, or TRUTH
@@ -180,8 +155,7 @@ class Job:
 
 def jobs(settings: NasSettings, archs: Sequence[str]) -> list[Job]:
     """Every (architecture, proxy, seed) of the search, the truth's too; the same list on every rank."""
-    proxies = [settings.label(p) for p in settings.proxies] + [TRUTH]
-    return [Job(a, p, s) for s in settings.seeds for a in archs for p in proxies]
+    return [Job(a, p, s) for s in settings.seeds for a in archs for p in settings.labels()]
 
 
 class Context:
@@ -241,14 +215,8 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
 
     start = time.perf_counter()
     s = ctx.settings
-    budget = s.budget(TRUTH if job.proxy == TRUTH else EARLY if job.proxy == EARLY else "set")
-    cfg = TrainConfig(
-        epochs=budget["epochs"],
-        runs=1,
-        dsa=s.dsa,
-        device=s.device,
-        seed=derive_seed("nas", job.seed, job.arch),
-    )
+    epochs, seed = s.budget(job.proxy)["epochs"], derive_seed("nas", job.seed, job.arch)
+    cfg = TrainConfig(epochs=epochs, runs=1, dsa=s.dsa, device=s.device, seed=seed)
     (x, y), (tx, ty) = ctx.train_test(job.proxy, job.seed)
     models = train_models(job.arch, x, y, ctx.data.num_classes, cfg)
     (acc,) = test_models(models, tx, ty, cfg)
@@ -258,12 +226,14 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
 _CTX: Context | None = None
 
 
-def _init_worker(settings: NasSettings, threads: int) -> None:
-    import torch
-
+def _init_worker(settings: NasSettings | Context, threads: int = 0) -> None:
+    """A worker's context (loaded once), or the calling process's own."""
     global _CTX
-    torch.set_num_threads(threads)
-    _CTX = Context(settings)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _CTX = settings if isinstance(settings, Context) else Context(settings)
 
 
 def _run_in_worker(job: Job) -> dict[str, Any]:
@@ -273,13 +243,7 @@ def _run_in_worker(job: Job) -> dict[str, Any]:
 
 def truth_file(settings: NasSettings, truth_dir: Path, data_hash: str) -> Path:
     """The truth's JSONL, keyed by dataset × space × budget (its name holds a hash of the three)."""
-    key = {
-        "dataset": settings.dataset,
-        "hash": data_hash,
-        "space": list(settings.space),
-        "seeds": list(settings.seeds),
-        "budget": settings.budget(TRUTH),
-    }
+    key = [settings.dataset, data_hash, list(settings.space), settings.budget(TRUTH)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return truth_dir / f"{settings.dataset}-{settings.space_name}-e{settings.truth_epochs}-{digest}.jsonl"
 
@@ -322,12 +286,11 @@ def run_search(
     )
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / RESULTS}
-    done = {
-        tuple(r[k] for k in ("arch", "proxy", "seed"))
-        for f in files.values()
-        if f.exists()
-        for r in read_jsonl(f)
-    }
+    for f in files.values():  # a line torn by a crash ends here: the next one starts afresh
+        if f.exists() and f.stat().st_size and not f.read_bytes().endswith(b"\n") and is_main_process():
+            with open(f, "a") as handle:
+                handle.write("\n")
+    done = {(r["arch"], r["proxy"], r["seed"]) for f in files.values() if f.exists() for r in read_jsonl(f)}
     todo = [j for j in jobs(settings, archs) if j.key() not in done]
     if log:
         log(f"{len(todo)} of {len(jobs(settings, archs))} jobs to run ({len(skipped)} architectures skipped)")
@@ -338,21 +301,11 @@ def run_search(
         if log:
             log(f"{result['proxy']:>12} seed {result['seed']} {result['arch']}: {result['accuracy']:.2f} %")
 
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            record(run_job(ctx, job))
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(
-            workers, mp.get_context("spawn"), initializer=_init_worker, initargs=(settings, threads)
-        ) as pool:
-            for future in as_completed([pool.submit(_run_in_worker, j) for j in todo]):
-                record(future.result())
+    init = (settings, max(1, (os.cpu_count() or 1) // workers)) if workers > 1 else (ctx,)
+    for result in map_local(_run_in_worker, todo, workers, _init_worker, init):
+        record(result)
     rows = [r for f in files.values() for r in read_jsonl(f) if r["arch"] in archs]
-    report = summarize(rows, settings, {p: ctx.images_stored(p) for p in _labels(settings)}, skipped)
+    report = summarize(rows, settings, {p: ctx.images_stored(p) for p in settings.labels()}, skipped)
     if is_main_process():
         write_json(out / REPORT, report)
         save_nas_plot(report, out / PLOT)
@@ -361,10 +314,6 @@ def run_search(
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # nan (a constant ranking) is null in JSON
-
-
-def _labels(settings: NasSettings) -> list[str]:
-    return [settings.label(p) for p in settings.proxies] + [TRUTH]
 
 
 def summarize(
@@ -382,7 +331,7 @@ def summarize(
     ranked = sorted(truth, key=lambda a: -truth[a])
     top = set(ranked[: max(2, math.ceil(0.2 * len(ranked)))])
     proxies: dict[str, Any] = {}
-    for label in _labels(settings):
+    for label in settings.labels():
         mean = {a: float(np.mean(v)) for a, v in acc.get(label, {}).items()}
         both = [a for a in sorted(mean) if a in truth]
         best = max(both, key=lambda a: (mean[a], a), default=None)
