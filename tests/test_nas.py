@@ -187,12 +187,14 @@ def test_cli_small_search_on_digits_end_to_end(tmp_path, capsys):
         (["--proxy", "{tmp}/missing"], "not a set folder"),
         (["--proxy", "{tmp}/mnist-set"], "a set of 'mnist', not of 'digits'"),
         (["--proxy", "random", "--epochs", "0"], "at least 1"),
+        (["--proxy", "{tmp}/mnist-set", "{tmp}/x/mnist-set"], "distinct names"),
     ],
 )
 def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
     from atomdd.sets import SyntheticSet
 
-    SyntheticSet(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]), "mnist").save(tmp_path / "mnist-set")
+    for folder in (tmp_path / "mnist-set", tmp_path / "x" / "mnist-set"):
+        SyntheticSet(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]), "mnist").save(folder)
     argv = ["nas", "--dataset", "digits", "--out", str(tmp_path / "o")]
     assert main(argv + [a.replace("{tmp}", str(tmp_path)) for a in extra]) == 2
     err = capsys.readouterr().err

@@ -166,6 +166,9 @@ class Context:
         from atomdd.evaluate import _check_set
         from atomdd.sets import load_synthetic
 
+        labels = settings.labels()
+        if len(set(labels)) < len(labels):
+            raise AtomddError(f"proxies need distinct names (a set folder's is its own): {labels[:-1]}")
         self.settings = settings
         self.data = as_dataset(settings.dataset, settings.data_root)
         self.sets = {}
@@ -286,10 +289,6 @@ def run_search(
     )
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / RESULTS}
-    for f in files.values():  # a line torn by a crash ends here: the next one starts afresh
-        if f.exists() and f.stat().st_size and not f.read_bytes().endswith(b"\n") and is_main_process():
-            with open(f, "a") as handle:
-                handle.write("\n")
     done = {(r["arch"], r["proxy"], r["seed"]) for f in files.values() if f.exists() for r in read_jsonl(f)}
     todo = [j for j in jobs(settings, archs) if j.key() not in done]
     if log:
