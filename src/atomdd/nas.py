@@ -40,18 +40,12 @@ RESULTS, TRUTH_DIR, REPORT, PLOT, SETTINGS = "results.jsonl", "truth", "nas.json
 
 
 def convnet(depth: int, width: int, act: str, norm: str, pool: str) -> ModelRef:
-    return ModelRef(
-        "convnet", (("act", act), ("depth", depth), ("norm", norm), ("pool", pool), ("width", width))
-    )
-
-
-def _grid(depths, widths, acts, norms, pools) -> list[ModelRef]:
-    return [convnet(*p) for p in itertools.product(depths, widths, acts, norms, pools)]
+    return ModelRef.parse(f"convnet(act={act},depth={depth},norm={norm},pool={pool},width={width})")
 
 
 SPACES: dict[str, Callable[[], list[ModelRef]]] = {
     # 4 × 4 × 3 × 5 × 3 = 720: the published search space
-    "full": lambda: _grid(DEPTHS, WIDTHS, ACTS, NORMS, POOLS),
+    "full": lambda: [convnet(*p) for p in itertools.product(DEPTHS, WIDTHS, ACTS, NORMS, POOLS)],
     # five cheap ones for tests and CPU demos; the depth-3 pooled one cannot take 8×8 digits
     "small": lambda: [
         convnet(1, 32, "relu", "instancenorm", "avgpool"),
@@ -149,9 +143,6 @@ class Job:
     proxy: str  # a label of NasSettings, or TRUTH
     seed: int
 
-    def key(self) -> tuple[str, str, int]:
-        return (self.arch, self.proxy, self.seed)
-
 
 def jobs(settings: NasSettings, archs: Sequence[str]) -> list[Job]:
     """Every (architecture, proxy, seed) of the search, the truth's too; the same list on every rank."""
@@ -182,8 +173,8 @@ class Context:
                 raise AtomddError(f"proxy {proxy} is a set of {syn.dataset!r}, not of {self.data.name!r}")
             _check_set(syn, self.data)
             self.sets[settings.label(proxy)] = syn
-        self._prep = self.data.preprocess(settings.zca)
         self._whole = self._test = None
+        self._random: dict[int, tuple] = {}
 
     def images_stored(self, proxy: str) -> int:
         if proxy in self.sets:
@@ -197,17 +188,22 @@ class Context:
 
     def train_test(self, proxy: str, seed: int):
         """(train images, labels), (test images, labels) of a proxy, all in its model space."""
+        import torch
+
         from atomdd.coreset import select
 
         if proxy in self.sets:
             syn = self.sets[proxy]
             return (syn.images, syn.labels), (syn.preprocess()(self.data.test_images), self.data.test_labels)
-        if self._whole is None:
-            self._whole = (self._prep(self.data.train_images), self.data.train_labels)
-            self._test = (self._prep(self.data.test_images), self.data.test_labels)
+        if self._whole is None:  # prepared on first use (a ZCA fit on CIFAR-10 takes a minute)
+            prep = self.data.preprocess(self.settings.zca)
+            self._whole = (prep(self.data.train_images), self.data.train_labels)
+            self._test = (prep(self.data.test_images), self.data.test_labels)
+        if proxy == RANDOM and seed not in self._random:  # coreset's choice, in the prepared space
+            idx = torch.tensor(select(self.data, self.random_ipc(), "random", seed=seed).meta["indices"])
+            self._random[seed] = (self._whole[0][idx], self.data.train_labels[idx])
         if proxy == RANDOM:
-            syn = select(self.data, self.random_ipc(), "random", seed=seed, zca=self.settings.zca)
-            return (syn.images, syn.labels), self._test
+            return self._random[seed], self._test
         return self._whole, self._test
 
 
@@ -252,17 +248,16 @@ def truth_file(settings: NasSettings, truth_dir: Path, data_hash: str) -> Path:
 
 
 def _check_folder(out: Path, settings: NasSettings) -> None:
-    """Make or reuse `out`; a folder made with other settings is refused (its results would mix)."""
-    mine = json.loads(json.dumps(asdict(replace(settings, data_root=None))))
-    path = out / SETTINGS
-    if path.exists():
-        theirs = json.loads(path.read_text())
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-        if diff:
-            raise AtomddError(
-                f"{out} holds a search made with other settings ({', '.join(diff)}); use another --out"
-            )
-    elif is_main_process():
+    """Make or reuse `out`; a folder made with other settings (seeds aside: a result line names its
+    seed) is refused, as its results would mix."""
+    mine, path = json.loads(json.dumps(asdict(replace(settings, data_root=None)))), out / SETTINGS
+    theirs = json.loads(path.read_text()) if path.exists() else mine
+    diff = sorted(k for k in mine if k != "seeds" and mine[k] != theirs.get(k))
+    if diff:
+        raise AtomddError(
+            f"{out} holds a search made with other settings ({', '.join(diff)}); use another --out"
+        )
+    if is_main_process():
         write_json(path, mine)
 
 
@@ -284,13 +279,11 @@ def run_search(
         why = unbuildable(ModelRef.parse(text), ctx.data.channels, ctx.data.image_size[0])
         (skipped.append({"arch": text, "reason": why}) if why else archs.append(text))
     _check_folder(out, settings)
-    truth_path = truth_file(
-        settings, Path(truth_dir) if truth_dir else out / TRUTH_DIR, ctx.data.content_hash
-    )
+    truth_path = truth_file(settings, Path(truth_dir or out / TRUTH_DIR), ctx.data.content_hash)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / RESULTS}
     done = {(r["arch"], r["proxy"], r["seed"]) for f in files.values() if f.exists() for r in read_jsonl(f)}
-    todo = [j for j in jobs(settings, archs) if j.key() not in done]
+    todo = [j for j in jobs(settings, archs) if (j.arch, j.proxy, j.seed) not in done]
     if log:
         log(f"{len(todo)} of {len(jobs(settings, archs))} jobs to run ({len(skipped)} architectures skipped)")
 
@@ -303,7 +296,9 @@ def run_search(
     init = (settings, max(1, (os.cpu_count() or 1) // workers)) if workers > 1 else (ctx,)
     for result in map_local(_run_in_worker, todo, workers, _init_worker, init):
         record(result)
-    rows = [r for f in files.values() for r in read_jsonl(f) if r["arch"] in archs]
+    rows = [
+        r for f in files.values() for r in read_jsonl(f) if r["arch"] in archs and r["seed"] in settings.seeds
+    ]
     report = summarize(rows, settings, {p: ctx.images_stored(p) for p in settings.labels()}, skipped)
     if is_main_process():
         write_json(out / REPORT, report)
