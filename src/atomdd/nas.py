@@ -172,19 +172,19 @@ class Context:
             if syn.dataset != self.data.name:
                 raise AtomddError(f"proxy {proxy} is a set of {syn.dataset!r}, not of {self.data.name!r}")
             _check_set(syn, self.data)
-            self.sets[settings.label(proxy)] = syn
+            self.sets[settings.label(proxy)] = (syn, syn.preprocess()(self.data.test_images))
         self._whole = self._test = None
         self._random: dict[int, tuple] = {}
 
     def images_stored(self, proxy: str) -> int:
         if proxy in self.sets:
-            return len(self.sets[proxy].labels)
+            return len(self.sets[proxy][0].labels)
         if proxy == RANDOM:
             return self.random_ipc() * self.data.num_classes
         return len(self.data.train_labels)
 
     def random_ipc(self) -> int:
-        return next(iter(self.sets.values())).ipc if self.sets else self.settings.ipc
+        return next(iter(self.sets.values()))[0].ipc if self.sets else self.settings.ipc
 
     def train_test(self, proxy: str, seed: int):
         """(train images, labels), (test images, labels) of a proxy, all in its model space."""
@@ -193,8 +193,8 @@ class Context:
         from atomdd.coreset import select
 
         if proxy in self.sets:
-            syn = self.sets[proxy]
-            return (syn.images, syn.labels), (syn.preprocess()(self.data.test_images), self.data.test_labels)
+            syn, test = self.sets[proxy]  # tested in the set's own preprocessing
+            return (syn.images, syn.labels), (test, self.data.test_labels)
         if self._whole is None:  # prepared on first use (a ZCA fit on CIFAR-10 takes a minute)
             prep = self.data.preprocess(self.settings.zca)
             self._whole = (prep(self.data.train_images), self.data.train_labels)
