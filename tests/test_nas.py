@@ -199,3 +199,11 @@ def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
     assert main(argv + [a.replace("{tmp}", str(tmp_path)) for a in extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_search_folder_takes_more_seeds_but_refuses_other_settings(tmp_path):
+    settings = nas.NasSettings("digits", ("random",), ("convnet",), seeds=(0,))
+    nas._check_folder(tmp_path, settings)
+    nas._check_folder(tmp_path, replace(settings, seeds=(0, 1, 2)))  # results name their seed
+    with pytest.raises(AtomddError, match=r"other settings \(dsa, truth_epochs\)"):
+        nas._check_folder(tmp_path, replace(settings, truth_epochs=5, dsa="none"))
