@@ -7,6 +7,7 @@
 #   3. CIFAR-10 at the full protocol (only where CIFAR_ROOT names the data on that machine; see
 #      below), resuming into benchmarks/results/cifar10-s8000-e1000; brought back as a tarball.
 #      The MNIST table is final: no more MNIST seeds here.
+#   4. optional: the full-space architecture search (where CIFAR_ROOT and NAS_SETS are set).
 #
 # The machine has its own PyTorch and lacks nothing this needs (no install step).
 #
@@ -51,6 +52,20 @@ if [ -n "${CIFAR_ROOT:-}" ]; then
         --steps 8000 --epochs 1000 --runs 10 --seeds 0 1 --test-limit 1000 >"$OUT/cifar10.txt" 2>&1
     echo "cifar10 exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
     tar czf "$OUT/cifar10.tgz" --exclude '*.safetensors' benchmarks/results/cifar10-s8000-e1000
+fi
+
+# Optional: the architecture search over the full 720-ConvNet space (docs/nas.md), only where
+# CIFAR_ROOT names the data and NAS_SETS the distilled set folders (IPC 50 in the published run) on
+# that machine. Resumable: results.jsonl keeps every finished (architecture, proxy, seed), so each
+# rerun continues; the whole-data truth is cached under the same folder's truth/.
+if [ -n "${CIFAR_ROOT:-}" ] && [ -n "${NAS_SETS:-}" ]; then
+    # shellcheck disable=SC2086  # NAS_SETS is a list of folders
+    timeout "${NAS_SECONDS:-540}" $py -m atomdd.cli nas --dataset cifar10 --data-root "$CIFAR_ROOT" \
+        --proxy $NAS_SETS random early-stop --space full --zca --device "$DEVICE" \
+        --epochs 300 --truth-epochs "${NAS_TRUTH_EPOCHS:-30}" --early-epochs 1 --seeds 0 \
+        --out benchmarks/results/nas-cifar10-full >"$OUT/nas.txt" 2>&1
+    echo "nas exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
+    tar czf "$OUT/nas.tgz" benchmarks/results/nas-cifar10-full
 fi
 
 cat "$OUT/env.txt"

@@ -83,7 +83,12 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
         shutil.copytree(folder, grid / f"ipc{ipc}" / f"{folder.name}-seed0")
     nas = tmp_path / "nas"
     nas.mkdir()
-    (nas / "nas.json").write_text(json.dumps({"proxies": [{"proxy": "10 epochs", "kendall_tau": 0.61}]}))
+    one = {"best_true_accuracy": 40.5, "spearman_all": 0.61, "spearman_top20": 0.2, "kendall_all": 0.5}
+    one |= {"kendall_top20": 0.1, "minutes": 1.5, "images": 100, "architectures": 3, "accuracy": {}}
+    settings = {"dataset": "digits", "space_name": "small", "seeds": [0], "epochs": 3}
+    settings |= {"early_epochs": 1, "truth_epochs": 2}
+    nas_json = {"proxies": {"random": one}, "settings": settings, "skipped": []}
+    (nas / "nas.json").write_text(json.dumps(nas_json))
     Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(nas / "scatter.png")
     from atomdd.coreset import select
     from atomdd.evaluate import evaluate_set
@@ -98,7 +103,7 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     whole = evaluate_whole("digits", ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=tmp_path / "whole")
     page = report([grid, nas, coreset, tmp_path / "whole"], tmp_path / "out")
     text = page.read_text()
-    assert "## grid" in text and "| 10 epochs | 0.61 |" in text
+    assert "## grid" in text and "| Spearman, whole space | 0.61 |" in text
     assert "| random |" in text and repr(ev["models"]["convnet"]["mean"]) in text
     assert "| method | IPC 1 | whole data |" in text and repr(whole["models"]["convnet"]["mean"]) in text
     for png in _linked_pngs(page):

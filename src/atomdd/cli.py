@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.flags import add_config_flags, overrides, settings_from
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -17,54 +17,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
     return fn
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _add_config_flags(
-    p: argparse.ArgumentParser,
-    config_cls: type | list,
-    skip: Sequence[str] = (),
-    title: str = "overrides (default: the published preset for the dataset × IPC × method)",
-) -> None:
-    """One flag per config field (its `help` metadata the flag's help); a flag left out keeps the
-    preset / config-file / default value."""
-    group = p.add_argument_group(title)
-    for f in _fields(config_cls):
-        if f.name in skip:
-            continue
-        helptext = f.metadata.get("help")
-        if f.type in (bool, "bool", "bool | None"):
-            group.add_argument(
-                _flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=helptext
-            )
-        else:
-            group.add_argument(_flag(f.name), default=None, metavar=f.name.upper(), help=helptext)
-
-
-def _settings(args: argparse.Namespace, config_cls: type, own: Sequence[str]) -> tuple[object, dict]:
-    """`config_cls` from its defaults, then the --config file, then the flags; unknown keys are an
-    error naming the valid ones. Returns it and the file's values for the command's `own` keys."""
-    from atomdd.config import apply_overrides, load_config_file
-
-    file_values = load_config_file(args.config) if args.config else {}
-    mine = {k: file_values.pop(k) for k in own if k in file_values}
-    cfg = apply_overrides(config_cls(), file_values, "config key")
-    return apply_overrides(cfg, _overrides(args, config_cls), "config key"), mine
-
-
-def _fields(config: type | list) -> list:
-    return config if isinstance(config, list) else list(dataclasses.fields(config))
-
-
-def _overrides(args: argparse.Namespace, config_cls: type | list, skip: Sequence[str] = ()) -> dict:
-    return {
-        f.name: getattr(args, f.name)
-        for f in _fields(config_cls)
-        if f.name not in skip and getattr(args, f.name, None) is not None
-    }
 
 
 @command
@@ -113,8 +65,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from atomdd.distillation.driver import distill
     from atomdd.signals import stop_on_signals
 
-    overrides = _overrides(args, flat_fields(), skip=_DISTILL_OWN)
-    overrides |= {
+    values = overrides(args, flat_fields(), skip=_DISTILL_OWN)
+    values |= {
         k: getattr(args, k) for k in ("iterations", "seed", "data_root") if getattr(args, k) is not None
     }
     with stop_on_signals() as stop:
@@ -129,7 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             config_file=args.config,
             stop=stop,
             tensorboard=args.tensorboard,
-            **overrides,
+            **values,
         )
     if not args.quiet:
         print(f"wrote {len(result.labels)} synthetic images to {args.out}")
@@ -141,7 +93,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     from atomdd.coreset import select
     from atomdd.settings import CoresetConfig
 
-    cfg, own = _settings(args, CoresetConfig, ("dataset", "ipc"))
+    cfg, own = settings_from(args, CoresetConfig, ("dataset", "ipc"))
     dataset = args.dataset or own.get("dataset")
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
@@ -166,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd.sets import load_any
     from atomdd.settings import EvalConfig
 
-    cfg, own = _settings(args, EvalConfig, ("models",))
+    cfg, own = settings_from(args, EvalConfig, ("models",))
     models = parse_models(args.models or own.get("models") or "convnet")
     tb = None
     if args.tensorboard:  # checked before the evaluation, not after it
@@ -230,6 +182,37 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_nas(args: argparse.Namespace) -> int:
+    from atomdd.nas import NasSettings, run_search, search_space
+    from atomdd.report import nas_table
+    from atomdd.settings import dsa_ops
+
+    if args.workers < 1 or min(args.epochs, args.truth_epochs, args.early_epochs) < 1:
+        raise AtomddError("--workers and every epoch count must be at least 1")
+    dsa_ops(args.dsa)
+    space = search_space(args.space)
+    settings = NasSettings(
+        dataset=args.dataset,
+        proxies=tuple(args.proxy),
+        space=tuple(map(str, space)),
+        space_name=args.space if not os.path.isfile(args.space) else os.path.basename(args.space),
+        epochs=args.epochs,
+        truth_epochs=args.truth_epochs,
+        early_epochs=args.early_epochs,
+        seeds=tuple(args.seeds),
+        ipc=args.ipc,
+        dsa=args.dsa,
+        zca=args.zca,
+        device=args.device,
+        data_root=args.data_root,
+    )
+    log = None if args.quiet else lambda line: print(line, flush=True)
+    report = run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)
+    print(nas_table(report))
+    return 0
+
+
+@command
 def cmd_demo(args: argparse.Namespace) -> int:
     from atomdd.demo import run_demo
 
@@ -272,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML/TOML file of config values")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
-    _add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
+    add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
     p.add_argument("--dataset", default=None, help="required (here or in --config)")
@@ -283,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-root", default=None)
     p.add_argument("--config", default=None, help="YAML/TOML file of coreset settings (and dataset, ipc)")
-    _add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")
+    add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")
 
     p = sub.add_parser("evaluate", help="train fresh models on a set and test them on the real test set")
     p.add_argument("path", nargs="?", help="a run folder (synthetic.safetensors) or a peer's .pt")
@@ -304,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", default=None, help="YAML/TOML file of evaluation settings (and models)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
-    _add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
+    add_config_flags(p, EvalConfig, title="evaluation settings (default: DM's protocol; over --config's)")
 
     p = sub.add_parser("report", help="runs, evaluations, grids and NAS results → report.md with PNG figures")
     p.add_argument(
@@ -317,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")
     p.add_argument("--class", dest="klass", default=None, metavar="K", help="one class, by index or name")
     p.add_argument("--out", default=None, help="the PNG (default: show.png in the set's folder)")
+
+    p = sub.add_parser("nas", help="rank a space of ConvNets by training on proxies; compare with the truth")
+    p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--proxy", nargs="+", required=True, help="set folders (distilled or coreset), random, early-stop"
+    )
+    p.add_argument(
+        "--space", default="small", help="small | cifar-cpu | full | FILE (a model reference a line)"
+    )
+    p.add_argument("--epochs", type=int, default=300, help="training epochs on a proxy set (default 300)")
+    p.add_argument("--truth-epochs", type=int, default=30, help="epochs on the whole data (default 30)")
+    p.add_argument("--early-epochs", type=int, default=1, help="the early-stop proxy's epochs (default 1)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model per architecture × seed")
+    p.add_argument("--ipc", type=int, default=10, help="random proxy's images per class without a set folder")
+    p.add_argument("--dsa", default="color_crop_cutout_flip_scale_rotate", help="augmentation, or none")
+    p.add_argument("--zca", action="store_true", help="whole data, random and early stop ZCA-whitened")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--truth-dir", default=None, help="whole-data results cache (default OUT/truth)")
+    p.add_argument("--out", required=True, help="results.jsonl, nas.json, nas.png go here")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")

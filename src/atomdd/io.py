@@ -155,11 +155,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one line; a torn last line after a crash is skipped by `read_jsonl`."""
-    line = json.dumps(obj, default=_jsonable) + "\n"
+    """Append one line; a torn last line after a crash is skipped by `read_jsonl`, and the next
+    line starts on a line of its own."""
     try:
-        with open(path, "a") as f:
-            f.write(line)
+        with open(path, "a+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            torn = size > 0 and f.seek(size - 1) >= 0 and f.read(1) != b"\n"
+            f.write((("\n" if torn else "") + json.dumps(obj, default=_jsonable) + "\n").encode())
     except OSError as e:
         raise write_error(path, e) from None
 

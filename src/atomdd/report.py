@@ -257,3 +257,63 @@ def grid_table(results: dict[str, dict[int, dict]], budget: Any, against: str) -
                 cells.append(f"{r['first_mean']:.1f} ± {r['first_std']:.1f}" if has else "–")
         rows.append(cells)
     return "\n".join(title) + "\n" + markdown_table(header, rows)
+
+
+# --- architecture search (nas.json) -----------------------------------------------------------------
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def nas_table(report: dict[str, Any]) -> str:
+    """The published layout: a column per proxy and the whole dataset; the true accuracy of the
+    architecture each ranks first, rank correlations with the truth, time and images stored."""
+    proxies = report["proxies"]
+    s = report["settings"]
+    rows = [
+        ["best arch. true accuracy (%)", *[_cell(p["best_true_accuracy"], ".2f") for p in proxies.values()]],
+        ["Spearman, whole space", *[_cell(p["spearman_all"], ".2f") for p in proxies.values()]],
+        ["Spearman, top 20 %", *[_cell(p["spearman_top20"], ".2f") for p in proxies.values()]],
+        ["Kendall, whole space", *[_cell(p["kendall_all"], ".2f") for p in proxies.values()]],
+        ["Kendall, top 20 %", *[_cell(p["kendall_top20"], ".2f") for p in proxies.values()]],
+        ["time (min)", *[_cell(p["minutes"], ".1f") for p in proxies.values()]],
+        ["images stored", *[_cell(p["images"], "d") for p in proxies.values()]],
+    ]
+    header = ["", *[("whole dataset" if k == "whole" else k) for k in proxies]]
+    n = max((p["architectures"] for p in proxies.values()), default=0)
+    title = (
+        f"{s['dataset']}, space {s['space_name']}: {n} architectures ({len(report['skipped'])} skipped), "
+        f"seeds {', '.join(map(str, s['seeds']))}; proxy {s['epochs']} epochs, early stop "
+        f"{s['early_epochs']}, whole dataset {s['truth_epochs']}"
+    )
+    lines = [title, markdown_table(header, rows)]
+    lines += [f"skipped {k['arch']}: {k['reason']}" for k in report["skipped"]]
+    return "\n".join(lines)
+
+
+def save_nas_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """Proxy accuracy against true accuracy, one colour per proxy (its own Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    truth = report["proxies"].get("whole", {}).get("accuracy", {})
+    for label, p in report["proxies"].items():
+        if label == "whole":
+            continue
+        archs = [a for a in p["accuracy"] if a in truth]
+        rho = _cell(p["spearman_all"], ".2f")
+        ax.scatter(
+            [truth[a] for a in archs], [p["accuracy"][a] for a in archs], s=14, label=f"{label} (ρ {rho})"
+        )
+    ax.set_xlabel("accuracy trained on the whole data (%)")
+    ax.set_ylabel("accuracy trained on the proxy (%)")
+    ax.set_title(f"{report['settings']['dataset']}: architecture search proxies", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)

@@ -16,7 +16,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from atomdd.errors import AtomddError
 from atomdd.plots import method_order
@@ -217,28 +216,22 @@ def _eval_config(r: Run) -> dict | None:
 
 
 def nas_section(folder: Path, out: Path | None) -> str:
-    """The architecture search in `folder/nas.json`: a table of whatever per-proxy rows it holds
-    (a list of records, or a mapping of name → record), and its scatter PNG(s) if there."""
-    lines = [f"### Architecture search: {folder.name}\n"]
+    """The architecture search in `folder/nas.json` in the published layout, and its scatter PNG."""
+    from atomdd.report import nas_table
+
+    head = f"### Architecture search: {folder.name}\n"
     try:
-        nas = json.loads((folder / "nas.json").read_text())
-    except (OSError, ValueError) as e:
-        return lines[0] + f"\n`nas.json` could not be read: {e}\n"
-    rows = nas.get("proxies", nas.get("correlations", nas)) if isinstance(nas, dict) else nas
-    if isinstance(rows, dict):
-        rows = [{"proxy": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in rows.items()]
-    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if all(_scalar(r.get(k)) for r in rows)]
-    lines.append(markdown_table(keys, [[r.get(k, "") for k in keys] for r in rows]) if keys else "(no table)")
+        lines = [head, nas_table(json.loads((folder / "nas.json").read_text()))]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return (
+            head
+            + f"\n`nas.json` could not be read ({type(e).__name__}: {e}): is it a file `atomdd nas` wrote?\n"
+        )
     for png in sorted(folder.glob("*.png")):
         if out is not None:
             shutil.copyfile(png, out / f"nas-{folder.name}-{png.name}")
             lines.append(f"\n![{png.stem}](nas-{folder.name}-{png.name})")
     return "\n".join(lines) + "\n"
-
-
-def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, str | int | float | bool)
 
 
 def render(
