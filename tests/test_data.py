@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from atomdd.data import DATASETS, get_spec, load_dataset, readers
-from atomdd.data.readers import channel_stats, load_imagefolder
+from atomdd.data import DATASETS, cifar, files, get_spec, load_dataset, tiny
+from atomdd.data.files import channel_stats
+from atomdd.data.imagefolder import load_imagefolder
 from atomdd.errors import AtomddError
 
 RNG = np.random.default_rng(0)
@@ -362,20 +363,20 @@ def test_restricted_unpickler_refuses(tmp_path: Path, payload: bytes, refused: s
     file = tmp_path / "batch"
     file.write_bytes(payload)
     with pytest.raises(AtomddError, match=f"refused: pickle would import .*{refused}"):
-        readers.read_data_pickle(file)
+        cifar.read_data_pickle(file)
 
 
 def test_corrupt_and_foreign_cifar_batches(tmp_path: Path) -> None:
     file = tmp_path / "batch"
     file.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}, protocol=2)[:-30])
     with pytest.raises(AtomddError, match="truncated or corrupt: not a readable pickle"):
-        readers.read_data_pickle(file)
+        cifar.read_data_pickle(file)
     file.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, protocol=2))
     with pytest.raises(AtomddError, match="N×3072 uint8"):
-        readers._cifar_batch(file, "labels", 10)
+        cifar._cifar_batch(file, "labels", 10)
     file.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, protocol=2))
     with pytest.raises(AtomddError, match="outside 0..9"):
-        readers._cifar_batch(file, "labels", 10)
+        cifar._cifar_batch(file, "labels", 10)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,12 +396,12 @@ def test_tinyimagenet_reads_and_caches(tmp_path: Path, monkeypatch: pytest.Monke
     assert red[0] > 190 and red[1] < 40 and red[2] < 40  # colour kept (JPEG: approximately)
     gray = ds.train_images[3]
     assert torch.equal(gray[0], gray[1]) and abs(gray.float().mean().item() - 128) < 3  # L → RGB
-    assert (folder / readers.TINY_CACHE).exists()
+    assert (folder / tiny.TINY_CACHE).exists()
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(readers, "_decode_image", no_decoding)
+    monkeypatch.setattr(files, "_decode_image", no_decoding)
     assert load_dataset("tinyimagenet", tmp_path).content_hash == ds.content_hash
     monkeypatch.undo()
 

@@ -21,7 +21,7 @@ import pytest
 
 from atomdd.data import DATASETS, DatasetSpec, get_spec, load_dataset
 from atomdd.data.download import download, extract, fetch_dataset, locate
-from atomdd.data.readers import require_files
+from atomdd.data.files import require_files
 from atomdd.errors import AtomddError
 
 

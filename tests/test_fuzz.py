@@ -324,7 +324,7 @@ def make_imagefolder(rng: random.Random, folder: Path) -> str:
 
 
 def read_imagefolder_target(folder: Path) -> object:
-    from atomdd.data.readers import load_imagefolder
+    from atomdd.data.imagefolder import load_imagefolder
 
     ds = load_imagefolder(folder / "images", image_size=8)
     assert ds.train_images.shape[2:] == (8, 8)
@@ -369,7 +369,7 @@ def make_tiny(rng: random.Random, folder: Path) -> str:
         kind, data, _ = _damaged_image(rng, (64, 64))
         victim.write_bytes(data)
         return f"JPEG: {kind}"
-    from atomdd.data.readers import read_tinyimagenet
+    from atomdd.data.tiny import read_tinyimagenet
 
     read_tinyimagenet(root)  # writes the decode cache, which is then damaged
     cache = root / "atomdd-cache.safetensors"

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from atomdd.data import Dataset, load_dataset
-from atomdd.data.readers import read_idx
+from atomdd.data.idx import read_idx
 from atomdd.errors import AtomddError
 from atomdd.io import write_json
 from atomdd.sets import SyntheticSet, load_synthetic
@@ -441,7 +441,7 @@ def test_truncated_legacy_peer_file_found_by_fuzzing(tmp_path: Path, digits) -> 
 def test_tinyimagenet_text_and_image_bombs_found_by_fuzzing(tmp_path: Path) -> None:
     from PIL import Image
 
-    from atomdd.data.readers import read_tinyimagenet
+    from atomdd.data.tiny import read_tinyimagenet
 
     root = tmp_path / "tiny-imagenet-200"
     (root / "train" / "n1" / "images").mkdir(parents=True)
@@ -480,7 +480,7 @@ def test_peer_file_with_a_forged_pickle_length_allocates_nothing_large(tmp_path:
 def test_damaged_tinyimagenet_cache_is_not_used(tmp_path: Path) -> None:
     from PIL import Image
 
-    from atomdd.data.readers import TINY_CACHE, read_tinyimagenet
+    from atomdd.data.tiny import TINY_CACHE, read_tinyimagenet
 
     root = tmp_path / "tiny-imagenet-200"
     (root / "train" / "n1" / "images").mkdir(parents=True)

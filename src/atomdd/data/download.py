@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from atomdd import __version__
 from atomdd.data import DatasetSpec, get_spec
-from atomdd.data.readers import missing_files_error
+from atomdd.data.files import missing_files_error
 from atomdd.errors import AtomddError
 from atomdd.io import atomic_path, pid_alive
 
