@@ -40,6 +40,21 @@ def test_every_method_runs_and_moves_the_pixels(method):
     assert not torch.equal(before, d.syn.detach())
 
 
+def test_clip_keeps_every_pixel_a_valid_image_pixel():
+    """With a large image lr the pixels leave [0, 1]; `clip` projects them back after each step (a
+    ZCA set too, through the inverse whitening) and leaves pixels already inside unchanged."""
+    for zca in (False, True):
+        free = distill("digits", 2, "atom", iterations=4, lr_img=100.0, zca=zca, **FAST)
+        clipped = distill("digits", 2, "atom", iterations=4, lr_img=100.0, zca=zca, clip=True, **FAST)
+        pixels = [s.preprocess().inverse(s.images, clamp=False) for s in (free, clipped)]
+        assert pixels[0].min() < -0.1 or pixels[0].max() > 1.1
+        assert pixels[1].min() >= -1e-4 and pixels[1].max() <= 1 + 1e-4
+    d = Distiller(make_config("digits", 2, "atom", None, **FAST))
+    before = d.syn.detach().clone()  # initialised from real images: already valid
+    d.project()
+    torch.testing.assert_close(d.syn.detach(), before, atol=1e-4, rtol=0)
+
+
 def test_resume_is_bit_identical(tmp_path):
     cfg = dict(iterations=6, checkpoint_every=3)
     full = distill("digits", 2, "atom", out=tmp_path / "full", **FAST | cfg)

@@ -51,6 +51,8 @@ class DistillConfig:
     batch_real: int = 64  # real images per class per step
     init: str = "real"  # "real" | "noise"
     zca: bool = False
+    # after each step, project the pixels back onto valid images ([0, 1] before normalisation/ZCA)
+    clip: bool = False
     dsa: str = DSA_DEFAULT  # or "none"
     # the backbone: a model reference, e.g. "convnet", "convnet(depth=4)", "resnet18(norm=batchnorm)"
     model: str = "convnet"

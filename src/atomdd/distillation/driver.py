@@ -186,6 +186,8 @@ class Distiller:
                     "or check the data for NaNs"
                 )
             self.opt.step()
+            if cfg.clip:
+                self.project()
             self.step += 1
             bar.update(1)
             if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
@@ -217,6 +219,11 @@ class Distiller:
             folder.figures(self.data)  # drawn from the folder's run.json ("running") and set
             folder.record(self._record("done", seconds, folder.path, steps_run=self.step - start))  # last
         return result
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Keep the synthetic images images: model space → [0, 1] pixels, clamped → model space."""
+        self.syn.copy_(self.prep(self.prep.inverse(self.syn.detach().cpu())).to(self.syn.device))
 
     def result(self) -> SyntheticSet:
         meta = {
