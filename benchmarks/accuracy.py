@@ -7,10 +7,10 @@ interrupted benchmark continues where it stopped (distillation resumes from its 
 
 A method is a registry name with optional overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
 
-    # the budget the official code was re-run with (../shared/reference-numbers.md)
-    python benchmarks/accuracy.py --data-root ../shared/data --steps 200 --epochs 300 --runs 3
+    # the budget the official code was re-run with (reference.md)
+    python benchmarks/accuracy.py --data-root DATA --steps 200 --epochs 300 --runs 3
     # longer: judge methods apart
-    python benchmarks/accuracy.py --data-root ../shared/data --steps 1000 --epochs 300 --runs 5 --seeds 0 1 2
+    python benchmarks/accuracy.py --data-root DATA --steps 1000 --epochs 300 --runs 5 --seeds 0 1 2
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -312,6 +313,13 @@ def accuracy_page(root: str | Path) -> str:
     )
     grids = [g for g in grids if g.is_dir()]
     # runs still in progress (no eval.json) are left out, so the page changes only with results
-    return render(
+    page = render(
         grids, root / ACCURACY_PAGE, figures=False, title="Accuracy", intro=intro, evaluated_only=True
     )
+    return _without_data_paths(page)
+
+
+def _without_data_paths(text: str) -> str:
+    """The data folder the runs read is the user's own `--data-root`: shown as DATA, not as a path."""
+    text = re.sub(r'("data_root": )"[^"]*"', r'\1"DATA"', text)
+    return re.sub(r"--data-root \S+", "--data-root DATA", text)
