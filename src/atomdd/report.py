@@ -164,6 +164,7 @@ def save_attention(
         ax.plot(prof_r[order].numpy(), label="real", lw=1)
         ax.plot(prof_s[order].numpy(), label="syn", lw=1)
         ax.tick_params(labelsize=6)
+        ax.set_ylabel("channel attention (L2-normalised)", fontsize=6)
         if row == 0:
             ax.set_title(f"channel profile, block {layer}", fontsize=7)
             ax.legend(fontsize=6)
