@@ -1,0 +1,72 @@
+"""One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
+rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
+"fail": {"rank", "step", "how": "raise" | "kill"}."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import torch
+
+from atomdd import parallel
+from atomdd.distillation import step as steps
+from atomdd.distillation.config import make_config
+from atomdd.distillation.driver import Distiller
+from atomdd.errors import AtomddError
+
+
+def distill(job: dict) -> dict:
+    computed: set[int] = set()
+    chunks = steps.Task.class_chunks
+
+    def recording(task, classes=None):  # every class this rank's steps put through the network
+        out = chunks(task, classes)
+        computed.update(c for chunk in out for c in chunk)
+        return out
+
+    steps.Task.class_chunks = recording
+    fail = job.get("fail")
+    if fail and fail["rank"] == int(os.environ.get("RANK", "0")):
+        loss_and_grad = steps.loss_and_grad
+
+        def failing(task, syn, step, classes=None):
+            if step == fail["step"]:
+                if fail["how"] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"injected failure at step {step}")
+            return loss_and_grad(task, syn, step, classes)
+
+        steps.loss_and_grad = failing
+    cfg = make_config("digits", job.get("ipc", 2), job.get("method", "atom"), **job["config"])
+    d = Distiller(cfg)
+    result = d.run(job.get("out"), resume=job.get("resume", False))
+    return {
+        "rank": parallel.rank(),
+        "world": parallel.world_size(),
+        "own": [d.task.own.start, d.task.own.stop],
+        "computed": sorted(computed),
+        "real_images": len(d.task.real),
+        "pixels": len(d.syn),
+        "set": result.images.flatten().tolist(),
+        "labels": result.labels.tolist(),
+    }
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    job, report = json.loads(sys.argv[1]), sys.argv[2]
+    try:
+        out = {"distill": distill}[job["kind"]](job)
+    except AtomddError as e:
+        print(f"atomdd: error: {e}", file=sys.stderr)
+        return 2
+    with open(report, "w") as f:
+        json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

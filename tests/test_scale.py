@@ -1,0 +1,108 @@
+"""Distillation sharded by class over 2 gloo processes on the CPU (started as torchrun would):
+equal to one process, each rank computing and holding only its classes, resumable on another
+number of ranks, and a failing rank ending the job with an error that names it."""
+
+import json
+
+import pytest
+import torch
+from ranks import launch
+from safetensors.torch import load_file
+
+from atomdd.distillation.driver import CHECKPOINT
+
+# ZCA on, so the fit-once-and-broadcast path is part of the equality; checkpoints every 2 steps.
+CONFIG = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1, zca=True)
+
+
+def run(tmp, name, world, iterations, resume=False, out=None, fail=None):
+    out = out or tmp / name / "run"
+    job = {
+        "kind": "distill",
+        "config": CONFIG | {"iterations": iterations},
+        "out": str(out),
+        "resume": resume,
+    }
+    if fail:
+        job["fail"] = fail
+    results, seconds = launch(world, job, tmp / name / "reports")
+    return out, results, seconds
+
+
+def ok(results):
+    for r, (rc, err, _) in enumerate(results):
+        assert rc == 0, f"rank {r} exited {rc}:\n{err[-3000:]}"
+    return [report for _, _, report in results]
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The 1-process run of 4 steps every sharded run is compared with."""
+    tmp = tmp_path_factory.mktemp("single")
+    out, results, _ = run(tmp, "one", 1, 4)
+    ok(results)
+    return out
+
+
+def same_run(out, reference):
+    """Bitwise the same set and checkpoint (pixels and momentum); the logged loss to 1e-6."""
+    for name in ("synthetic.safetensors", CHECKPOINT):
+        mine, ref = load_file(out / name), load_file(reference / name)
+        for key in ("images", "labels", "syn", "momentum"):
+            if key in ref:
+                assert torch.equal(mine[key], ref[key]), f"{name}: {key} differs"
+    # the loss is summed in another order (per rank, then across ranks): float32 rounding only
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-6)
+
+
+def test_two_ranks_equal_one_process_and_each_computes_only_its_classes(tmp_path, single):
+    out, results, _ = run(tmp_path, "two", 2, 4)
+    reports = ok(results)
+    same_run(out, single)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "done"
+    assert record["ranks"]["world_size"] == 2 and record["ranks"]["classes"] == [[0, 5], [5, 10]]
+    labels = torch.tensor(reports[0]["labels"])  # the whole set, on every rank
+    real_per_class = torch.bincount(load_file(single / "synthetic.safetensors")["labels"])
+    assert real_per_class.tolist() == [2] * 10 and len(labels) == 20
+    for r, report in enumerate(reports):
+        assert report["own"] == record["ranks"]["classes"][r]
+        assert report["computed"] == list(range(*report["own"]))  # the classes its forward passes took
+        assert report["pixels"] == 5 * 2  # synthetic images of its own 5 classes at IPC 2, no more
+        assert record["ranks"]["held"][r]["real_images"] == report["real_images"]
+        assert report["set"] == reports[0]["set"]  # every rank returns the same whole set
+    from atomdd.data import load_dataset
+
+    counts = torch.bincount(load_dataset("digits").train_labels)
+    assert [rep["real_images"] for rep in reports] == [int(counts[:5].sum()), int(counts[5:].sum())]
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
+def test_resume_on_another_number_of_ranks(tmp_path, single, first, then):
+    out, results, _ = run(tmp_path, "a", first, 2)
+    ok(results)
+    out, results, _ = run(tmp_path, "b", then, 4, resume=True, out=out)
+    ok(results)
+    same_run(out, single)
+    assert json.loads((out / "run.json").read_text())["ranks"]["world_size"] == then
+
+
+@pytest.mark.parametrize("how", ["raise", "kill"])
+def test_a_failing_rank_ends_the_job_with_an_error_naming_it(tmp_path, how):
+    out, results, seconds = run(tmp_path, how, 2, 6, fail={"rank": 1, "step": 3, "how": how})
+    assert seconds < 60
+    (rc0, err0, _), (rc1, err1, _) = results
+    assert rc0 == 2, err0[-3000:]
+    assert rc1 != 0
+    assert "rank 0 stopped at step 3's loss all-reduce" in err0
+    if how == "raise":
+        assert "rank 1 failed: RuntimeError: injected failure at step 3" in err0
+    else:
+        assert "rank 1 stopped without reporting an error" in err0
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "failed" and "rank 1" in record["error"]
+    assert load_file(out / CHECKPOINT)  # the step-2 checkpoint is kept: resume from it
