@@ -1,6 +1,6 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
 rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
-"fail": {"rank", "step", "how": "raise" | "kill"}."""
+"fail": {"rank", "step", "how": "raise" | "kill"}; "evaluate" (set, models, config, out)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,32 @@ def distill(job: dict) -> dict:
     }
 
 
+def evaluate(job: dict) -> dict:
+    from atomdd.evaluate import evaluate_set
+    from atomdd.sets import load_synthetic
+    from atomdd.settings import EvalConfig
+
+    trained: list[tuple[str, int]] = []
+    from atomdd import evaljobs
+
+    train_runs = evaljobs.train_runs
+
+    def recording(ref, todo, *args, **kwargs):  # the (model, run) jobs this rank trained
+        trained.extend((str(ref), r) for r in todo)
+        return train_runs(ref, todo, *args, **kwargs)
+
+    evaljobs.train_runs = recording
+    report = evaluate_set(
+        load_synthetic(job["set"]), job["models"], EvalConfig(**job["config"]), out_dir=job.get("out")
+    )
+    return {"rank": parallel.rank(), "trained": trained, "models": report["models"]}
+
+
 def main() -> int:
     torch.set_num_threads(1)
     job, report = json.loads(sys.argv[1]), sys.argv[2]
     try:
-        out = {"distill": distill}[job["kind"]](job)
+        out = {"distill": distill, "evaluate": evaluate}[job["kind"]](job)
     except AtomddError as e:
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 2

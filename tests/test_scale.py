@@ -106,3 +106,28 @@ def test_a_failing_rank_ends_the_job_with_an_error_naming_it(tmp_path, how):
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "failed" and "rank 1" in record["error"]
     assert load_file(out / CHECKPOINT)  # the step-2 checkpoint is kept: resume from it
+
+
+def test_sharded_evaluation_returns_the_same_accuracies(tmp_path):
+    from atomdd import distill
+
+    distill("digits", 1, iterations=2, width=16, batch_real=16, out=tmp_path / "set")
+    job = {
+        "kind": "evaluate",
+        "set": str(tmp_path / "set"),
+        "models": ["convnet(width=16)", "mlp"],
+        "config": {"epochs": 3, "runs": 3, "batch_size": 16, "device": "cpu", "test_limit": 100},
+    }
+    one = ok(launch(1, job | {"out": str(tmp_path / "one")}, tmp_path / "r1")[0])[0]
+    results, _ = launch(2, job | {"out": str(tmp_path / "two")}, tmp_path / "r2")
+    two = ok(results)
+    jobs = [[m, r] for m in ("convnet(width=16)", "mlp") for r in range(3)]
+    assert [rep["trained"] for rep in two] == [jobs[0::2], jobs[1::2]]  # each rank its share, no more
+    for rep in two:
+        for model, mine in rep["models"].items():
+            ref = one["models"][model]
+            assert (mine["runs"], mine["first"]["runs"]) == (ref["runs"], ref["first"]["runs"])
+    saved = json.loads((tmp_path / "two" / "eval.json").read_text())["models"]
+    assert {m: r["runs"] for m, r in saved.items()} == {m: r["runs"] for m, r in one["models"].items()}
+    rows = (tmp_path / "two" / "eval.jsonl").read_text().splitlines()
+    assert sorted((json.loads(x)["model"], json.loads(x)["run"]) for x in rows) == sorted(map(tuple, jobs))
