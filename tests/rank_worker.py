@@ -1,6 +1,7 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
 rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
-"fail": {"rank", "step", "how": "raise" | "kill"}; "evaluate" (set, models, config, out)."""
+"fail": {"rank", "step", "how": "raise" | "kill"}; "evaluate" (set, models, config, out); "nas"
+(space file, config, out)."""
 
 from __future__ import annotations
 
@@ -76,11 +77,29 @@ def evaluate(job: dict) -> dict:
     return {"rank": parallel.rank(), "trained": trained, "models": report["models"]}
 
 
+def nas(job: dict) -> dict:
+    from atomdd import nas as search
+    from atomdd import train
+
+    trained: list[str] = []
+    train_models = train.train_models
+
+    def recording(arch, *args, **kwargs):  # the architectures this rank trained
+        trained.append(str(arch))
+        return train_models(arch, *args, **kwargs)
+
+    train.train_models = recording
+    space = tuple(map(str, search.search_space(job["space"])))
+    settings = search.NasSettings("digits", ("random", "early-stop"), space, "two", **job["config"])
+    report = search.run_search(settings, job["out"])
+    return {"rank": parallel.rank(), "trained": len(trained), "report": report}
+
+
 def main() -> int:
     torch.set_num_threads(1)
     job, report = json.loads(sys.argv[1]), sys.argv[2]
     try:
-        out = {"distill": distill, "evaluate": evaluate}[job["kind"]](job)
+        out = {"distill": distill, "evaluate": evaluate, "nas": nas}[job["kind"]](job)
     except AtomddError as e:
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 2

@@ -131,3 +131,23 @@ def test_sharded_evaluation_returns_the_same_accuracies(tmp_path):
     assert {m: r["runs"] for m, r in saved.items()} == {m: r["runs"] for m, r in one["models"].items()}
     rows = (tmp_path / "two" / "eval.jsonl").read_text().splitlines()
     assert sorted((json.loads(x)["model"], json.loads(x)["run"]) for x in rows) == sorted(map(tuple, jobs))
+
+
+def test_sharded_search_equals_one_process(tmp_path):
+    from atomdd import nas
+
+    (tmp_path / "space.txt").write_text("convnet(depth=1,width=8)\nconvnet(depth=2,width=8)\n")
+    config = {"epochs": 2, "truth_epochs": 1, "dsa": "none", "seeds": [0, 1]}
+    job = {"kind": "nas", "space": str(tmp_path / "space.txt"), "config": config}
+    one = ok(launch(1, job | {"out": str(tmp_path / "one")}, tmp_path / "r1")[0])[0]
+    two = ok(launch(2, job | {"out": str(tmp_path / "two")}, tmp_path / "r2")[0])
+    assert [rep["trained"] for rep in two] == [6, 6] and one["trained"] == 12  # 2 archs × 3 proxies × 2 seeds
+
+    def timeless(report):
+        return {p: {k: v for k, v in e.items() if k != "minutes"} for p, e in report["proxies"].items()}
+
+    assert timeless(two[0]["report"]) == timeless(two[1]["report"]) == timeless(one["report"])
+    saved = json.loads((tmp_path / "two" / nas.REPORT).read_text())
+    assert timeless(saved) == timeless(one["report"])
+    lines = (tmp_path / "two" / nas.RESULTS).read_text().splitlines()
+    assert len(lines) == 8  # the proxies' 8 jobs, each once (the truth's 4 go to the truth's file)

@@ -51,13 +51,10 @@ def shard_runs(
     jobs = [(str(ref), r) for ref in refs for r in range(config.runs) if r not in store.done(str(ref))]
     mine = parallel.shard(jobs)
     rows: list[tuple] = []
-    try:
+    with parallel.reporting_failures():
         for ref in refs:
             todo = [r for name, r in mine if name == str(ref)]
             rows += [(str(ref), *row) for row in train_runs(ref, todo, train, test, num_classes, config)]
-    except BaseException as e:
-        parallel.report_failure(e)
-        raise
     for got in parallel.gather_objects(rows, "the evaluation's gather of (model, run) results"):
         for row in got:
             store.add(*row)

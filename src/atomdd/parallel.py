@@ -161,6 +161,16 @@ def report_failure(error: BaseException) -> None:
         _store().set(f"{_NOTE}{rank()}", f"{type(error).__name__}: {_first_line(error)}")
 
 
+@contextlib.contextmanager
+def reporting_failures() -> Iterator[None]:
+    """Around a rank's share of the work: an error in it is left for the other ranks to name."""
+    try:
+        yield
+    except BaseException as e:
+        report_failure(e)
+        raise
+
+
 def _culprit(error: BaseException) -> str:
     """Who broke a collective: a rank that left its error, else the ranks that stopped answering."""
     me, world = rank(), world_size()
