@@ -1,7 +1,7 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
 rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
 "fail": {"rank", "step", "how": "raise" | "kill"}; "evaluate" (set, models, config, out); "nas"
-(space file, config, out)."""
+(space file, config, out); "coreset" (ipc, method, config)."""
 
 from __future__ import annotations
 
@@ -95,11 +95,28 @@ def nas(job: dict) -> dict:
     return {"rank": parallel.rank(), "trained": len(trained), "report": report}
 
 
+def coreset(job: dict) -> dict:
+    from atomdd.coreset import select
+
+    embedded: list[int] = []
+    from atomdd import coreset as cs
+
+    embed_images = cs.embed_images
+
+    def recording(model, images, *args, **kwargs):  # how many images this rank embedded
+        embedded.append(len(images))
+        return embed_images(model, images, *args, **kwargs)
+
+    cs.embed_images = recording
+    result = select("digits", job["ipc"], job["method"], **job.get("config", {}))
+    return {"rank": parallel.rank(), "embedded": embedded, "indices": result.meta["indices"]}
+
+
 def main() -> int:
     torch.set_num_threads(1)
     job, report = json.loads(sys.argv[1]), sys.argv[2]
     try:
-        out = {"distill": distill, "evaluate": evaluate, "nas": nas}[job["kind"]](job)
+        out = {"distill": distill, "evaluate": evaluate, "nas": nas, "coreset": coreset}[job["kind"]](job)
     except AtomddError as e:
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 2

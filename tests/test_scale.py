@@ -151,3 +151,12 @@ def test_sharded_search_equals_one_process(tmp_path):
     assert timeless(saved) == timeless(one["report"])
     lines = (tmp_path / "two" / nas.RESULTS).read_text().splitlines()
     assert len(lines) == 8  # the proxies' 8 jobs, each once (the truth's 4 go to the truth's file)
+
+
+@pytest.mark.parametrize("method", ["herding", "kcenter"])
+def test_sharded_coreset_equals_one_process(tmp_path, method):
+    job = {"kind": "coreset", "ipc": 3, "method": method, "config": {"embed": "trained", "embed_epochs": 1}}
+    one = ok(launch(1, job, tmp_path / "r1")[0])[0]
+    two = ok(launch(2, job, tmp_path / "r2")[0])
+    assert two[0]["indices"] == two[1]["indices"] == one["indices"]
+    assert len(one["embedded"]) == 10 and [len(rep["embedded"]) for rep in two] == [5, 5]  # classes each
