@@ -160,3 +160,37 @@ def test_sharded_coreset_equals_one_process(tmp_path, method):
     two = ok(launch(2, job, tmp_path / "r2")[0])
     assert two[0]["indices"] == two[1]["indices"] == one["indices"]
     assert len(one["embedded"]) == 10 and [len(rep["embedded"]) for rep in two] == [5, 5]  # classes each
+
+
+def test_the_cli_under_torchrun(tmp_path):
+    """`torchrun -m atomdd distill|evaluate`: one set, one process writing, one rank printing."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ATOMDD_TIMEOUT": "30"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    distill = [
+        "distill",
+        "--ipc",
+        "1",
+        "--iterations",
+        "3",
+        "--model",
+        "convnet(width=16)",
+        "--batch-real",
+        "16",
+    ]
+    out = subprocess.run(
+        [*torchrun, "-m", "atomdd", *distill, "--out", str(tmp_path / "set"), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "set" / "run.json").read_text())["ranks"]["classes"] == [[0, 5], [5, 10]]
+    evaluate = ["evaluate", str(tmp_path / "set"), "--epochs", "2", "--runs", "2", "--device", "cpu"]
+    out = subprocess.run(
+        [*torchrun, "-m", "atomdd", *evaluate], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("| convnet |") == 1  # the table once, from rank 0
+    assert len(json.loads((tmp_path / "set" / "eval.json").read_text())["models"]["convnet"]["runs"]) == 2

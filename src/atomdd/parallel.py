@@ -143,6 +143,27 @@ def init(device: str = "auto") -> Any:
     return dev
 
 
+def quiet_other_ranks() -> str:
+    """For entry points: under torchrun, stdout of every rank but 0 goes to /dev/null (one table,
+    one "wrote …" line); returns " (rank r of w)" to put in error lines ("" in one process)."""
+    if not launched():
+        return ""
+    import sys
+
+    if os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    return f" (rank {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']})"
+
+
+def leave() -> None:
+    """Leave the process group, if this process joined one (entry points, at exit)."""
+    if _group_ready():
+        import torch.distributed as dist
+
+        with contextlib.suppress(Exception):  # a peer may be gone already: nothing left to tidy
+            dist.destroy_process_group()
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 

@@ -192,7 +192,7 @@ class Distiller:
             folder.record(self._record("running", 0.0, folder.path))
         start, t0 = self.step, time.perf_counter()
         self._t0 = t0
-        bar = _progress(start, cfg.iterations, quiet)
+        bar = _progress(start, cfg.iterations, quiet or not parallel.is_main_process())
         while self.step < cfg.iterations:
             self.opt.zero_grad(set_to_none=True)
             loss, terms = self.loss_and_grad(self.step)
