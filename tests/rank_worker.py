@@ -1,7 +1,7 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
 rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
-"fail": {"rank", "step", "how": "raise" | "kill"}; "evaluate" (set, models, config, out); "nas"
-(space file, config, out); "coreset" (ipc, method, config)."""
+"fail": {"rank", "step", "how": "raise" | "kill" | "hang", "seconds"}; "evaluate" (set, models,
+config, out); "nas" (space file, config, out); "coreset" (ipc, method, config)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import torch
 
@@ -37,6 +38,9 @@ def distill(job: dict) -> dict:
             if step == fail["step"]:
                 if fail["how"] == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if fail["how"] == "hang":  # past the others' collective timeout, then carry on
+                    time.sleep(fail["seconds"])
+                    return loss_and_grad(task, syn, step, classes)
                 raise RuntimeError(f"injected failure at step {step}")
             return loss_and_grad(task, syn, step, classes)
 

@@ -209,7 +209,8 @@ def _culprit(error: BaseException) -> str:
             time.sleep(0.1)
         if missing:
             who = ", ".join(map(str, missing))
-            return f"rank {who} stopped without reporting an error (killed, out of memory, or its node lost)"
+            why = "killed, hung, out of memory, or its node lost"
+            return f"rank {who} left no error and does not answer ({why})"
         return f"every other rank is alive, so this is a network or backend error: {_first_line(error)}"
     except Exception:  # noqa: BLE001
         return "the rendezvous store is gone too, so rank 0 (or torchrun's agent) has stopped"
