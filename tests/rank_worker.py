@@ -1,6 +1,6 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
 rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
-"fail": {"rank", "step", "how": "raise" | "kill" | "hang", "seconds"}; "evaluate" (set, models,
+"fail": {"rank", "step", "how": "raise" | "kill" | "hang" | "nan", "seconds"}; "evaluate" (set, models,
 config, out); "nas" (space file, config, out); "coreset" (ipc, method, config)."""
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def distill(job: dict) -> dict:
             if step == fail["step"]:
                 if fail["how"] == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if fail["how"] == "nan":  # this rank's loss only: every rank must stop on the sum
+                    loss, terms = loss_and_grad(task, syn, step, classes)
+                    return loss * float("nan"), terms
                 if fail["how"] == "hang":  # past the others' collective timeout, then carry on
                     time.sleep(fail["seconds"])
                     return loss_and_grad(task, syn, step, classes)

@@ -197,3 +197,10 @@ def test_the_cli_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("| convnet |") == 1  # the table once, from rank 0
     assert len(json.loads((tmp_path / "set" / "eval.json").read_text())["models"]["convnet"]["runs"]) == 2
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    out, results, seconds = run(tmp_path, "nan", 2, 6, fail={"rank": 1, "step": 3, "how": "nan"})
+    for rc, err, _ in results:  # both see the summed loss, so both stop there, neither waits
+        assert rc == 2 and "the loss became nan at step 3" in err, err[-3000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
