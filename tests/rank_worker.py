@@ -1,5 +1,5 @@
 """One rank of a multi-process test (started by `ranks.launch`): runs `job` and writes what this
-rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume), with optional
+rank did to a JSON report. job["kind"]: "distill" (config overrides, out, resume, stop), with optional
 "fail": {"rank", "step", "how": "raise" | "kill" | "hang" | "nan", "seconds"}; "evaluate" (set, models,
 config, out); "nas" (space file, config, out); "coreset" (ipc, method, config)."""
 
@@ -17,7 +17,7 @@ from atomdd import parallel
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import make_config
 from atomdd.distillation.driver import Distiller
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, Interrupted
 
 
 def distill(job: dict) -> dict:
@@ -50,7 +50,15 @@ def distill(job: dict) -> dict:
         steps.loss_and_grad = failing
     cfg = make_config("digits", job.get("ipc", 2), job.get("method", "atom"), **job["config"])
     d = Distiller(cfg)
-    result = d.run(job.get("out"), resume=job.get("resume", False))
+    stop = job.get("stop")  # {"rank", "step"}: as if that rank alone got SIGTERM during that step
+
+    class Stop:
+        signum = signal.SIGTERM
+
+        def __bool__(self) -> bool:
+            return bool(stop) and stop["rank"] == parallel.rank() and d.step >= stop["step"]
+
+    result = d.run(job.get("out"), resume=job.get("resume", False), stop=Stop())
     return {
         "rank": parallel.rank(),
         "world": parallel.world_size(),
@@ -124,6 +132,9 @@ def main() -> int:
     job, report = json.loads(sys.argv[1]), sys.argv[2]
     try:
         out = {"distill": distill, "evaluate": evaluate, "nas": nas, "coreset": coreset}[job["kind"]](job)
+    except Interrupted as e:
+        print(f"atomdd: error: {e}", file=sys.stderr)
+        return 128 + e.signum
     except AtomddError as e:
         print(f"atomdd: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from atomdd.distillation.driver import CHECKPOINT
 CONFIG = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1, zca=True)
 
 
-def run(tmp, name, world, iterations, resume=False, out=None, fail=None, timeout=30):
+def run(tmp, name, world, iterations, resume=False, out=None, fail=None, timeout=30, stop=None):
     out = out or tmp / name / "run"
     job = {
         "kind": "distill",
@@ -25,6 +25,8 @@ def run(tmp, name, world, iterations, resume=False, out=None, fail=None, timeout
     }
     if fail:
         job["fail"] = fail
+    if stop:
+        job["stop"] = stop
     results, seconds = launch(world, job, tmp / name / "reports", collective_timeout=timeout)
     return out, results, seconds
 
@@ -204,3 +206,16 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(tmp_pat
     for rc, err, _ in results:  # both see the summed loss, so both stop there, neither waits
         assert rc == 2 and "the loss became nan at step 3" in err, err[-3000:]
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_path, single):
+    """Rank 1 alone is asked to stop (a SIGTERM) during step 2: both ranks checkpoint after it and
+    end with status 143; one process resumes and ends where the single process did."""
+    out, results, _ = run(tmp_path, "stop", 2, 4, stop={"rank": 1, "step": 2})
+    for rc, err, _ in results:
+        assert rc == 143 and "interrupted at step 3" in err, err[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["step"] == 3
+    out, results, _ = run(tmp_path, "resume", 1, 4, resume=True, out=out)
+    ok(results)
+    same_run(out, single)
