@@ -126,6 +126,11 @@ def init(device: str = "auto") -> Any:
     if not launched() or _group_ready():
         return dev
     if dev.type == "cuda":
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AtomddError(
+                f"rank {os.environ.get('RANK')} wants {dev} but this machine has {torch.cuda.device_count()} "
+                "GPU(s): start at most that many ranks per machine (--nproc_per_node)"
+            )
         torch.cuda.set_device(dev)
     missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
