@@ -1,45 +1,83 @@
 #!/usr/bin/env bash
-# The GPU checks, prepared to run in one call on a lent machine (≈ 9 min of a 10-minute limit).
+# The GPU checks, prepared to run in one call on a lent machine (≈ 8 min of a 10-minute limit).
 #
-#   1. environment: the GPU, torch's version;
-#   2. eval_speed.py --device cuda: 10 ConvNets trained together vs one after another, fp32 and
+#   1. environment: the GPU, torch's version; the project installed (pip -e, no dependencies: the
+#      machine has its own PyTorch and cannot reach a package index; PYTHONPATH=src as a fallback);
+#   2. device_step.py: distillation s/step and peak GPU memory, atom/datadam/dm × IPC 1/10/50,
+#      CIFAR-shaped (the issue's target: ≤ 0.02 s/step for ATOM at IPC 10);
+#   3. eval_speed.py --device cuda: 10 ConvNets trained together vs one after another, fp32 and
 #      bf16 autocast, IPC 1/10/50 (the issue's ≥ 2× target for batching is about this row);
-#   3. CIFAR-10 at the full protocol (only where CIFAR_ROOT names the data on that machine; see
+#   4. a 1-GPU torchrun run: `torchrun --standalone --nproc_per_node 1 -m atomdd distill` on
+#      digits, then `evaluate` under torchrun too (run.json's ranks, NCCL on cuda:0);
+#   5. CIFAR-10 at the full protocol (only where CIFAR_ROOT names the data on that machine; see
 #      below), resuming into benchmarks/results/cifar10-s8000-e1000; brought back as a tarball.
-#      The MNIST table is final: no more MNIST seeds here.
-#   4. optional: the full-space architecture search (where CIFAR_ROOT and NAS_SETS are set).
+#   6. optional: the full-space architecture search (where CIFAR_ROOT and NAS_SETS are set).
 #
-# The machine has its own PyTorch and lacks nothing this needs (no install step).
+# PARTS picks parts 2–4 (default: "step eval torchrun"); parts 5 and 6 run where their data is.
 #
 #   device run:  command "bash benchmarks/device_check.sh", timeout_s 560
-#                (CIFAR_ROOT=... bash benchmarks/device_check.sh where the data is there)
+#                (CIFAR_ROOT=... PARTS= bash benchmarks/device_check.sh where the data is there)
 #   back here:   tar xzf <files_at>/cifar10.tgz   (then `accuracy.py --report ...` and commit)
 #
-# A dry run of the plumbing on the CPU (both steps reach their time limits there):
-#   DEVICE=cpu OUT=/tmp/dc EPOCHS=1 SPEED_EPOCHS=1 SPEED_IPC=1 \
-#   bash benchmarks/device_check.sh
+# A dry run of the plumbing on the CPU (each step small):
+#   DEVICE=cpu OUT=/tmp/dc EPOCHS=1 SPEED_EPOCHS=1 SPEED_IPC=1 STEP_IPC=1 STEP_STEPS=1 \
+#   TORCHRUN_ITERATIONS=2 bash benchmarks/device_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/device-check}
 DEVICE=${DEVICE:-cuda}
 EPOCHS=${EPOCHS:-300}
 SPEED_EPOCHS=${SPEED_EPOCHS:-20}
 SPEED_IPC=${SPEED_IPC:-1 10 50}
+PARTS=${PARTS-step eval torchrun}
+STEP_IPC=${STEP_IPC:-1 10 50}
+STEP_STEPS=${STEP_STEPS:-20}
+TORCHRUN_ITERATIONS=${TORCHRUN_ITERATIONS:-200}
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 py=$(command -v python3 || command -v python)
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
     $py -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    # the project itself, over the machine's own torch (no dependency is fetched)
+    timeout 120 $py -m pip install --no-deps --no-build-isolation -q -e . 2>&1 | tail -3
+    echo "install exit ${PIPESTATUS[0]} (PYTHONPATH=src covers a failed install)"
+    $py -c 'import atomdd; print("atomdd", atomdd.__version__, "from", atomdd.__file__)'
 } >"$OUT/env.txt" 2>&1
 
-# shellcheck disable=SC2086  # SPEED_IPC is a list
-timeout 240 $py benchmarks/eval_speed.py --device "$DEVICE" --parts speed accuracy \
-    --epochs "$SPEED_EPOCHS" --ipc $SPEED_IPC --test-images 10000 \
-    --bf16-ipc 10 --bf16-epochs "$SPEED_EPOCHS" --bf16-test-images 10000 \
-    --acc-runs 10 --acc-epochs "$EPOCHS" --json "$OUT/eval_speed.json" >"$OUT/eval_speed.txt" 2>&1
-echo "eval_speed exit $?" >>"$OUT/env.txt"
+if want step; then
+    # shellcheck disable=SC2086  # STEP_IPC is a list
+    timeout 150 $py benchmarks/device_step.py --device "$DEVICE" --ipc $STEP_IPC --steps "$STEP_STEPS" \
+        --json "$OUT/device_step.json" >"$OUT/device_step.txt" 2>&1
+    echo "device_step exit $?" >>"$OUT/env.txt"
+fi
+
+if want eval; then
+    # shellcheck disable=SC2086  # SPEED_IPC is a list
+    timeout 200 $py benchmarks/eval_speed.py --device "$DEVICE" --parts speed accuracy \
+        --epochs "$SPEED_EPOCHS" --ipc $SPEED_IPC --test-images 10000 \
+        --bf16-ipc 10 --bf16-epochs "$SPEED_EPOCHS" --bf16-test-images 10000 \
+        --acc-runs 10 --acc-epochs "$EPOCHS" --json "$OUT/eval_speed.json" >"$OUT/eval_speed.txt" 2>&1
+    echo "eval_speed exit $?" >>"$OUT/env.txt"
+fi
+
+if want torchrun; then
+    # one rank per GPU (here one), NCCL, the run's files written by rank 0; ATOMDD_TIMEOUT bounds a hang
+    {
+        ATOMDD_TIMEOUT=60 timeout 120 $py -m torch.distributed.run --standalone --nproc_per_node 1 \
+            -m atomdd distill --dataset digits --ipc 10 --iterations "$TORCHRUN_ITERATIONS" \
+            --device "$DEVICE" --out "$OUT/torchrun-digits" --overwrite --quiet
+        echo "torchrun distill exit $?"
+        ATOMDD_TIMEOUT=60 timeout 90 $py -m torch.distributed.run --standalone --nproc_per_node 1 \
+            -m atomdd evaluate "$OUT/torchrun-digits" --runs 5 --epochs 100 --device "$DEVICE"
+        echo "torchrun evaluate exit $?"
+        $py -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["ranks"], r["seconds_per_step"], r["peak_memory_mb"])' \
+            "$OUT/torchrun-digits/run.json"
+    } >"$OUT/torchrun.txt" 2>&1
+    tail -2 "$OUT/torchrun.txt" >>"$OUT/env.txt"
+fi
 
 # CIFAR-10 at the full protocol (DataDAM's 8 000 iterations, 1 000 evaluation epochs, 10 models,
 # the first 1 000 test images apart): the rows docs/cifar10.md asks a GPU for. CIFAR-10's training

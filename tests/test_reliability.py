@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from atomdd import evaljobs
 from atomdd.data import Dataset, load_dataset
 from atomdd.data.idx import read_idx
 from atomdd.errors import AtomddError
@@ -546,7 +547,7 @@ def test_an_unusable_set_is_refused_before_training(
     def no_training(*args, **kwargs):
         raise AssertionError("a model was trained on an unusable set")
 
-    monkeypatch.setattr(ev, "train_models", no_training)
+    monkeypatch.setattr(evaljobs, "train_models", no_training)  # where the evaluation trains
     code, err = _cli(capsys, "evaluate", str(tmp_path), "--epochs", "1", "--runs", "1")
     assert code == 2 and expect in err, err
     assert not (tmp_path / "eval.json").exists()
@@ -717,7 +718,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_runs(
     cfg = ev.EvalConfig(epochs=2, runs=3, batched=False, test_limit=50)
     whole = ev.evaluate_set(syn, "convnet(width=8)", cfg, dataset=digits)["models"]["convnet(width=8)"]
 
-    honest, trained = ev.train_models, []
+    honest, trained = evaljobs.train_models, []  # where the evaluation trains
 
     def crashing(*args, **kwargs):
         runs = args[5]
@@ -727,13 +728,13 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_runs(
         return honest(*args, **kwargs)
 
     folder = tmp_path / "set"
-    monkeypatch.setattr(ev, "train_models", crashing)
+    monkeypatch.setattr(evaljobs, "train_models", crashing)
     with pytest.raises(RuntimeError):
         ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
     rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
     assert [r["run"] for r in rows] == [0, 1] and trained == [0, 1]
 
-    monkeypatch.setattr(ev, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
+    monkeypatch.setattr(evaljobs, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
     resumed = ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
     got = resumed["models"]["convnet(width=8)"]
     assert trained == [0, 1, 2]  # only the missing run was trained

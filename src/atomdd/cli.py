@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from atomdd import parallel
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.flags import add_config_flags, overrides, settings_from
 
@@ -207,8 +208,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
         data_root=args.data_root,
     )
     log = None if args.quiet else lambda line: print(line, flush=True)
-    report = run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)
-    print(nas_table(report))
+    print(nas_table(run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)))
     return 0
 
 
@@ -333,11 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
+    from atomdd.data import offer_download
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()
-    from atomdd.data import offer_download
 
+    who = parallel.quiet_other_ranks()  # under torchrun, " (rank r of w)" for the error lines
     try:
         with offer_download(hasattr(args, "download")):  # hints name --download only where it exists
             return COMMANDS[args.command](args)
@@ -346,11 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from atomdd.report import eval_table
 
             print(eval_table(e.report))
-        print(f"atomdd: error: {e}", file=sys.stderr)
+        print(f"atomdd: error{who}: {e}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
     except KeyboardInterrupt:
-        print("atomdd: interrupted", file=sys.stderr)
+        print(f"atomdd: interrupted{who}", file=sys.stderr)
         return 130
+    finally:
+        parallel.leave()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ data). Default here: a *randomly initialised* ConvNet (`embed="random"`): it cos
 of a whole-data training run (minutes to hours on a CPU), and random ConvNet features are the very
 space DM/DataDAM match in. `embed="trained"` trains the ConvNet on the whole train set first, with
 the evaluation protocol for `embed_epochs` epochs, for comparisons with the published tables.
+Under torchrun the classes are spread over the ranks (embedding and selection), with rank 0's
+network broadcast to all, and the picks gathered in class order: the same set as one process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from atomdd import parallel
 from atomdd.config import apply_overrides
 from atomdd.data import Dataset, as_dataset
 from atomdd.data.transforms import Preprocess
@@ -147,9 +150,18 @@ def select(
         gen = torch.Generator().manual_seed(seed)
         picks = [idx[torch.randperm(len(idx), generator=gen)[:ipc]] for idx in per_class]
     else:
+        parallel.init(cfg.device)  # under torchrun: classes over ranks, one network for them all
         net = embedding_model(data, prep, embed, embed_model, seed, embed_epochs, cfg.device)
+        for t in net.state_dict().values():  # rank 0's (training on GPUs need not repeat bitwise)
+            parallel.broadcast(t, "the embedding network's broadcast")
         choose = herding if method == "herding" else kcenter
-        picks = [idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)] for idx in per_class]
+        own = parallel.share(len(per_class))
+        with parallel.reporting_failures():
+            mine = [
+                idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)]
+                for idx in per_class[own.start : own.stop]
+            ]
+        picks = [p for part in parallel.gather_objects(mine, "the coreset's gather") for p in part]
         meta |= {"embed": embed, "embed_model": str(embed_model)}
         if method == "kcenter":
             meta["kcenter_first"] = "closest to the class mean"

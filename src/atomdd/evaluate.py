@@ -29,16 +29,17 @@ import torch
 
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError, WriteError
-from atomdd.hardware import resolve_device, resolve_precision
+from atomdd.evaljobs import shard_runs, train_runs
+from atomdd.hardware import resolve_precision
 from atomdd.io import make_folder, versions
 from atomdd.models import ModelRef, parse_models
-from atomdd.parallel import is_main_process
+from atomdd.parallel import init, is_main_process, world_size
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
 from atomdd.results import RESULT_FILE, RunStore, merge_report, run_protocol_key, set_id
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
-from atomdd.train import test_models, train_models, use_batched
+from atomdd.train import use_batched
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +140,13 @@ def run_protocol(
     if accs and store is not None:
         log.info("%s: %d of %d runs reused from %s", name, len(accs), config.runs, store.path)
     bar = Progress(name, len(todo) * config.epochs) if progress and todo else None
-    n = min(config.test_limit, len(test_labels)) if config.test_limit else 0
-    batched = use_batched(config, resolve_device(config.device))
-    size = (config.stack_size or len(todo)) if batched else 1
     hook = _epoch_hook(bar, on_epoch, config)
-    for i in range(0, len(todo), max(size, 1)):  # the groups train_models would train together
-        part, t0 = todo[i : i + size], time.perf_counter()
-        models = train_models(ref, train_images, train_labels, num_classes, config, part, hook)
-        got = test_models(models, test_images, test_labels, config)
-        got_first = test_models(models, test_images[:n], test_labels[:n], config) if n else [None] * len(part)
-        seconds = (time.perf_counter() - t0) / len(part)
-        for r, acc, first in zip(part, got, got_first, strict=True):
-            accs[r], firsts[r] = acc, first
-            if store is not None:
-                store.add(name, r, acc, first, seconds)
+    train, test = (train_images, train_labels), (test_images, test_labels)
+    for r, acc, first, seconds in train_runs(ref, todo, train, test, num_classes, config, hook):
+        accs[r], firsts[r] = acc, first
+        if store is not None:
+            store.add(name, r, acc, first, seconds)
+    n = min(config.test_limit, len(test_labels)) if config.test_limit else 0
     runs = [accs[r] for r in range(config.runs)]
     result: dict[str, Any] = dict(_accuracy(runs))
     if n:
@@ -181,7 +175,7 @@ def _evaluate(
     refs = parse_models(models)  # every name and option checked before any work
     if not refs:
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
-    device = resolve_device(config.device)
+    device = init(config.device)  # joins torchrun's group, if it started this process
     precision = resolve_precision(config.precision, device)
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
@@ -190,6 +184,9 @@ def _evaluate(
     if out_dir is not None and main:
         make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RunStore(out_dir, set_key, run_protocol_key(asdict(config), precision), write=main)
+    if world_size() > 1:
+        shard_runs(refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store)
+        progress, on_epoch = False, None  # nothing is left to train
     results = {
         str(ref): run_protocol(
             ref,

@@ -16,14 +16,18 @@ from atomdd.settings import PRECISIONS
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
+    """The device asked for; a bare "cuda" (or "auto" on a GPU machine) is `cuda:LOCAL_RANK` under
+    torchrun, one GPU per rank."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(requested)
     except RuntimeError:
         raise AtomddError(f"device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AtomddError(f"device {requested!r} asked for, but this machine has no usable CUDA GPU")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from atomdd import parallel
 from atomdd.errors import AtomddError
 from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
 from atomdd.models import ModelRef
@@ -268,9 +269,11 @@ def run_search(
     truth_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the jobs not yet in `out` (over `workers` processes), then write and return the report."""
+    """Run the jobs not yet in `out` (over `workers` processes, each torchrun rank its `shard`),
+    then write and return the report."""
     from atomdd.report import save_nas_plot
 
+    parallel.init(settings.device)  # joins torchrun's group, if it started this process
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings)
@@ -282,7 +285,8 @@ def run_search(
     truth_path = truth_file(settings, Path(truth_dir or out / TRUTH_DIR), ctx.data.content_hash)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / RESULTS}
-    done = {(r["arch"], r["proxy"], r["seed"]) for f in files.values() if f.exists() for r in read_jsonl(f)}
+    old = [r for f in files.values() if f.exists() for r in read_jsonl(f)]
+    done = {(r["arch"], r["proxy"], r["seed"]) for r in old}
     todo = [j for j in jobs(settings, archs) if (j.arch, j.proxy, j.seed) not in done]
     if log:
         log(f"{len(todo)} of {len(jobs(settings, archs))} jobs to run ({len(skipped)} architectures skipped)")
@@ -294,11 +298,17 @@ def run_search(
             log(f"{result['proxy']:>12} seed {result['seed']} {result['arch']}: {result['accuracy']:.2f} %")
 
     init = (settings, max(1, (os.cpu_count() or 1) // workers)) if workers > 1 else (ctx,)
-    for result in map_local(_run_in_worker, todo, workers, _init_worker, init):
-        record(result)
-    rows = [
-        r for f in files.values() for r in read_jsonl(f) if r["arch"] in archs and r["seed"] in settings.seeds
-    ]
+    new = []
+    with parallel.reporting_failures():
+        for result in map_local(_run_in_worker, parallel.shard(todo), workers, _init_worker, init):
+            new.append(result)
+            record(result)  # the main process writes its own results at once
+    if parallel.world_size() > 1:  # and the other ranks' once gathered
+        parts = parallel.gather_objects(new, "the search's gather of job results")
+        new = [r for part in parts for r in part]
+        for r in new[len(parts[0]) :] if is_main_process() else []:
+            append_jsonl(files[r["proxy"] == TRUTH], r)
+    rows = [r for r in old + new if r["arch"] in archs and r["seed"] in settings.seeds]
     report = summarize(rows, settings, {p: ctx.images_stored(p) for p in settings.labels()}, skipped)
     if is_main_process():
         write_json(out / REPORT, report)

@@ -81,7 +81,10 @@ def claim(folder: str | Path, overwrite: bool, same: dict[str, Any] | None = Non
         raise AtomddError(
             f"{folder} already holds {there}; pass {flag} to replace it, or choose another --out"
         )
-    remove_described(folder)
+    from atomdd.parallel import is_main_process
+
+    if is_main_process():  # under torchrun, the one process that writes
+        remove_described(folder)
 
 
 def remove_described(folder: str | Path) -> None:

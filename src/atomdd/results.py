@@ -46,17 +46,19 @@ def set_id(*tensors: Any, extra: str = "") -> str:
 
 
 class RunStore:
-    """The finished (model, run) accuracies of one set under one per-run protocol, in `eval.jsonl`."""
+    """The finished (model, run) accuracies of one set under one per-run protocol, in `eval.jsonl`
+    (and in memory: the rows added here count as done even without a file, or where this process
+    does not write it, as on a torchrun rank other than the main one)."""
 
     def __init__(self, folder: str | Path | None, set_key: str, protocol: str, write: bool = True) -> None:
         self.path = Path(folder) / RUNS_FILE if folder is not None else None
         self.set_key, self.protocol, self.write = set_key, protocol, write
+        self.added: list[dict[str, Any]] = []
 
     def done(self, model: str) -> dict[int, dict[str, Any]]:
         """Run number → its row, for the runs of `model` already finished."""
-        if self.path is None or not self.path.exists():
-            return {}
-        rows = read_jsonl(self.path)
+        on_disk = self.path is not None and self.path.exists()
+        rows = (read_jsonl(self.path) if on_disk else []) + self.added
         mine = (
             r
             for r in rows
@@ -70,11 +72,11 @@ class RunStore:
         return {r["run"]: r for r in mine}
 
     def add(self, model: str, run: int, accuracy: float, first: float | None, seconds: float) -> None:
-        if self.path is None or not self.write:
-            return
         row = {"set": self.set_key, "protocol": self.protocol, "model": model, "run": run}
         row |= {"accuracy": accuracy, "first": first, "seconds": seconds}
-        append_jsonl(self.path, row)
+        self.added.append(row)
+        if self.path is not None and self.write:
+            append_jsonl(self.path, row)
 
 
 def merge_report(path: Path, report: dict[str, Any], set_key: str) -> dict[str, Any]:

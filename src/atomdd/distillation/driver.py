@@ -1,6 +1,13 @@
 """The distillation driver: the state of one run (synthetic pixels, optimiser, step), its loop and
 checkpoints, over the pure step in `step.py`; every file goes through `folder.RunFolder`.
 
+Under torchrun each rank holds a contiguous share of the classes (`parallel.share`): their real
+images and synthetic pixels. Every rank draws the same network from the per-step seed, so no
+gradient crosses ranks; one all-reduce per step sums the loss, its terms and the stop flag, so every
+rank logs the same loss and stops at the same step; rank 0 gathers the pixels for checkpoints and
+the set, and fits the ZCA, which it broadcasts. A checkpoint holds the whole set, so a run resumes
+on any number of ranks.
+
 Stopping cleanly on a signal is the entry point's business: pass `stop` (e.g.
 `signals.stop_on_signals()`'s flag) and the loop checkpoints and raises `Interrupted` once it is set.
 """
@@ -20,12 +27,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
+from atomdd import parallel
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
 from atomdd.distillation.folder import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
+from atomdd.distillation.shards import Shards, preprocess
 from atomdd.errors import AtomddError, Interrupted
-from atomdd.hardware import resolve_device, resolve_precision
+from atomdd.hardware import resolve_precision
 from atomdd.io import versions
 from atomdd.models import FeatureModel
 from atomdd.provenance import git_state
@@ -39,19 +48,21 @@ class Distiller:
 
     def __init__(self, cfg: DistillConfig, data: Dataset | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.run.device)
+        self.device = parallel.init(cfg.run.device)  # joins torchrun's group, if it started this
         self.precision = resolve_precision(cfg.run.precision, self.device)
         run = cfg.run
         self.data = data if data is not None else load_dataset(cfg.dataset, run.data_root, run.download)
-        self.prep = self.data.preprocess(cfg.zca)
-        self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision)
         self.k = self.data.num_classes
+        self.shards = Shards.of(self.k, cfg.ipc)  # this rank's classes (all of them in one process)
+        self.prep = preprocess(self.data, cfg.zca, self.device)
+        self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision, self.shards.own)
         self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
         self.syn = torch.nn.Parameter(self.task.initial_images())
         self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.step = 0
         self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
         self._t0: float | None = None  # when this process's part of the run started
+        self.rank_stats: list[dict] | None = None  # each rank's real images, pixels, memory (at the end)
 
     def network(self, step: int) -> FeatureModel:
         return self.task.network(step)
@@ -65,10 +76,16 @@ class Distiller:
 
     # --- checkpoints ----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        tensors = {"syn": self.syn.detach().cpu().contiguous(), "cpu_rng": torch.get_rng_state()}
+        """The whole run's state (gathered from every rank; only the main process's is complete)."""
+        syn = self.shards.gather(self.syn, "the checkpoint's pixels gather")
+        tensors = {
+            "syn": (syn if syn is not None else self.syn).detach().cpu(),
+            "cpu_rng": torch.get_rng_state(),
+        }
         buf = self.opt.state.get(self.syn, {}).get("momentum_buffer")
         if buf is not None:
-            tensors["momentum"] = buf.detach().cpu().contiguous()
+            whole = self.shards.gather(buf, "the checkpoint's momentum gather")
+            tensors["momentum"] = (whole if whole is not None else buf).detach().cpu()
         if self.device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         meta = {
@@ -105,10 +122,11 @@ class Distiller:
             raise AtomddError(
                 f"checkpoint {path} was made on different {self.cfg.dataset} data (hash differs)"
             )
+        rows = self.shards.rows()  # this rank's share of the whole set, whatever the ranks were then
         with torch.no_grad():
-            self.syn.copy_(tensors["syn"].to(self.device))
+            self.syn.copy_(tensors["syn"][rows].to(self.device))
         if "momentum" in tensors:
-            self.opt.state[self.syn]["momentum_buffer"] = tensors["momentum"].to(self.device)
+            self.opt.state[self.syn]["momentum_buffer"] = tensors["momentum"][rows].to(self.device)
         torch.set_rng_state(tensors["cpu_rng"])
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
@@ -143,6 +161,7 @@ class Distiller:
         try:
             return self._run(out, resume, quiet, stop, overwrite, tb)
         except BaseException as e:
+            parallel.report_failure(e)  # for the ranks waiting on this one to name it
             self._record_failure(out, e)
             raise
         finally:
@@ -173,11 +192,11 @@ class Distiller:
             folder.record(self._record("running", 0.0, folder.path))
         start, t0 = self.step, time.perf_counter()
         self._t0 = t0
-        bar = _progress(start, cfg.iterations, quiet)
+        bar = _progress(start, cfg.iterations, quiet or not parallel.is_main_process())
         while self.step < cfg.iterations:
             self.opt.zero_grad(set_to_none=True)
             loss, terms = self.loss_and_grad(self.step)
-            value = float(loss)
+            value, terms, stopping = self.shards.reduce(loss, terms, stop, self.step)
             if not math.isfinite(value):
                 has_checkpoint = folder is not None and (folder.path / CHECKPOINT).exists()
                 kept = f"; the last good checkpoint is kept in {out}" if has_checkpoint else ""
@@ -193,11 +212,10 @@ class Distiller:
             if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
                 bar.set_postfix(loss=f"{value:.4g}")
                 if tb is not None:
-                    tb.step(self.step, value, terms, make_set=self.result)
+                    tb.step(self.step, value, terms, make_set=self.result if self.shards.world == 1 else None)
                 if folder is not None:
                     row = {"step": self.step, "loss": value, "seconds": self.wall_seconds()}
                     folder.log(row | {k: float(v) for k, v in terms.items()})
-            stopping = bool(stop)
             if folder is not None and (self.step % cfg.run.checkpoint_every == 0 or stopping):
                 self.save_checkpoint(folder.path)
             if stopping:
@@ -211,6 +229,12 @@ class Distiller:
         bar.close()
         seconds = time.perf_counter() - t0
         result = self.result()
+        mine = {
+            "real_images": len(self.task.real),
+            "pixels": len(self.syn),
+            "peak_memory_mb": _peak_memory_mb(self.device),
+        }
+        self.rank_stats = parallel.gather_objects(mine, "the per-rank statistics gather")
         if tb is not None:
             tb.image(self.step, result)
         if folder is not None:
@@ -226,6 +250,7 @@ class Distiller:
         self.syn.copy_(self.prep(self.prep.inverse(self.syn.detach().cpu())).to(self.syn.device))
 
     def result(self) -> SyntheticSet:
+        """The whole set, on every rank (gathered from their shares)."""
         meta = {
             "method": self.cfg.method,
             "ipc": self.cfg.ipc,
@@ -234,9 +259,8 @@ class Distiller:
             "dataset_hash": self.data.content_hash,
             "config": asdict(self.cfg),
         }
-        return SyntheticSet.of(
-            self.syn.detach().cpu().clone(), self.labels.clone(), self.data, self.prep, meta
-        )
+        syn = self.shards.gather(self.syn, "the set's gather", everywhere=True)
+        return SyntheticSet.of(syn.cpu().clone(), self.labels.clone(), self.data, self.prep, meta)
 
     def _record(self, status: str, seconds: float, out: Path, steps_run: int = 0) -> dict[str, Any]:
         return {
@@ -255,6 +279,11 @@ class Distiller:
             "seconds_per_step": seconds / steps_run if steps_run else None,
             "loss": loss_summary(out),
             "peak_memory_mb": _peak_memory_mb(self.device),
+            "ranks": {
+                "world_size": self.shards.world,
+                "classes": [[s.start, s.stop] for s in self.shards.shares],  # rank r's classes: [start, stop)
+                "held": self.rank_stats,  # per rank, gathered at the end: what it really held
+            },
             "command": " ".join(sys.argv),
             "git": git_state(),
         }

@@ -2,8 +2,9 @@
 
 A step draws a fresh network, a real batch per class and one augmentation per class from seeds
 derived from (seed, step) alone, so its result does not depend on what ran before it: resuming
-from a checkpoint, or sharding classes over processes, reproduces the same run. `loss_and_grad`
-works on any range of classes (a process of a sharded run takes its share); the classes of a range
+from a checkpoint, or sharding classes over processes, reproduces the same run. A `Task` holds the
+real images of its own range of classes (a torchrun rank's share, `parallel.share`; all classes in
+one process), and `loss_and_grad` works on any range within it; the classes of a range
 go through one forward pass (instance norm keeps samples independent), in chunks only to bound
 memory, and the real branch runs without autograd.
 """
@@ -43,8 +44,9 @@ def network(
 
 @dataclass(frozen=True)
 class Task:
-    """What every step of a run reads and none changes: the settings, the real images in model
-    space on the device, and the train indices of each class."""
+    """What every step of a run reads and none changes: the settings, the real images of the
+    classes `own` in model space on the device, and each class's train indices into them (other
+    classes' entries are only counted: every rank draws every class's batch, to keep one stream)."""
 
     cfg: DistillConfig
     match: MatchConfig
@@ -57,6 +59,7 @@ class Task:
     device: torch.device
     precision: str
     num_blocks: int
+    own: range  # the classes whose real images and synthetic pixels this process holds
 
     @property
     def num_classes(self) -> int:
@@ -64,7 +67,13 @@ class Task:
 
     @classmethod
     def build(
-        cls, cfg: DistillConfig, data: Dataset, prep: Preprocess, device: torch.device, precision: str
+        cls,
+        cfg: DistillConfig,
+        data: Dataset,
+        prep: Preprocess,
+        device: torch.device,
+        precision: str,
+        own: range | None = None,
     ) -> Task:
         validate(cfg)
         counts = torch.bincount(data.train_labels, minlength=data.num_classes)
@@ -80,7 +89,18 @@ class Task:
                     f"ipc={cfg.ipc} but class {data.classes[c]!r} of {cfg.dataset} has only {n} train "
                     f"images; choose ipc from 1 to {int(counts.min())}"
                 )
-        real = prep(data.train_images).to(device)
+        own = range(data.num_classes) if own is None else own
+        class_idx = data.class_indices()
+        mine = torch.cat([class_idx[c] for c in own])
+        real = prep(data.train_images[mine] if len(own) < data.num_classes else data.train_images).to(device)
+        if len(own) < data.num_classes:  # own classes index the kept images; others keep their size
+            starts = torch.tensor([0, *counts[list(own)].tolist()]).cumsum(0).tolist()
+            class_idx = [
+                torch.arange(starts[c - own.start], starts[c - own.start + 1])
+                if c in own
+                else torch.zeros(n, dtype=torch.long)
+                for c, n in enumerate(counts.tolist())
+            ]
         net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device)
         batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
         if batch_norm and cfg.run.fused:
@@ -93,33 +113,37 @@ class Task:
             match=cfg.match,
             dsa=DSAConfig(strategy=cfg.dsa),
             real=real,
-            class_idx=[i.to(device) for i in data.class_indices()],
+            class_idx=[i.to(device) for i in class_idx],
             channels=data.channels,
             image_size=data.image_size,
             batch_real=min(cfg.batch_real, int(counts.min())),
             device=device,
             precision=precision,
             num_blocks=len(net.features(real[:1]).activations),
+            own=own,
         )
 
     def network(self, step: int) -> FeatureModel:
         return network(self.cfg, self.channels, self.num_classes, self.image_size, step, self.device)
 
     def initial_images(self) -> torch.Tensor:
-        """The synthetic images at step 0: real images of each class, or noise, drawn from the seed."""
+        """The synthetic images of the classes `own` at step 0: real images of each class, or noise,
+        drawn from the seed (for every class, so a share is that share of the whole)."""
         gen = generator(self.cfg.seed, -1, "init")
+        ipc, own = self.cfg.ipc, self.own
         if self.cfg.init == "noise":
-            n = self.num_classes * self.cfg.ipc
-            return torch.randn(n, self.channels, *self.image_size, generator=gen).to(self.device)
-        picks = [
-            idx[torch.randperm(len(idx), generator=gen)[: self.cfg.ipc].to(idx.device)]
-            for idx in self.class_idx
-        ]
-        return self.real[torch.cat(picks)].clone()
+            n = self.num_classes * ipc
+            noise = torch.randn(n, self.channels, *self.image_size, generator=gen)
+            return noise[own.start * ipc : own.stop * ipc].to(self.device)
+        picks = [torch.randperm(len(idx), generator=gen)[:ipc] for idx in self.class_idx]
+        mine = [self.class_idx[c][picks[c].to(self.class_idx[c].device)] for c in own]
+        return self.real[torch.cat(mine)].clone()
 
     def class_chunks(self, classes: range | None = None) -> list[range]:
-        """`classes` (default: all) in the chunks one forward pass takes."""
-        classes = range(self.num_classes) if classes is None else classes
+        """`classes` (default: `own`) in the chunks one forward pass takes."""
+        classes = self.own if classes is None else classes
+        if classes.start < self.own.start or classes.stop > self.own.stop:
+            raise ValueError(f"classes {classes} outside this task's own classes {self.own}")
         per_class = self.batch_real + self.cfg.ipc
         images = self.cfg.run.chunk_images or (256 if self.device.type == "cpu" else 8192)
         size = max(1, images // per_class) if self.cfg.run.fused else 1
@@ -133,9 +157,9 @@ def _autocast(task: Task) -> torch.autocast:
 def loss_and_grad(
     task: Task, syn: torch.Tensor, step: int, classes: range | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Step `step`'s matching loss over `classes` (default: all), summed over the chunks; its
-    gradient is accumulated into `syn.grad` (`syn`: all K·IPC synthetic images, class-major).
-    Returns the loss and its terms."""
+    """Step `step`'s matching loss over `classes` (default: `task.own`), summed over the chunks;
+    its gradient is accumulated into `syn.grad` (`syn`: the synthetic images of `task.own`,
+    class-major). Returns the loss and its terms."""
     net = task.network(step)
     gen = generator(task.cfg.seed, step, "real")
     # every class draws its batch, in class order, whatever range is computed: the stream stays one
@@ -153,7 +177,7 @@ def loss_and_grad(
             real = aug.apply(task.real[idx[chunk.start : chunk.stop].flatten()], labels.repeat_interleave(b))
             real_stats = class_statistics(net.features(real), len(chunk), task.match)
         with _autocast(task):
-            own = syn[chunk.start * ipc : chunk.stop * ipc]
+            own = syn[(chunk.start - task.own.start) * ipc : (chunk.stop - task.own.start) * ipc]
             feats = net.features(aug.apply(own, labels.repeat_interleave(ipc)))
             syn_stats = class_statistics(feats, len(chunk), task.match)
         loss, chunk_terms = matching_loss(syn_stats, real_stats, task.num_blocks, task.match)

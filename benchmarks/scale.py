@@ -1,0 +1,154 @@
+"""Distillation step time on 1 rank vs 2 ranks (torchrun-style processes, gloo, 1 thread each), side
+by side in one run: CIFAR-shaped (3×32×32, random pixels: speed does not depend on content), ATOM's
+CIFAR preset (ConvNet-3, 64 real images per class and step) at IPC 10, with 10 and 100 classes.
+
+Each rank computes its own classes only, so the work per step is split and the ranks exchange one
+all-reduce of a few numbers per step; the throughput ratio is (1-rank s/step) / (2-rank s/step).
+Beside each figure: each rank's CPU seconds per wall second over the timed steps (1.0: it had a
+core to itself; less: it waited, on the other rank or on a busy machine) and the load average, so
+a figure taken on a shared machine can be read for what it is; and the ratio of CPU seconds per
+step (1 rank's over the busiest rank's of 2): the throughput ratio 2 ranks would reach with a core
+each, a projection from CPU time, not a measured wall time.
+
+    python benchmarks/scale.py                          # 10 and 100 classes (a few minutes on 2 cores)
+    python benchmarks/scale.py --classes 10 --steps 3   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def problem(classes: int, per_class: int):
+    from atomdd.data import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (classes * per_class, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    names = tuple(map(str, range(classes)))
+    return Dataset("random32", images, labels, images[:100], labels[:100], names, (0.5,) * 3, (0.25,) * 3)
+
+
+def rank_main(job: dict) -> None:
+    """One rank: build the run, warm up, time `steps` steps (started together), report on rank 0."""
+    from atomdd import parallel
+    from atomdd.distillation.config import make_config
+    from atomdd.distillation.driver import Distiller
+    from atomdd.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    torch.set_num_threads(job["threads"])
+    cfg = make_config("cifar10", job["ipc"], job["method"], zca=False, device="cpu")
+    d = Distiller(replace(cfg, dataset="random32"), data=problem(job["classes"], job["per_class"]))
+
+    def step(s: int) -> None:
+        d.opt.zero_grad(set_to_none=True)
+        loss, terms = d.loss_and_grad(s)
+        d.shards.reduce(loss, terms, None, s)  # the per-step all-reduce a run makes
+        d.opt.step()
+
+    for s in range(job["warmup"]):
+        step(s)
+    parallel.all_sum(torch.zeros(1), "the start barrier")
+    wall, cpu = time.perf_counter(), time.process_time()
+    for s in range(job["steps"]):
+        step(job["warmup"] + s)
+    parallel.all_sum(torch.zeros(1), "the end barrier")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    mine = {"classes": [d.shards.own.start, d.shards.own.stop], "cpu_per_wall": cpu / wall}
+    mine["cpu_s_per_step"] = cpu / job["steps"]
+    ranks = parallel.gather_objects(mine, "the report gather")
+    if parallel.is_main_process():
+        print(json.dumps({"s_per_step": wall / job["steps"], "ranks": ranks}))
+    parallel.leave()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, job: dict) -> dict:
+    """`world` ranks as torchrun starts them (its environment variables), on this machine."""
+    port, procs = free_port(), []
+    for r in range(world):
+        env = os.environ | {
+            "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(job["threads"]),
+        }  # fmt: skip
+        cmd = [sys.executable, __file__, "--rank-job", json.dumps(job)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outs = [p.communicate() for p in procs]
+    for r, (p, (_, err)) in enumerate(zip(procs, outs, strict=True)):
+        if p.returncode != 0:
+            raise SystemExit(f"rank {r} of {world} exited {p.returncode}:\n{err[-3000:]}")
+    return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--method", default="atom")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads per rank")
+    ap.add_argument("--json", default="benchmarks/results/scale.json")
+    ap.add_argument("--rank-job", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rank_job:
+        rank_main(json.loads(args.rank_job))
+        return
+    rows = []
+    print(
+        f"{args.method}, IPC {args.ipc}, CIFAR-shaped, {args.threads} thread(s) per rank, {args.steps} steps"
+    )
+    print("| classes | ranks | s/step | throughput × | CPU/wall by rank | CPU-time ratio | load (1 min) |")
+    print("|---|---|---|---|---|---|---|")
+    for k in args.classes:
+        base, cpu_base = None, 0.0
+        for world in (1, 2):
+            job = vars(args) | {"classes": k, "per_class": 300 if k <= 10 else 100}
+            job = {
+                key: job[key]
+                for key in ("classes", "per_class", "ipc", "method", "steps", "warmup", "threads")
+            }
+            load = os.getloadavg()[0]
+            got = launch(world, job)
+            base = base or got["s_per_step"]
+            row = job | {"ranks": world, "load_before": load, "load_after": os.getloadavg()[0]} | got
+            row["throughput_ratio"] = base / got["s_per_step"]
+            cpu_base = cpu_base if world > 1 else got["ranks"][0]["cpu_s_per_step"]
+            row["cpu_ratio"] = cpu_base / max(r["cpu_s_per_step"] for r in got["ranks"])
+            rows.append(row)
+            cpu = ", ".join(f"{r['cpu_per_wall']:.2f}" for r in got["ranks"])
+            print(
+                f"| {k} | {world} | {got['s_per_step']:.3f} | {row['throughput_ratio']:.2f} | {cpu} | "
+                f"{row['cpu_ratio']:.2f} | {load:.1f} → {row['load_after']:.1f} |",
+                flush=True,
+            )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

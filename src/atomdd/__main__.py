@@ -1,0 +1,7 @@
+"""`python -m atomdd …` (and `torchrun … -m atomdd …`): the command line."""
+
+import sys
+
+from atomdd.cli import main
+
+sys.exit(main())
