@@ -89,7 +89,14 @@ if [ -n "${CIFAR_ROOT:-}" ]; then
         --out benchmarks/results/cifar10-s8000-e1000 --ipc 1 10 --methods atom datadam dm random \
         --steps 8000 --epochs 1000 --runs 10 --seeds 0 1 --test-limit 1000 >"$OUT/cifar10.txt" 2>&1
     echo "cifar10 exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
-    tar czf "$OUT/cifar10.tgz" --exclude '*.safetensors' benchmarks/results/cifar10-s8000-e1000
+    # the cross-architecture table: each finished IPC-10 set on AlexNet, VGG-11, ResNet-18 and ViT
+    for set in benchmarks/results/cifar10-s8000-e1000/ipc10/{atom,datadam,dm}-seed0; do
+        [ -f "$set/synthetic.safetensors" ] || continue
+        timeout "${XARCH_SECONDS:-300}" $py -m atomdd.cli evaluate "$set" --models alexnet,vgg11,resnet18,vit \
+            --runs 3 --epochs 1000 --test-limit 1000 --data-root "$CIFAR_ROOT" --device "$DEVICE" \
+            --out "benchmarks/results/cifar10-s8000-e1000-xarch/ipc10/$(basename "$set")" >>"$OUT/xarch.txt" 2>&1
+    done
+    tar czf "$OUT/cifar10.tgz" --exclude '*.safetensors' benchmarks/results/cifar10-s8000-e1000*
 fi
 
 # Optional: the architecture search over the full 720-ConvNet space (docs/nas.md), only where
