@@ -72,19 +72,11 @@ def pooling(kind: str) -> nn.Module:
     return {"avgpool": AvgPool2x2, "maxpool": lambda: nn.MaxPool2d(2, 2), "none": nn.Identity}[kind]()
 
 
-def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The activation, in place on the norm's output when no backward pass needs that output
-    (the real branch of a distillation step runs without autograd): one allocation less a block."""
-    if isinstance(act, nn.ReLU) and not (torch.is_grad_enabled() and x.requires_grad):
-        return x.relu_()
-    return act(x)
-
-
 def run_conv_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """conv → norm → act → pool per block; returns the pooled output and each block's activation."""
     acts = []
     for block in blocks:
-        x = _activate(block["act"], block["norm"](block["conv"](x)))
+        x = block["act"](block["norm"](block["conv"](x)))
         acts.append(x)
         x = block["pool"](x)
     return x, acts
