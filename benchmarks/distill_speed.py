@@ -3,18 +3,28 @@
 A 10-class 32×32 RGB problem (random pixels: speed does not depend on content), ConvNet-3 width 128,
 each method at IPC 1/10/50 in fp32; for the baseline methods also bf16 autocast, the same loss
 computed one class at a time (the published loop), and glibc's default allocator. Each
-configuration runs in its own process so its peak memory is its own. In the same run, the
-machine's dense matmul rate per dtype is measured: the limit a step could reach is its FLOPs
-divided by that rate.
+configuration runs in its own process so its peak memory is its own; a step's time is the fastest
+of `--steps` (the median is kept in the JSON). Inside that process, just
+before and just after the timed steps, the machine's dense matmul rate is measured: the limit a step
+could reach is its FLOPs divided by that rate (the mean of the two). Beside each figure, the load:
+the process's CPU time over wall time during the timed steps, per thread (1.00: it had its threads'
+cores to itself; lower: other work took them, and the figure is noisy).
 
-    python benchmarks/distill_speed.py                      # everything (tens of minutes on 2 cores)
+`--trees before=PATH after=src` times every configuration once per source tree (each `PATH` a
+checkout's `src`, put first on the child's PYTHONPATH), interleaved, so the before/after ratio of
+each configuration comes from one run under the same load.
+
+    python benchmarks/distill_speed.py                      # fp32, every method at IPC 1/10/50
     python benchmarks/distill_speed.py --ipc 10 --methods atom --steps 5
+    python benchmarks/distill_speed.py --trees before=../perf-before/src after=src --steps 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,12 +35,28 @@ import torch
 
 
 def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
+    """The best of `reps` timed n×n matmuls: the machine's dense rate, least disturbed by other load."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    t = time.perf_counter()
+    best = float("inf")
     for _ in range(reps):
+        t = time.perf_counter()
         a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def machine_rate(precision: str) -> float:
+    return (
+        matmul_gflops(torch.float32, 2048, 8)
+        if precision == "fp32"
+        else matmul_gflops(torch.bfloat16, 512, 3)
+    )
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def synthetic_problem(per_class: int = 300):
@@ -52,10 +78,11 @@ def synthetic_problem(per_class: int = 300):
     )
 
 
-def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: int, warmup: int) -> dict:
-    """Time one configuration (run in a child process)."""
-    import resource
-
+def one(
+    method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: int, warmup: int, threads: int
+) -> dict:
+    """Time one configuration (run in a child process), between two measurements of the matmul rate."""
+    torch.set_num_threads(threads)
     from atomdd.hardware import tune_cpu_allocator
 
     if tuned:
@@ -73,18 +100,23 @@ def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: 
     for s in range(warmup):
         d.opt.zero_grad(set_to_none=True)
         d.loss_and_grad(s)
+    rate_before = machine_rate(precision)
     times = []
+    wall, cpu = time.perf_counter(), cpu_seconds()
     for s in range(steps):
         t = time.perf_counter()
         d.opt.zero_grad(set_to_none=True)
         d.loss_and_grad(warmup + s)
         d.opt.step()
         times.append(time.perf_counter() - t)
+    load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / threads
+    rate_after = machine_rate(precision)
     counter = FlopCounterMode(display=False)
     with counter:
         d.loss_and_grad(0)
-    sec = statistics.median(times)
+    sec = min(times)  # the least disturbed step, as the matmul rate is the least disturbed product
     flops = counter.get_total_flops()
+    rate = (rate_before + rate_after) / 2
     return {
         "method": method,
         "ipc": ipc,
@@ -92,12 +124,33 @@ def one(method: str, ipc: int, precision: str, fused: bool, tuned: bool, steps: 
         "loop": "fused" if fused else "per-class",
         "allocator": "tuned" if tuned else "glibc default",
         "s_per_step": sec,
+        "median_s_per_step": statistics.median(times),
         "gflop_per_step": flops / 1e9,
         "achieved_gflops": flops / sec / 1e9,
+        "matmul_gflops_before": rate_before,
+        "matmul_gflops_after": rate_after,
+        "machine_gflops": rate,
+        "limit_s_per_step": flops / 1e9 / rate,
+        "fraction_of_limit": flops / 1e9 / rate / sec,
+        "load": load,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "batch_real": d.task.batch_real,
         "threads": torch.get_num_threads(),
     }
+
+
+def run_child(job: dict, tree: str | None) -> dict:
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+    cmd = [sys.executable, __file__, "--child", json.dumps(job)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        print(out.stderr, file=sys.stderr)
+        raise SystemExit(f"child failed: {job} ({tree or 'this tree'})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -105,14 +158,13 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--methods", nargs="+", default=["atom", "atom-channel", "datadam", "dm"])
     ap.add_argument(
-        "--baseline",
-        nargs="+",
-        default=["atom"],
-        help="methods also timed in bf16, per class, untuned allocator",
+        "--baseline", nargs="+", default=[], help="methods also timed in bf16, per class, untuned allocator"
     )
     ap.add_argument("--no-bf16", dest="bf16", action="store_const", const=[], default=[True])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trees", nargs="+", default=[], metavar="NAME=SRC", help="source trees to interleave")
     ap.add_argument("--json", default="benchmarks/results/distill_speed.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,7 +172,7 @@ def main() -> None:
         print(json.dumps(one(**json.loads(args.child))))
         return
 
-    rates = {"fp32": matmul_gflops(torch.float32, 2048, 10), "bf16": matmul_gflops(torch.bfloat16, 512, 3)}
+    trees = [t.split("=", 1) for t in args.trees] or [["this", None]]
     jobs = [
         dict(method=m, ipc=i, precision="fp32", fused=True, tuned=True)
         for i in args.ipc
@@ -136,37 +188,42 @@ def main() -> None:
     rows = []
     for job in jobs:
         steps = args.steps if job["precision"] == "fp32" else max(1, args.steps // 3)
-        child = json.dumps(job | {"steps": steps, "warmup": args.warmup})
-        out = subprocess.run([sys.executable, __file__, "--child", child], capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr, file=sys.stderr)
-            raise SystemExit(f"child failed: {job}")
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["machine_gflops"] = rates[row["precision"]]
-        row["limit_s_per_step"] = row["gflop_per_step"] / rates[row["precision"]]
-        row["fraction_of_limit"] = row["limit_s_per_step"] / row["s_per_step"]
-        rows.append(row)
-        print(
-            f"{row['method']:<13} ipc {row['ipc']:>2} {row['precision']} {row['loop']:<9} "
-            f"{row['allocator']:<13} "
-            f"{row['s_per_step']:.3f} s/step  {row['gflop_per_step']:.1f} GFLOP  "
-            f"{row['achieved_gflops']:.0f}/{row['machine_gflops']:.0f} GFLOP/s  peak {row['peak_mb']:.0f} MB",
-            flush=True,
-        )
+        for name, tree in trees:  # interleaved: each configuration's trees run back to back
+            row = run_child(job | {"steps": steps, "warmup": args.warmup, "threads": args.threads}, tree)
+            row["tree"] = name
+            rows.append(row)
+            print(
+                f"{name:<7} {row['method']:<13} ipc {row['ipc']:>2} {row['precision']} {row['loop']:<9} "
+                f"{row['allocator']:<13} {row['s_per_step']:.3f} s/step  {row['gflop_per_step']:.1f} GFLOP  "
+                f"{row['achieved_gflops']:.0f}/{row['machine_gflops']:.0f} GFLOP/s "
+                f"({100 * row['fraction_of_limit']:.0f} %)  load {row['load']:.2f}  "
+                f"peak {row['peak_mb']:.0f} MB",
+                flush=True,
+            )
     from atomdd.io import versions, write_json
 
-    write_json(args.json, {"rows": rows, "matmul_gflops": rates, "versions": versions(), "command": sys.argv})
+    write_json(args.json, {"rows": rows, "trees": dict(trees), "versions": versions(), "command": sys.argv})
+    print_table(rows, [name for name, _ in trees])
+
+
+def print_table(rows: list[dict], trees: list[str]) -> None:
+    """One line per configuration and tree; with two trees, the first's time over the second's."""
     print(
-        "\n| method | IPC | precision | loop | allocator | s/step | GFLOP/step | achieved GFLOP/s | "
-        "matmul GFLOP/s | % of limit | peak MB |"
+        "\n| method | IPC | precision | loop | allocator | tree | s/step | GFLOP/step | achieved GFLOP/s | "
+        "matmul GFLOP/s (before / after) | % of limit | load | peak MB | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    first: dict[tuple, float] = {}
     for r in rows:
+        key = (r["method"], r["ipc"], r["precision"], r["loop"], r["allocator"])
+        first.setdefault(key, r["s_per_step"])
+        ratio = f"{first[key] / r['s_per_step']:.2f}×" if len(trees) > 1 else "–"
         print(
             f"| {r['method']} | {r['ipc']} | {r['precision']} | {r['loop']} | {r['allocator']} | "
-            f"{r['s_per_step']:.3f} | "
-            f"{r['gflop_per_step']:.1f} | {r['achieved_gflops']:.0f} | {r['machine_gflops']:.0f} | "
-            f"{100 * r['fraction_of_limit']:.0f} % | {r['peak_mb']:.0f} |"
+            f"{r['tree']} | "
+            f"{r['s_per_step']:.3f} | {r['gflop_per_step']:.1f} | {r['achieved_gflops']:.0f} | "
+            f"{r['matmul_gflops_before']:.0f} / {r['matmul_gflops_after']:.0f} | "
+            f"{100 * r['fraction_of_limit']:.0f} % | {r['load']:.2f} | {r['peak_mb']:.0f} | {ratio} |"
         )
 
 

@@ -3,9 +3,14 @@
 Problems shaped like a synthetic set: IPC images per class of 10 classes, random pixels (speed does
 not depend on content), MNIST-shaped 28×28×1 and CIFAR-shaped 32×32×3; ConvNet-3 by default, the
 full protocol step (DSA, SGD with momentum and weight decay). Per row: seconds per training epoch
-of all N models (after a one-epoch warm-up), seconds to test them on `--test-images` images, the
-FLOPs of an epoch over the seconds, and the machine's dense fp32 matmul rate measured in the same
-run. bf16 rows use `--bf16-ipc`, `--bf16-epochs` and `--bf16-test-images`: without AMX, bf16 is
+of all N models (the fastest of the timed epochs, after a one-epoch warm-up; with several runs
+trained one after another, the fastest run's epoch × N), seconds to test them on `--test-images` images, the
+FLOPs of an epoch (and of the test pass) over the seconds, against the machine's dense fp32 matmul
+rate measured in the same process just before and just after the row (% of limit: the FLOPs over
+that rate, over the seconds), and the load: the process's CPU time over wall time while timed, per
+thread (1.00: its cores to itself). `--trees before=PATH after=src` runs every speed row once per
+source tree (a checkout's `src` first on PYTHONPATH), in its own process, interleaved.
+bf16 rows use `--bf16-ipc`, `--bf16-epochs` and `--bf16-test-images`: without AMX, bf16 is
 emulated and far slower.
 Accuracy: real digits (a random IPC-10 coreset), fp32 vs forced bf16, same seeds.
 Diagnosis: each ConvNet convolution fwd+bwd as N separate convs vs one grouped conv (what vmap
@@ -13,14 +18,21 @@ lowers a stacked conv to), and group norm under vmap vs per model.
 
     python benchmarks/eval_speed.py --threads 1            # what the report quotes (~15 min, 2 cores)
     python benchmarks/eval_speed.py --ipc 10 --epochs 2 --precisions fp32 --parts speed
+    python benchmarks/eval_speed.py --parts speed --precisions fp32 --paths sequential --shapes 32x3 \
+        --ipc 1 10 50 --runs 1 --threads 2 --trees before=../perf-before/src after=src
     benchmarks/device_check.sh                              # on a GPU: the same rows with --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -54,9 +66,23 @@ def best_of(fn: Callable[[], object], reps: int = 5, device: str = "cpu") -> flo
 
 
 def matmul_gflops(device: str) -> float:
-    n = 8192 if device.startswith("cuda") else 1024
+    n = 8192 if device.startswith("cuda") else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     return 2 * n**3 / best_of(lambda: a @ b, device=device) / 1e9
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def test_flops(model_name: str, x: torch.Tensor, runs: int) -> float:
+    """FLOPs of testing `runs` models on `x` (forward only)."""
+    (model,) = train.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() * runs
 
 
 def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor, ...]:
@@ -88,16 +114,24 @@ def time_row(
         epochs=1, runs=args.runs, device=args.device, precision=precision, batched=batched, seed=args.seed
     )
     train.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
-    sync(args.device)
-    t = time.perf_counter()
-    models = train.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs))
-    sync(args.device)
-    train_s = (time.perf_counter() - t) / epochs
-    t = time.perf_counter()
     n_test = args.bf16_test_images if precision == "bf16" else args.test_images
-    train.test_models(models, tx[:n_test], ty[:n_test], cfg)
-    test_s = time.perf_counter() - t
+    rate_before = matmul_gflops(args.device)
+    sync(args.device)
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    ends = [wall]
+
+    def tick(*_: object) -> None:
+        sync(args.device)
+        ends.append(time.perf_counter())
+
+    models = train.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs), on_epoch=tick)
+    train_s = min(b - a for a, b in zip(ends, ends[1:], strict=False))  # the least disturbed epoch
+    train_s *= 1 if batched else args.runs  # one after another, a tick is one run's epoch
+    test_s = best_of(lambda: train.test_models(models, tx[:n_test], ty[:n_test], cfg), 2, args.device)
+    load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / torch.get_num_threads()
+    rate = (rate_before + matmul_gflops(args.device)) / 2
     flops = epoch_flops(args.model, x, args.runs, cfg.batch_size)
+    tflops = test_flops(args.model, tx[:n_test], args.runs)
     return {
         "shape": f"{shape[1]}x{shape[1]}x{shape[0]}",
         "ipc": ipc,
@@ -109,7 +143,36 @@ def time_row(
         "test_images": n_test,
         "gflop_per_epoch": flops / 1e9,
         "gflops": flops / train_s / 1e9,
+        "test_gflops": tflops / test_s / 1e9,
+        "matmul_gflops": rate,
+        "epoch_of_limit": flops / train_s / 1e9 / rate,
+        "test_of_limit": tflops / test_s / 1e9 / rate,
+        "load": load,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def tree_rows(args: argparse.Namespace) -> list[dict]:
+    """Every speed row once per source tree, each in its own process, the trees interleaved."""
+    rows = []
+    for shape in args.shapes:
+        for ipc in args.ipc:
+            for name, src in (t.split("=", 1) for t in args.trees):
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = os.path.join(tmp, "rows.json")
+                    cmd = [sys.executable, __file__, "--parts", "speed", "--shapes", shape, "--ipc", str(ipc)]
+                    cmd += ["--json", out, "--model", args.model, "--runs", str(args.runs)]
+                    cmd += ["--epochs", str(args.epochs), "--test-images", str(args.test_images)]
+                    cmd += ["--precisions", *args.precisions, "--paths", *args.paths]
+                    cmd += ["--threads", str(args.threads)] if args.threads else []
+                    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+                    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+                    with open(out) as f:
+                        got = json.load(f)["rows"]
+                for row in got:
+                    rows.append(row | {"tree": name})
+                    print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
 
 
 def accuracy(args: argparse.Namespace, precision: str) -> dict:
@@ -206,6 +269,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the diagnosis part runs on the CPU)")
     ap.add_argument("--parts", nargs="+", default=["speed", "accuracy", "diagnosis"])
+    ap.add_argument("--paths", nargs="+", default=["batched", "sequential"])
+    ap.add_argument("--trees", nargs="+", default=[], metavar="NAME=SRC", help="source trees to interleave")
     ap.add_argument("--acc-ipc", type=int, default=10)
     ap.add_argument("--acc-runs", type=int, default=3)
     ap.add_argument("--acc-epochs", type=int, default=20)
@@ -235,12 +300,12 @@ def main() -> None:
         flush=True,
     )
 
-    rows = []
-    for shape in shapes if "speed" in args.parts else []:
+    rows = tree_rows(args) if args.trees and "speed" in args.parts else []
+    for shape in shapes if "speed" in args.parts and not args.trees else []:
         for precision in args.precisions:
             for ipc in [args.bf16_ipc] if precision == "bf16" else args.ipc:
-                for batched in (True, False):
-                    row = time_row(args, shape, ipc, precision, batched)
+                for path in args.paths:
+                    row = time_row(args, shape, ipc, precision, path == "batched")
                     rows.append(row)
                     print(f"  {row}", file=sys.stderr, flush=True)
     acc = [accuracy(args, p) for p in args.precisions] if "accuracy" in args.parts else []
@@ -273,23 +338,20 @@ def print_tables(
         f"{rates['fp32_matmul_gflops']:.0f} GFLOP/s, {rates['threads']} CPU thread(s)"
     )
     print(
-        "\n| shape | IPC | precision | batched s/epoch | sequential s/epoch | seq/batched | bf16/fp32 (b, s) "
-        "| GFLOP/epoch | achieved GFLOP/s (best path) | test s (batched / seq), images |"
+        "\n| shape | IPC | precision | path | tree | s/epoch | GFLOP/epoch | GFLOP/s | epoch % of limit | "
+        "test s, images | test % of limit | matmul GFLOP/s | load | peak MB | speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    key = {(r["shape"], r["ipc"], r["precision"], r["path"]): r for r in rows}
-    for bat, seq in zip(rows[::2], rows[1::2], strict=True):
-        ratio = "–"
-        fp32 = [key.get((bat["shape"], bat["ipc"], "fp32", p)) for p in ("batched", "sequential")]
-        if bat["precision"] != "fp32" and all(fp32):
-            ratio = " / ".join(
-                f"{r['s_per_epoch'] / f['s_per_epoch']:.1f}×" for r, f in zip((bat, seq), fp32, strict=True)
-            )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    first: dict[tuple, dict] = {}
+    for r in rows:
+        f = first.setdefault((r["shape"], r["ipc"], r["precision"], r["path"]), r)
+        up = f"{f['s_per_epoch'] / r['s_per_epoch']:.2f}× / {f['test_s'] / r['test_s']:.2f}×"
         print(
-            f"| {bat['shape']} | {bat['ipc']} | {bat['precision']} | {bat['s_per_epoch']:.3f} | "
-            f"{seq['s_per_epoch']:.3f} | {seq['s_per_epoch'] / bat['s_per_epoch']:.2f} | {ratio} | "
-            f"{bat['gflop_per_epoch']:.1f} | {max(bat['gflops'], seq['gflops']):.0f} | "
-            f"{bat['test_s']:.2f} / {seq['test_s']:.2f}, {bat['test_images']} |"
+            f"| {r['shape']} | {r['ipc']} | {r['precision']} | {r['path']} | {r.get('tree', '–')} | "
+            f"{r['s_per_epoch']:.3f} | {r['gflop_per_epoch']:.1f} | {r['gflops']:.0f} | "
+            f"{100 * r['epoch_of_limit']:.0f} % | {r['test_s']:.2f}, {r['test_images']} | "
+            f"{100 * r['test_of_limit']:.0f} % | {r['matmul_gflops']:.0f} | {r['load']:.2f} | "
+            f"{r['peak_mb']:.0f} | {up if 'tree' in r else '–'} |"
         )
     if acc:
         print("\n| precision | digits accuracy (%) | runs | epochs | seconds |\n|---|---|---|---|---|")

@@ -2,8 +2,10 @@
 tests/golden/digits.json (made by this very code on commit 6c9734e, the last before the package was
 reshaped). Regenerate only on purpose: `ATOMDD_REGEN_GOLDEN=1 python -m pytest tests/test_golden.py`.
 
-The first synthetic images are compared to float tolerance (other CPUs round differently), every
-evaluation accuracy exactly (a whole number of test images is right or wrong)."""
+The first synthetic images are compared to float tolerance, 1e-4 (other CPUs round differently, and
+the engine's 2×2 average pool adds its four values in another order than PyTorch's: one rounding a
+pool, grown to ≈ 3e-5 over three steps), every evaluation accuracy exactly (a whole number of test
+images is right or wrong)."""
 
 import json
 import os
@@ -48,7 +50,7 @@ def test_numbers_are_held(digits, one_thread):
     for method, w in want.items():
         g = got[method]
         torch.testing.assert_close(
-            torch.tensor(g["first_images"]), torch.tensor(w["first_images"]), rtol=1e-5, atol=1e-6
+            torch.tensor(g["first_images"]), torch.tensor(w["first_images"]), rtol=1e-4, atol=1e-4
         )
         assert g["sum"] == pytest.approx(w["sum"], rel=1e-6, abs=1e-4)
         assert g["abs_sum"] == pytest.approx(w["abs_sum"], rel=1e-6)

@@ -18,27 +18,58 @@ import torch.nn.functional as F
 from atomdd.models import Features
 from atomdd.settings import MatchConfig
 
-
-def abs_pow(f: torch.Tensor, p: float) -> torch.Tensor:
-    """|f|^p in fp32; even integer powers by repeated squaring (no abs, no exp/log)."""
-    f = f.float()
-    if p == 2:
-        return f.square()
-    if p == 4:
-        return f.square().square()
-    return f.abs().pow(p)
+SPATIAL, CHANNEL = (1,), (2, 3)  # the dimensions an attention map sums over (of B×C×H×W)
 
 
-def spatial_attention(f: torch.Tensor, p: float, powered: torch.Tensor | None = None) -> torch.Tensor:
+class _PowerSums(torch.autograd.Function):
+    """Sums of f^p (p = 2 or 4) over several sets of dimensions from one f²: autograd's chain of
+    squares, sums and broadcasts takes ≈ 10 passes over the map in the backward, this 4
+    (p·f^(p−1) times the broadcast gradients, recomputed from f rather than kept)."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, p: int, *dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        powered = f.square()
+        if p == 4:
+            powered.square_()
+        ctx.save_for_backward(f)
+        ctx.p, ctx.dims = p, dims
+        ctx.set_materialize_grads(False)
+        return tuple(powered.sum(d) for d in dims)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        (f,) = ctx.saved_tensors
+        total = None
+        for g, dims in zip(grads, ctx.dims, strict=True):
+            if g is not None:
+                for d in dims:
+                    g = g.unsqueeze(d)
+                total = g if total is None else total + g
+        if total is None:
+            return (None,) * (2 + len(ctx.dims))
+        # in autograd's order, g·2f and (g·f²)·f·4, so the gradient rounds as before
+        grad = total * (f * 2.0) if ctx.p == 2 else f.square().mul_(total).mul_(f).mul_(4.0)
+        return (grad, None, *(None,) * len(ctx.dims))
+
+
+def power_sums(f: torch.Tensor, p: float, dims: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Σ |f|^p over each of `dims`, in fp32 at least (bf16 maps are widened); |f|^p computed once for
+    all of them."""
+    f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
+    if p in (2, 4):  # even powers: no abs, no exp/log, and the fused backward
+        return list(_PowerSums.apply(f, int(p), *dims))
+    powered = f.abs().pow(p)
+    return [powered.sum(d) for d in dims]
+
+
+def spatial_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     """B×C×H×W → B×(H·W): Σ_c |f|^p, L2-normalised per sample."""
-    powered = abs_pow(f, p) if powered is None else powered
-    return F.normalize(powered.sum(1).flatten(1), dim=1)
+    return F.normalize(power_sums(f, p, [SPATIAL])[0].flatten(1), dim=1)
 
 
-def channel_attention(f: torch.Tensor, p: float, powered: torch.Tensor | None = None) -> torch.Tensor:
+def channel_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     """B×C×H×W → B×C: Σ_{h,w} |f|^p, L2-normalised per sample."""
-    powered = abs_pow(f, p) if powered is None else powered
-    return F.normalize(powered.sum((2, 3)), dim=1)
+    return F.normalize(power_sums(f, p, [CHANNEL])[0], dim=1)
 
 
 def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
@@ -48,18 +79,15 @@ def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> lis
     def means(v: torch.Tensor) -> torch.Tensor:
         return v.reshape(k, v.shape[0] // k, -1).mean(1)
 
+    wanted = [(SPATIAL, cfg.p_spatial)] * bool(cfg.spatial) + [(CHANNEL, cfg.p_channel)] * bool(cfg.channel)
     stats = []
     for i in cfg.layer_indices(len(feats.activations)):
         f = feats.activations[i]
-        shared = (
-            abs_pow(f, cfg.p_spatial)
-            if cfg.spatial and cfg.channel and cfg.p_spatial == cfg.p_channel
-            else None
-        )
-        if cfg.spatial:
-            stats.append(means(spatial_attention(f, cfg.p_spatial, shared)))
-        if cfg.channel:
-            stats.append(means(channel_attention(f, cfg.p_channel, shared)))
+        if len(wanted) == 2 and cfg.p_spatial == cfg.p_channel:
+            sums = power_sums(f, cfg.p_spatial, [dims for dims, _ in wanted])
+        else:
+            sums = [power_sums(f, p, [dims])[0] for dims, p in wanted]
+        stats += [means(F.normalize(s.flatten(1), dim=1)) for s in sums]
     if cfg.embedding:
         stats.append(means(feats.embedding.float()))
     return stats
