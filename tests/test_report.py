@@ -57,7 +57,7 @@ def test_report_holds_every_number_and_real_figures(two_runs, tmp_path):
         assert run["git"]["commit"][:10] in text
         assert run["versions"]["torch"] in text
         assert json.dumps(run["config"]["match"]["embedding"]) in text  # the config is there
-    assert "| method | IPC 1 | IPC 2 |" in text  # rows methods, columns IPC
+    assert "| method | IPC 1 | method − atom, IPC 1 | IPC 2 | method − atom, IPC 2 |" in text  # rows methods
     pngs = _linked_pngs(page)
     names = {p.name for p in pngs}
     assert any("loss" in n for n in names) and any(n.endswith("-ipc.png") for n in names)
@@ -108,6 +108,30 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     assert "| method | IPC 1 | whole data |" in text and repr(whole["models"]["convnet"]["mean"]) in text
     for png in _linked_pngs(page):
         _check_png(png)
+
+
+def test_the_table_pairs_each_method_with_atom_run_by_run(tmp_path):
+    """Run r of every set starts from the same weights, so the difference is taken per (seed, run);
+    the first-N column shows the accuracies on the first N test images."""
+
+    def write(method: str, seed: int, runs: list[float], first: list[float]) -> None:
+        model = {"runs": runs, "mean": sum(runs) / 2, "std": 0.0, "first": {"images": 100, "runs": first}}
+        ev = {"models": {"convnet": model}, "config": {"epochs": 3}, "set": {"ipc": 1}, "dataset": "cifar10"}
+        folder = tmp_path / "grid" / "ipc1" / f"{method}-seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps(ev))
+
+    write("atom", 0, [30.0, 31.0], [29.0, 33.0])
+    write("atom", 1, [29.0, 32.0], [30.0, 30.0])
+    write("dm", 0, [31.0, 30.0], [30.0, 30.0])
+    write("dm", 1, [32.0, 34.0], [31.0, 31.0])
+    text = report([tmp_path / "grid"], tmp_path / "out").read_text()
+    header = "| method | IPC 1 | method − atom, IPC 1 | IPC 1, first 100 test images |"
+    # differences 1, -1 (seed 0) and 3, 2 (seed 1): mean 1.25, sample std 1.71; seed means 0 and 2.5
+    assert (
+        header in text and "| dm | 31.8 ± 1.5 (n=2) | +1.25 ± 1.71 (3/4 runs ahead; seeds ± 1.77) |" in text
+    )
+    assert "| atom | 30.5 ± 1.1 (n=2) | – | 30.5 ± 1.5 |" in text
 
 
 def test_show_writes_one_row_per_class(two_runs, tmp_path):

@@ -158,7 +158,7 @@ def collect(out: Path, budget: Budget, methods: list[str], against: str | None) 
     for folder_label in sorted(found, key=lambda x: (order.index(x) if x in order else len(order), x)):
         label = methods[order.index(folder_label)] if folder_label in order else folder_label
         for ipc, per_seed in sorted(found[folder_label].items()):
-            results.setdefault(label, {})[ipc] = _summary(per_seed)
+            results.setdefault(label, {})[ipc] = summary(per_seed)
     if against in results:
         for label, by_ipc in results.items():
             for ipc, r in by_ipc.items():
@@ -167,7 +167,8 @@ def collect(out: Path, budget: Budget, methods: list[str], against: str | None) 
     return results
 
 
-def _summary(per_seed: list[dict]) -> dict[str, Any]:
+def summary(per_seed: list[dict]) -> dict[str, Any]:
+    """Mean and spread over every run of every seed; `per_seed` items hold seed, runs and first."""
     all_runs = [a for s in per_seed for a in s["runs"]]
     seed_means = [statistics.mean(s["runs"]) for s in per_seed]
     first = [a for s in per_seed for a in s["first"] or []]
@@ -189,7 +190,7 @@ def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
     comes from the evaluation model, which hides differences smaller than a point."""
     ref_runs = {s["seed"]: s["runs"] for s in ref["per_seed"]}
     by_seed = [
-        [a - b for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=True)]
+        [a - b for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=False)]  # the runs both have
         for s in result["per_seed"]
         if s["seed"] in ref_runs
     ]

@@ -123,19 +123,50 @@ def accuracy(group: Group) -> dict[tuple[str, str], dict[str, dict[int, list[Run
     return table
 
 
-def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str) -> str:
+def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str, against: str = "atom") -> str:
     """Rows methods, columns IPC (the published tables' layout): mean ± std over every evaluation
-    model of every seed, n = sets (seeds)."""
+    model of every seed, n = sets (seeds); where the grid has `against`, each method's paired
+    difference to it; where the runs were also tested on the first N test images, that column too."""
+    from atomdd.jobs import paired, summary
+
     ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc}, key=lambda i: (i == 0, i))
+
+    def stats(label: str, ipc: int) -> dict | None:
+        per_seed = []
+        for r in by_method.get(label, {}).get(ipc, []):
+            m = r.evaluation["models"][model]
+            per_seed.append({"seed": r.seed, "runs": m["runs"], "first": m.get("first", {}).get("runs")})
+        return summary(per_seed) if per_seed else None
+
+    every = [r for by_ipc in by_method.values() for runs in by_ipc.values() for r in runs]
+    limits = {r.evaluation["models"][model].get("first", {}).get("images") for r in every} - {None}
+    first = f"first {limits.pop()}" if len(limits) == 1 else None
+    header = ["method"]
+    for i in ipcs:
+        header += [f"IPC {i}" if i else "whole data"]
+        header += [f"method − {against}, IPC {i}"] if against in by_method and i else []
+        header += [f"IPC {i}, {first} test images"] if first and i else []
     rows = []
     for label in sorted(by_method, key=method_order):
         cells = [label]
         for i in ipcs:
-            runs = by_method[label].get(i, [])
-            accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
-            cells.append(f"{_fmt(accs)} (n={len(runs)})" if accs else "–")
+            r, ref = stats(label, i), stats(against, i)
+            runs = [a for s in r["per_seed"] for a in s["runs"]] if r else []
+            cells.append(f"{_fmt(runs)} (n={len(r['seeds'])})" if r else "–")
+            if against in by_method and i:
+                d = r and ref and label != against and paired(r, ref, against)
+                cells.append(
+                    f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']} runs ahead"
+                    + (f"; seeds ± {d['seed_std']:.2f}" if d["seeds"] > 1 else "")
+                    + ")"
+                    if d
+                    else "–"
+                )
+            if first and i:
+                tested = [a for s in r["per_seed"] for a in s["first"] or []] if r else []
+                cells.append(_fmt(tested) if tested else "–")
         rows.append(cells)
-    return markdown_table(["method", *(f"IPC {i}" if i else "whole data" for i in ipcs)], rows)
+    return markdown_table(header, rows)
 
 
 def _budget(group: Group) -> str:
@@ -320,6 +351,8 @@ def accuracy_page(root: str | Path) -> str:
 
 
 def _without_data_paths(text: str) -> str:
-    """The data folder the runs read is the user's own `--data-root`: shown as DATA, not as a path."""
+    """The data folder the runs read is the user's own `--data-root`: shown as DATA, not as a path;
+    a grid's output folder as where it is kept in the repository."""
     text = re.sub(r'("data_root": )"[^"]*"', r'\1"DATA"', text)
+    text = re.sub(r"--out \S*?results/", "--out benchmarks/results/", text)
     return re.sub(r"--data-root \S+", "--data-root DATA", text)
