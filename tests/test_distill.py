@@ -186,8 +186,12 @@ def test_config_file_and_precedence(tmp_path):
         make_config("digits", 1, "atom", config_file=t)
     assert make_config("cifar10", 10, "atom").zca and make_config("cifar10", 10, "dm").batch_real == 256
     tiny = make_config("tinyimagenet", 1, "atom")
-    assert (tiny.model, tiny.match.embedding, tiny.zca) == ("convnet(depth=4)", 0.2, False)
+    assert (tiny.model, tiny.match.embedding, tiny.zca) == ("convnet(depth=4)", 0.02, False)
     assert make_config("tinyimagenet", 1, "datadam").match.embedding == 0.02
+    # ATOM's λ: DataDAM's 0.01, but on MNIST the 0.1 its ablation chose
+    lams = {d: make_config(d, 1, "atom").match.embedding for d in ("cifar10", "digits", "mnist")}
+    assert lams == {"cifar10": 0.01, "digits": 0.01, "mnist": 0.1}
+    assert make_config("mnist", 1, "atom", embedding=0.3).match.embedding == 0.3  # a flag still wins
 
 
 def test_bare_config_matches_the_atom_preset():
