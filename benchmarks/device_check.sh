@@ -86,11 +86,11 @@ fi
 if [ -n "${CIFAR_ROOT:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${CIFAR_SECONDS:-540}" $py benchmarks/accuracy.py --dataset cifar10 --data-root "$CIFAR_ROOT" \
-        --out benchmarks/results/cifar10-s8000-e1000 --ipc 1 10 --methods atom datadam dm random \
+        --out benchmarks/results/cifar10-s8000-e1000 --ipc 1 10 --methods atom 'atom[embedding=0.1]' datadam dm random \
         --steps 8000 --epochs 1000 --runs 10 --seeds 0 1 --test-limit 1000 >"$OUT/cifar10.txt" 2>&1
     echo "cifar10 exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
     # the cross-architecture table: each finished IPC-10 set on AlexNet, VGG-11, ResNet-18 and ViT
-    for set in benchmarks/results/cifar10-s8000-e1000/ipc10/{atom,datadam,dm}-seed0; do
+    for set in benchmarks/results/cifar10-s8000-e1000/ipc10/{atom,atom_embedding_0.1,datadam,dm}-seed0; do
         [ -f "$set/synthetic.safetensors" ] || continue
         timeout "${XARCH_SECONDS:-300}" $py -m atomdd.cli evaluate "$set" --models alexnet,vgg11,resnet18,vit \
             --runs 3 --epochs 1000 --test-limit 1000 --data-root "$CIFAR_ROOT" --device "$DEVICE" \
