@@ -143,9 +143,10 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str, again
     first = f"first {limits.pop()}" if len(limits) == 1 else None
     header = ["method"]
     for i in ipcs:
-        header += [f"IPC {i}" if i else "whole data"]
-        header += [f"method − {against}, IPC {i}"] if against in by_method and i else []
-        header += [f"IPC {i}, {first} test images"] if first and i else []
+        col = f"IPC {i}" if i else "whole data"
+        header += [col]
+        header += [f"method − {against}, {col}"] if against in by_method and i else []
+        header += [f"{col}, {first} test images"] if first else []
     rows = []
     for label in sorted(by_method, key=method_order):
         cells = [label]
@@ -162,7 +163,7 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str, again
                     if d
                     else "–"
                 )
-            if first and i:
+            if first:
                 tested = [a for s in r["per_seed"] for a in s["first"] or []] if r else []
                 cells.append(_fmt(tested) if tested else "–")
         rows.append(cells)
