@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from scale import problem  # the same CIFAR-shaped random problem
+from distill_speed import synthetic_problem
 
 
 def sync(device: torch.device) -> None:
@@ -30,7 +30,7 @@ def measure(method: str, ipc: int, device: str, steps: int, warmup: int) -> dict
     from atomdd.distillation.driver import Distiller
 
     cfg = make_config("cifar10", ipc, method, zca=False, device=device)
-    d = Distiller(replace(cfg, dataset="random32"), data=problem(10, 300))
+    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
     times = []

@@ -27,16 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-
-def problem(classes: int, per_class: int):
-    from atomdd.data import Dataset
-
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (classes * per_class, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(classes).repeat_interleave(per_class)
-    names = tuple(map(str, range(classes)))
-    return Dataset("random32", images, labels, images[:100], labels[:100], names, (0.5,) * 3, (0.25,) * 3)
+from distill_speed import synthetic_problem
 
 
 def rank_main(job: dict) -> None:
@@ -49,7 +40,7 @@ def rank_main(job: dict) -> None:
     tune_cpu_allocator()
     torch.set_num_threads(job["threads"])
     cfg = make_config("cifar10", job["ipc"], job["method"], zca=False, device="cpu")
-    d = Distiller(replace(cfg, dataset="random32"), data=problem(job["classes"], job["per_class"]))
+    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem(job["classes"], job["per_class"]))
 
     def step(s: int) -> None:
         d.opt.zero_grad(set_to_none=True)

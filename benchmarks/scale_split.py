@@ -18,7 +18,7 @@ import torch
 
 
 def child(classes: int, own: int, steps: int) -> dict:
-    from scale import problem
+    from distill_speed import synthetic_problem
 
     from atomdd.distillation.config import make_config
     from atomdd.distillation.driver import Distiller
@@ -28,7 +28,7 @@ def child(classes: int, own: int, steps: int) -> dict:
     tune_cpu_allocator()
     torch.set_num_threads(1)
     cfg = make_config("cifar10", 10, "atom", zca=False, device="cpu")
-    d = Distiller(replace(cfg, dataset="random32"), data=problem(classes, 300))
+    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem(classes))
 
     def step(s: int) -> None:
         d.opt.zero_grad(set_to_none=True)
