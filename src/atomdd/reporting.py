@@ -147,11 +147,12 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str, again
         header += [col]
         header += [f"method − {against}, {col}"] if against in by_method and i else []
         header += [f"{col}, {first} test images"] if first else []
+    refs = {i: stats(against, i) for i in ipcs}
     rows = []
     for label in sorted(by_method, key=method_order):
         cells = [label]
         for i in ipcs:
-            r, ref = stats(label, i), stats(against, i)
+            r, ref = stats(label, i), refs[i]
             runs = [a for s in r["per_seed"] for a in s["runs"]] if r else []
             cells.append(f"{_fmt(runs)} (n={len(r['seeds'])})" if r else "–")
             if against in by_method and i:
