@@ -70,15 +70,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, job: dict) -> dict:
-    """`world` ranks as torchrun starts them (its environment variables), on this machine."""
+def launch(world: int, job: dict, script: str = __file__, tree: str | None = None) -> dict:
+    """`world` ranks of `script --rank-job JOB` as torchrun starts them (its environment variables),
+    on this machine; `tree`: a source tree put first on their PYTHONPATH. Rank 0's last line."""
     port, procs = free_port(), []
     for r in range(world):
         env = os.environ | {
             "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(job["threads"]),
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(job.get("threads", 1)),
         }  # fmt: skip
-        cmd = [sys.executable, __file__, "--rank-job", json.dumps(job)]
+        if tree:
+            env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, script, "--rank-job", json.dumps(job)]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

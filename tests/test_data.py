@@ -115,6 +115,16 @@ def jpeg(file: Path, color: tuple[int, int, int] | int, size: int = 64, mode: st
     Image.new(mode, (size, size), color).save(file, "JPEG", quality=95)
 
 
+def mapped_from(t: torch.Tensor, file: Path) -> bool:
+    """Whether `t`'s memory is a mapping of `file` (Linux: /proc/self/maps)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= t.data_ptr() < hi:
+            return len(fields) == 6 and fields[5].strip() == str(file.resolve())
+    return False
+
+
 def make_tinyimagenet(root: Path) -> Path:
     folder = root / "tiny-imagenet-200"
     wnids = ["n01443537", "n01629819", "n01641577"]
@@ -397,6 +407,7 @@ def test_tinyimagenet_reads_and_caches(tmp_path: Path, monkeypatch: pytest.Monke
     gray = ds.train_images[3]
     assert torch.equal(gray[0], gray[1]) and abs(gray.float().mean().item() - 128) < 3  # L → RGB
     assert (folder / tiny.TINY_CACHE).exists()
+    assert mapped_from(ds.train_images, folder / tiny.TINY_CACHE)  # not a copy: ranks share the pages
 
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded although the cache is valid")
@@ -446,6 +457,27 @@ def test_imagefolder_split_per_class(tmp_path: Path) -> None:
     again = load_imagefolder(tmp_path)
     assert again.content_hash == ds.content_hash  # deterministic split
     assert load_imagefolder(tmp_path, image_size=16).train_images.shape[2:] == (16, 16)
+
+
+def test_imagefolder_is_decoded_once_then_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(4):
+        _image(tmp_path / "cat" / f"{i}.png", 10 * i)
+        _image(tmp_path / "dog" / f"{i}.jpg", 200)
+    first = load_imagefolder(tmp_path)
+    cache = tmp_path / "atomdd-cache-32px.safetensors"
+    assert mapped_from(first.train_images, cache) and mapped_from(first.test_images, cache)
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded although the cache is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(files, "_decode_image", no_decoding)
+        assert load_imagefolder(tmp_path).content_hash == first.content_hash
+        with pytest.raises(AssertionError, match="decoded although"):  # another size: another decode
+            load_imagefolder(tmp_path, image_size=16)
+    assert load_imagefolder(tmp_path, grayscale=True).channels == 1  # the forced mode is in the key
+    _image(tmp_path / "cat" / "0.png", 99)  # an edited file: decoded again
+    assert load_imagefolder(tmp_path).content_hash != first.content_hash
 
 
 def test_imagefolder_train_test_folders_and_grayscale(tmp_path: Path) -> None:

@@ -491,13 +491,14 @@ def test_damaged_tinyimagenet_cache_is_not_used(tmp_path: Path) -> None:
     (root / "val" / "val_annotations.txt").write_text("v.JPEG\tn1\t0\t0\t63\t63\n")
     (root / "wnids.txt").write_text("n1\n")
     first = read_tinyimagenet(root)
+    train, test = first.train_images.clone(), first.test_images.clone()  # the read maps the cache file
     cache = root / TINY_CACHE
     data = bytearray(cache.read_bytes())
     data[-100] ^= 0xFF  # one cached pixel
     cache.write_bytes(bytes(data))
     again = read_tinyimagenet(root)
-    assert torch.equal(first.train_images, again.train_images)
-    assert torch.equal(first.test_images, again.test_images)
+    assert torch.equal(train, again.train_images)
+    assert torch.equal(test, again.test_images)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def set_id(*tensors: Any, extra: str = "") -> str:
     """A short digest of a set's tensors (images, labels): the runs of another set are never reused."""
     h = hashlib.sha256(extra.encode())
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy())
     return h.hexdigest()[:16]
 
 

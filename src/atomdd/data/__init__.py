@@ -78,7 +78,7 @@ class Dataset:
         h = hashlib.sha256()
         for t in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             h.update(str(tuple(t.shape)).encode())
-            h.update(t.contiguous().numpy().tobytes())
+            h.update(t.contiguous().numpy())  # the buffer itself: no copy of a mapped dataset
         return h.hexdigest()
 
     def class_indices(self) -> list[torch.Tensor]:

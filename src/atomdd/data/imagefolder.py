@@ -1,4 +1,4 @@
-"""A user's own class-per-folder tree of images."""
+"""A user's own class-per-folder tree of images, decoded once and then cached beside it (`cache`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from atomdd.data import Dataset
+from atomdd.data.cache import cached_splits, files_key
 from atomdd.data.files import _dataset, _decode_all
 from atomdd.errors import AtomddError
 
@@ -80,12 +81,18 @@ def load_imagefolder(path: Path | str, image_size: int = 32, grayscale: bool | N
             train += [(f, i) for f in tr]
             test += [(f, i) for f in te]
 
-    if grayscale is None:
-        grayscale = all(_image_mode(f) in _GRAY_MODES for f, _ in train + test)
-    mode, shape = ("L" if grayscale else "RGB"), (image_size, image_size)
+    files = [f for f, _ in train + test]
+    labels = np.array([c for _, c in train + test], np.int64)
+    splits = (slice(0, len(train)), slice(len(train), None))
+    tag = f"atomdd-imagefolder-cache-v1 size={image_size} grayscale={grayscale}"
+    key = files_key(tag, files, labels, path, "the image folder")
 
-    def split(items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-        files, labels = zip(*items, strict=True) if items else ((), ())
-        return _decode_all(files, mode, image_size, shape), np.array(labels, np.int64)
+    def decode() -> tuple[np.ndarray, np.ndarray]:
+        gray = all(_image_mode(f) in _GRAY_MODES for f in files) if grayscale is None else grayscale
+        mode, shape = ("L" if gray else "RGB"), (image_size, image_size)
+        return tuple(_decode_all(files[s], mode, image_size, shape) for s in splits)
 
-    return _dataset("imagefolder", path, split(train), split(test), classes)
+    cache = path / f"atomdd-cache-{image_size}px.safetensors"
+    images = cached_splits(cache, key, (len(train), len(test)), (None, image_size, image_size), decode)
+    (x_train, x_test), (y_train, y_test) = images, (labels[s] for s in splits)
+    return _dataset("imagefolder", path, (x_train, y_train), (x_test, y_test), classes)
