@@ -81,8 +81,14 @@ def evaluate(job: dict) -> dict:
 
     train_runs = evaljobs.train_runs
 
+    slow = job.get("slow")  # {"rank", "seconds", "kill"}: that rank's training takes longer, or dies
+
     def recording(ref, todo, *args, **kwargs):  # the (model, run) jobs this rank trained
         trained.extend((str(ref), r) for r in todo)
+        if slow and slow["rank"] == parallel.rank():
+            if slow.get("kill"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(slow["seconds"])
         return train_runs(ref, todo, *args, **kwargs)
 
     evaljobs.train_runs = recording

@@ -113,13 +113,19 @@ def test_a_failing_rank_ends_the_job_with_an_error_naming_it(tmp_path, how):
     assert load_file(out / CHECKPOINT)  # the step-2 checkpoint is kept: resume from it
 
 
-def test_sharded_evaluation_returns_the_same_accuracies(tmp_path):
+@pytest.fixture(scope="module")
+def digits_set(tmp_path_factory):
     from atomdd import distill
 
-    distill("digits", 1, iterations=2, width=16, batch_real=16, out=tmp_path / "set")
+    out = tmp_path_factory.mktemp("set")
+    distill("digits", 1, iterations=2, width=16, batch_real=16, out=out)
+    return out
+
+
+def test_sharded_evaluation_returns_the_same_accuracies(tmp_path, digits_set):
     job = {
         "kind": "evaluate",
-        "set": str(tmp_path / "set"),
+        "set": str(digits_set),
         "models": ["convnet(width=16)", "mlp"],
         "config": {"epochs": 3, "runs": 3, "batch_size": 16, "device": "cpu", "test_limit": 100},
     }
@@ -136,6 +142,36 @@ def test_sharded_evaluation_returns_the_same_accuracies(tmp_path):
     assert {m: r["runs"] for m, r in saved.items()} == {m: r["runs"] for m, r in one["models"].items()}
     rows = (tmp_path / "two" / "eval.jsonl").read_text().splitlines()
     assert sorted((json.loads(x)["model"], json.loads(x)["run"]) for x in rows) == sorted(map(tuple, jobs))
+
+
+def test_a_rank_slower_than_the_collective_timeout_is_waited_for(tmp_path, digits_set):
+    """Ranks end their shares of jobs minutes apart at scale: rank 1 trains 8 s longer than the 3 s
+    collective timeout, and the evaluation still completes, with every run."""
+    job = {
+        "kind": "evaluate",
+        "set": str(digits_set),
+        "models": ["mlp"],
+        "config": {"epochs": 1, "runs": 2, "batch_size": 16, "device": "cpu", "test_limit": 50},
+        "slow": {"rank": 1, "seconds": 8},
+        "out": str(tmp_path / "out"),
+    }
+    results, seconds = launch(2, job, tmp_path / "r", collective_timeout=3)
+    two = ok(results)
+    assert seconds > 8 and two[0]["models"]["mlp"]["runs"] == two[1]["models"]["mlp"]["runs"]
+    assert len(two[0]["models"]["mlp"]["runs"]) == 2
+
+
+def test_a_rank_killed_during_its_jobs_ends_the_wait_naming_it(tmp_path, digits_set):
+    job = {
+        "kind": "evaluate",
+        "set": str(digits_set),
+        "models": ["mlp"],
+        "config": {"epochs": 1, "runs": 2, "batch_size": 16, "device": "cpu"},
+        "slow": {"rank": 1, "kill": True},
+    }
+    (rc0, err0, _), (rc1, _, _) = launch(2, job, tmp_path / "r", collective_timeout=5)[0]
+    assert rc1 == -9 and rc0 != 0
+    assert "rank 0 stopped at the end of the evaluation's (model, run) jobs: rank 1 has not answered" in err0
 
 
 def test_sharded_search_equals_one_process(tmp_path):

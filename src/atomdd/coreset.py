@@ -161,7 +161,7 @@ def select(
                 idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)]
                 for idx in per_class[own.start : own.stop]
             ]
-        picks = [p for part in parallel.gather_objects(mine, "the coreset's gather") for p in part]
+        picks = [p for part in parallel.gather_results(mine, "the coreset's classes") for p in part]
         meta |= {"embed": embed, "embed_model": str(embed_model)}
         if method == "kcenter":
             meta["kcenter_first"] = "closest to the class mean"

@@ -55,6 +55,6 @@ def shard_runs(
         for ref in refs:
             todo = [r for name, r in mine if name == str(ref)]
             rows += [(str(ref), *row) for row in train_runs(ref, todo, train, test, num_classes, config)]
-    for got in parallel.gather_objects(rows, "the evaluation's gather of (model, run) results"):
+    for got in parallel.gather_results(rows, "the evaluation's (model, run) jobs"):
         for row in got:
             store.add(*row)

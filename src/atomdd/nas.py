@@ -304,7 +304,7 @@ def run_search(
             new.append(result)
             record(result)  # the main process writes its own results at once
     if parallel.world_size() > 1:  # and the other ranks' once gathered
-        parts = parallel.gather_objects(new, "the search's gather of job results")
+        parts = parallel.gather_results(new, "the search's jobs")
         new = [r for part in parts for r in part]
         for r in new[len(parts[0]) :] if is_main_process() else []:
             append_jsonl(files[r["proxy"] == TRUTH], r)

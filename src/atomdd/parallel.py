@@ -10,8 +10,11 @@ naming that rank, found through the rendezvous store: a rank that raises leaves 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -89,6 +92,9 @@ def map_local(
 TIMEOUT_ENV = "ATOMDD_TIMEOUT"  # seconds a collective waits for a rank that does not come (default 300)
 _NOTE = "atomdd/failed/"  # store key of a rank's own error, so the others can name it
 _SEEN = "atomdd/seen/"  # store key a surviving rank sets when a collective broke
+_BEAT = "atomdd/beat/"  # store counter each rank's heartbeat thread adds to, every second
+_DONE = "atomdd/done/"  # store key a rank sets when it reaches a finish line (numbered in call order)
+_finish_lines = itertools.count()
 
 
 class RankFailure(AtomddError):
@@ -145,7 +151,29 @@ def init(device: str = "auto") -> Any:
             f"rank {os.environ['RANK']}: could not join the {backend} group at "
             f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {_first_line(e)}"
         ) from None
+    _heart_stop.clear()
+    beat = threading.Thread(target=_heartbeat, args=(_store(), f"{_BEAT}{rank()}"), daemon=True)
+    beat.start()
+    atexit.register(_stop_heartbeat, beat)  # before the interpreter tears down what it uses
     return dev
+
+
+_heart_stop = threading.Event()
+
+
+def _heartbeat(store: Any, key: str) -> None:
+    """Count up in the store every second while this process works, so that a rank waiting at a
+    finish line can tell a rank still working from one that is gone."""
+    while not _heart_stop.wait(1.0):
+        try:
+            store.add(key, 1)
+        except Exception:  # noqa: BLE001  (the group is gone: this process is ending)
+            return
+
+
+def _stop_heartbeat(beat: threading.Thread) -> None:
+    _heart_stop.set()
+    beat.join(timeout=5.0)
 
 
 def quiet_other_ranks() -> str:
@@ -162,6 +190,7 @@ def quiet_other_ranks() -> str:
 
 def leave() -> None:
     """Leave the process group, if this process joined one (entry points, at exit)."""
+    _heart_stop.set()
     if _group_ready():
         import torch.distributed as dist
 
@@ -266,6 +295,48 @@ def gather_rows(local: Any, counts: list[int], what: str, everywhere: bool = Fal
     else:
         collective(what, lambda: dist.gather(padded, parts, dst=0))
     return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]) if parts is not None else None
+
+
+def finish_line(what: str) -> None:
+    """Wait, with no time limit, until every rank has come here: for the end of a share of jobs
+    (trainings, searches), whose length differs between ranks by more than any collective timeout.
+    A rank that raised (its note) ends the wait at once, and one whose heartbeat stops for
+    `ATOMDD_TIMEOUT` seconds (killed, out of memory, its node lost) ends it then, naming the rank."""
+    if world_size() == 1:
+        return
+    line, me = next(_finish_lines), rank()
+    try:
+        store = _store()
+        store.set(f"{_DONE}{line}/{me}", "1")
+        done = [f"{_DONE}{line}/{r}" for r in range(world_size())]
+        heard = {r: (-1, time.monotonic()) for r in range(world_size()) if r != me}  # last count, when
+        while not store.check(done):  # one request while waiting; the laggards' checks once a second
+            for r in (r for r in heard if not store.check([done[r]])):
+                if store.check([f"{_NOTE}{r}"]):
+                    raise RankFailure(
+                        f"rank {me} stopped at {what}: rank {r} failed: {store.get(f'{_NOTE}{r}').decode()}"
+                    )
+                count, now = int(store.add(f"{_BEAT}{r}", 0)), time.monotonic()
+                if count != heard[r][0]:
+                    heard[r] = (count, now)
+                elif now - heard[r][1] > timeout_seconds():
+                    silent = f"has not answered for {now - heard[r][1]:.0f} s"
+                    why = "killed, out of memory, or its node lost"
+                    raise RankFailure(f"rank {me} stopped at {what}: rank {r} {silent} ({why})")
+            time.sleep(1.0)
+    except RankFailure:
+        raise
+    except Exception as e:  # noqa: BLE001  (the store itself is gone)
+        raise RankFailure(
+            f"rank {me} stopped at {what}: {_culprit(e)} (the {_first_line(e)!r} error)"
+        ) from None
+
+
+def gather_results(obj: Any, jobs: str) -> list[Any]:
+    """Every rank's results of its share of `jobs` (picklable), in rank order, on every rank, once
+    every rank has finished its share (`finish_line`: no time limit while they work)."""
+    finish_line(f"the end of {jobs}")
+    return gather_objects(obj, f"the gather of {jobs}")
 
 
 def gather_objects(obj: Any, what: str) -> list[Any]:
