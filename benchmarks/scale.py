@@ -12,14 +12,17 @@ each, a projection from CPU time, not a measured wall time.
 
     python benchmarks/scale.py                          # 10 and 100 classes (a few minutes on 2 cores)
     python benchmarks/scale.py --classes 10 --steps 3   # quicker
+    python benchmarks/scale.py --classes 10 --rounds 5  # 5 pairs in turn: the median ratio
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -100,6 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="threads per rank")
+    ap.add_argument("--rounds", type=int, default=1, help="1-rank/2-rank pairs per class count, in turn")
     ap.add_argument("--json", default="benchmarks/results/scale.json")
     ap.add_argument("--rank-job", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -112,7 +116,7 @@ def main() -> None:
     )
     print("| classes | ranks | s/step | throughput × | CPU/wall by rank | CPU-time ratio | load (1 min) |")
     print("|---|---|---|---|---|---|---|")
-    for k in args.classes:
+    for k, round_ in itertools.product(args.classes, range(args.rounds)):
         base, cpu_base = None, 0.0
         for world in (1, 2):
             job = vars(args) | {"classes": k, "per_class": 300 if k <= 10 else 100}
@@ -123,7 +127,13 @@ def main() -> None:
             load = os.getloadavg()[0]
             got = launch(world, job)
             base = base or got["s_per_step"]
-            row = job | {"ranks": world, "load_before": load, "load_after": os.getloadavg()[0]} | got
+            row = job | {
+                "ranks": world,
+                "round": round_,
+                "load_before": load,
+                "load_after": os.getloadavg()[0],
+            }
+            row |= got
             row["throughput_ratio"] = base / got["s_per_step"]
             cpu_base = cpu_base if world > 1 else got["ranks"][0]["cpu_s_per_step"]
             row["cpu_ratio"] = cpu_base / max(r["cpu_s_per_step"] for r in got["ranks"])
@@ -134,11 +144,16 @@ def main() -> None:
                 f"{row['cpu_ratio']:.2f} | {load:.1f} → {row['load_after']:.1f} |",
                 flush=True,
             )
+    for k in args.classes:
+        ratios = [r["throughput_ratio"] for r in rows if r["classes"] == k and len(r["ranks"]) == 2]
+        each = ", ".join(f"{x:.2f}" for x in ratios)
+        print(f"{k} classes, 2 ranks: {each} (median {statistics.median(ratios):.2f}×)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
     }
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -1,6 +1,11 @@
-"""What two ranks can gain at most: an ATOM step over half the classes against one over all of them,
-in one single-thread process (no torch.distributed), and two half-class processes side by side
-(do they slow each other on shared cores and memory?). Complements benchmarks/scale.py.
+"""What two ranks can gain at most, without torch.distributed, single-thread processes:
+
+- the work: a step over half the classes against one over all of them, interleaved in one process
+  (so that both see the same machine), step by step;
+- the machine: a half-class process alone against two of them side by side (do they slow each other
+  on shared cores and memory?).
+
+Complements benchmarks/scale.py.
 
     python benchmarks/scale_split.py --classes 10 --steps 8
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +23,8 @@ from dataclasses import replace
 import torch
 
 
-def child(classes: int, own: int, steps: int) -> dict:
+def child(classes: int, owns: list[int], steps: int) -> dict:
+    """Median seconds of a step over the first `own` classes, for each `own`, taken in turn."""
     from distill_speed import synthetic_problem
 
     from atomdd.distillation.config import make_config
@@ -30,17 +37,20 @@ def child(classes: int, own: int, steps: int) -> dict:
     cfg = make_config("cifar10", 10, "atom", zca=False, device="cpu")
     d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem(classes))
 
-    def step(s: int) -> None:
+    def step(s: int, own: int) -> float:
+        t = time.perf_counter()
         d.opt.zero_grad(set_to_none=True)
         loss_and_grad(d.task, d.syn, s, range(own))
         d.opt.step()
+        return time.perf_counter() - t
 
-    step(0)
-    wall, cpu = time.perf_counter(), time.process_time()
+    for own in owns:
+        step(0, own)
+    times: dict[int, list[float]] = {own: [] for own in owns}
     for s in range(steps):
-        step(1 + s)
-    wall = time.perf_counter() - wall
-    return {"own": own, "s_per_step": wall / steps, "cpu_per_wall": (time.process_time() - cpu) / wall}
+        for own in owns:
+            times[own].append(step(1 + s, own))
+    return {str(own): statistics.median(t) for own, t in times.items()}
 
 
 def run(jobs: list[dict]) -> list[dict]:
@@ -65,19 +75,16 @@ def main() -> None:
         return
     n, half = args.classes, args.classes // 2
     job = {"classes": n, "steps": args.steps}
-    (whole,) = run([job | {"own": n}])
-    (alone,) = run([job | {"own": half}])
-    pair = run([job | {"own": half}] * 2)
-    print(f"{n} classes, 1 process, 1 thread: {whole['s_per_step']:.3f} s/step")
+    (both,) = run([job | {"owns": [n, half]}])
+    whole, part = both[str(n)], both[str(half)]
+    (alone,) = run([job | {"owns": [half]}])
+    pair = [r[str(half)] for r in run([job | {"owns": [half]}] * 2)]
+    print(f"one process, 1 thread, in turn: {n} classes {whole:.3f} s/step, {half} classes {part:.3f} s/step")
+    print(f"  the work splits {whole / part:.2f}× (the ceiling of 2 ranks with a core each)")
     print(
-        f"{half} classes alone: {alone['s_per_step']:.3f} s/step (ceiling of 2 ranks: "
-        f"{whole['s_per_step'] / alone['s_per_step']:.2f}×)"
-    )
-    print(
-        f"{half} classes, two processes side by side: "
-        + ", ".join(f"{r['s_per_step']:.3f}" for r in pair)
-        + " s/step "
-        f"(slowdown {max(r['s_per_step'] for r in pair) / alone['s_per_step']:.2f}×)"
+        f"{half} classes alone: {alone[str(half)]:.3f} s/step; two processes side by side: "
+        + ", ".join(f"{t:.3f}" for t in pair)
+        + f" s/step (slowdown {max(pair) / alone[str(half)]:.2f}×)"
     )
 
 
