@@ -6,19 +6,10 @@ from __future__ import annotations
 import shutil
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from atomdd.io import atomic_path, read_jsonl
-
-if TYPE_CHECKING:
-    from atomdd.reporting import Group, Run
-
-ORDER = ("random", "herding", "kcenter", "dm", "datadam", "atom-channel", "atom")
-
-
-def method_order(label: str) -> tuple[int, str]:
-    """The published tables' order: coresets, DM, DataDAM, ATOM; other labels after, by name."""
-    return (ORDER.index(label) if label in ORDER else len(ORDER), label)
+from atomdd.runs import Group, Run, method_order
 
 
 def _save(fig: Any, path: Path) -> Path:
