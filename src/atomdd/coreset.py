@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from atomdd import parallel
+from atomdd import parallel, peers
 from atomdd.config import apply_overrides
 from atomdd.data import Dataset, as_dataset
 from atomdd.data.transforms import Preprocess
@@ -156,7 +156,7 @@ def select(
             parallel.broadcast(t, "the embedding network's broadcast")
         choose = herding if method == "herding" else kcenter
         own = parallel.share(len(per_class))
-        with parallel.reporting_failures():
+        with peers.reporting_failures():
             mine = [
                 idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)]
                 for idx in per_class[own.start : own.stop]

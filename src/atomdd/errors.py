@@ -18,6 +18,10 @@ class Interrupted(AtomddError):
         self.signum = int(signum)
 
 
+class RankFailure(AtomddError):
+    """Another rank died, raised, or did not reach a collective in time; the message names it."""
+
+
 class WriteError(AtomddError):
     """A file could not be written (a full disk, a read-only folder, no permission): the message names
     the path; the previous file, if any, is left as it was. `report` may carry what was computed."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from atomdd import parallel
+from atomdd import parallel, peers
 from atomdd.hardware import resolve_device
 from atomdd.models import ModelRef
 from atomdd.results import RunStore
@@ -51,7 +51,7 @@ def shard_runs(
     jobs = [(str(ref), r) for ref in refs for r in range(config.runs) if r not in store.done(str(ref))]
     mine = parallel.shard(jobs)
     rows: list[tuple] = []
-    with parallel.reporting_failures():
+    with peers.reporting_failures():
         for ref in refs:
             todo = [r for name, r in mine if name == str(ref)]
             rows += [(str(ref), *row) for row in train_runs(ref, todo, train, test, num_classes, config)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from atomdd import parallel
+from atomdd import parallel, peers
 from atomdd.errors import AtomddError
 from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
 from atomdd.models import ModelRef
@@ -299,7 +299,7 @@ def run_search(
 
     init = (settings, max(1, (os.cpu_count() or 1) // workers)) if workers > 1 else (ctx,)
     new = []
-    with parallel.reporting_failures():
+    with peers.reporting_failures():
         for result in map_local(_run_in_worker, parallel.shard(todo), workers, _init_worker, init):
             new.append(result)
             record(result)  # the main process writes its own results at once

@@ -4,22 +4,19 @@ A single process (no process group initialised) is rank 0 of 1 and the main proc
 library behaves the same with or without `torchrun`; the scale-out only adds ranks. `init` joins
 the group torchrun describes; every collective goes through `collective`, which turns a dead or
 failed peer (a closed connection, or `ATOMDD_TIMEOUT` seconds of silence) into a `RankFailure`
-naming that rank, found through the rendezvous store: a rank that raises leaves its error there
-(`report_failure`), and a rank that left nothing and does not answer was killed.
+naming that rank (`peers`, through the rendezvous store); `gather_results` waits for a share of
+jobs at a finish line with no time limit.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import itertools
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from atomdd.errors import AtomddError
+from atomdd import peers
+from atomdd.errors import AtomddError, RankFailure
 
 
 def chunks(n: int, size: int) -> list[range]:
@@ -89,32 +86,10 @@ def map_local(
 
 # --- torchrun: joining the group, one device per rank, collectives that fail with a name ------------
 
-TIMEOUT_ENV = "ATOMDD_TIMEOUT"  # seconds a collective waits for a rank that does not come (default 300)
-_NOTE = "atomdd/failed/"  # store key of a rank's own error, so the others can name it
-_SEEN = "atomdd/seen/"  # store key a surviving rank sets when a collective broke
-_BEAT = "atomdd/beat/"  # store counter each rank's heartbeat thread adds to, every second
-_DONE = "atomdd/done/"  # store key a rank sets when it reaches a finish line (numbered in call order)
-_finish_lines = itertools.count()
-
-
-class RankFailure(AtomddError):
-    """Another rank died, raised, or did not reach a collective in time; the message names it."""
-
 
 def launched() -> bool:
     """Whether torchrun (or a launcher setting its variables) started more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def timeout_seconds() -> float:
-    value = os.environ.get(TIMEOUT_ENV, "300")
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise AtomddError(f"{TIMEOUT_ENV}={value!r}: expected a positive number of seconds")
-    return seconds
 
 
 def init(device: str = "auto") -> Any:
@@ -145,35 +120,14 @@ def init(device: str = "auto") -> Any:
         )
     backend = "nccl" if dev.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
+        dist.init_process_group(backend, timeout=timedelta(seconds=peers.timeout_seconds()))
     except Exception as e:  # noqa: BLE001  (rendezvous errors come in many types)
         raise RankFailure(
             f"rank {os.environ['RANK']}: could not join the {backend} group at "
-            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {_first_line(e)}"
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {peers.first_line(e)}"
         ) from None
-    _heart_stop.clear()
-    beat = threading.Thread(target=_heartbeat, args=(_store(), f"{_BEAT}{rank()}"), daemon=True)
-    beat.start()
-    atexit.register(_stop_heartbeat, beat)  # before the interpreter tears down what it uses
+    peers.start_heartbeat()
     return dev
-
-
-_heart_stop = threading.Event()
-
-
-def _heartbeat(store: Any, key: str) -> None:
-    """Count up in the store every second while this process works, so that a rank waiting at a
-    finish line can tell a rank still working from one that is gone."""
-    while not _heart_stop.wait(1.0):
-        try:
-            store.add(key, 1)
-        except Exception:  # noqa: BLE001  (the group is gone: this process is ending)
-            return
-
-
-def _stop_heartbeat(beat: threading.Thread) -> None:
-    _heart_stop.set()
-    beat.join(timeout=5.0)
 
 
 def quiet_other_ranks() -> str:
@@ -190,64 +144,11 @@ def quiet_other_ranks() -> str:
 
 def leave() -> None:
     """Leave the process group, if this process joined one (entry points, at exit)."""
-    _heart_stop.set()
     if _group_ready():
         import torch.distributed as dist
 
         with contextlib.suppress(Exception):  # a peer may be gone already: nothing left to tidy
             dist.destroy_process_group()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
-def _store() -> Any:
-    from torch.distributed import distributed_c10d
-
-    return distributed_c10d._get_default_store()  # the rendezvous store every rank already holds
-
-
-def report_failure(error: BaseException) -> None:
-    """Leave this rank's error in the rendezvous store, so ranks waiting on it can name it."""
-    if not _group_ready() or world_size() == 1 or isinstance(error, RankFailure):
-        return
-    with contextlib.suppress(Exception):  # the store may be gone too; the original error still raises
-        _store().set(f"{_NOTE}{rank()}", f"{type(error).__name__}: {_first_line(error)}")
-
-
-@contextlib.contextmanager
-def reporting_failures() -> Iterator[None]:
-    """Around a rank's share of the work: an error in it is left for the other ranks to name."""
-    try:
-        yield
-    except BaseException as e:
-        report_failure(e)
-        raise
-
-
-def _culprit(error: BaseException) -> str:
-    """Who broke a collective: a rank that left its error, else the ranks that stopped answering."""
-    me, world = rank(), world_size()
-    try:
-        store = _store()
-        notes = [r for r in range(world) if r != me and store.check([f"{_NOTE}{r}"])]
-        if notes:
-            return "; ".join(f"rank {r} failed: {store.get(f'{_NOTE}{r}').decode()}" for r in notes)
-        store.set(f"{_SEEN}{me}", "1")
-        missing: list[int] = []
-        for _ in range(30):  # ≈ 3 s for the other survivors to say so
-            missing = [r for r in range(world) if r != me and not store.check([f"{_SEEN}{r}"])]
-            if not missing:
-                break
-            time.sleep(0.1)
-        if missing:
-            who = ", ".join(map(str, missing))
-            why = "killed, hung, out of memory, or its node lost"
-            return f"rank {who} left no error and does not answer ({why})"
-        return f"every other rank is alive, so this is a network or backend error: {_first_line(error)}"
-    except Exception:  # noqa: BLE001
-        return "the rendezvous store is gone too, so rank 0 (or torchrun's agent) has stopped"
 
 
 def collective(what: str, fn: Callable[[], Any]) -> Any:
@@ -256,7 +157,7 @@ def collective(what: str, fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception as e:  # noqa: BLE001  (gloo and NCCL raise RuntimeError, DistBackendError, ...)
         raise RankFailure(
-            f"rank {rank()} stopped at {what}: {_culprit(e)} (the {_first_line(e)!r} error)"
+            f"rank {rank()} stopped at {what}: {peers.culprit(e)} (the {peers.first_line(e)!r} error)"
         ) from None
 
 
@@ -297,45 +198,10 @@ def gather_rows(local: Any, counts: list[int], what: str, everywhere: bool = Fal
     return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]) if parts is not None else None
 
 
-def finish_line(what: str) -> None:
-    """Wait, with no time limit, until every rank has come here: for the end of a share of jobs
-    (trainings, searches), whose length differs between ranks by more than any collective timeout.
-    A rank that raised (its note) ends the wait at once, and one whose heartbeat stops for
-    `ATOMDD_TIMEOUT` seconds (killed, out of memory, its node lost) ends it then, naming the rank."""
-    if world_size() == 1:
-        return
-    line, me = next(_finish_lines), rank()
-    try:
-        store = _store()
-        store.set(f"{_DONE}{line}/{me}", "1")
-        done = [f"{_DONE}{line}/{r}" for r in range(world_size())]
-        heard = {r: (-1, time.monotonic()) for r in range(world_size()) if r != me}  # last count, when
-        while not store.check(done):  # one request while waiting; the laggards' checks once a second
-            for r in (r for r in heard if not store.check([done[r]])):
-                if store.check([f"{_NOTE}{r}"]):
-                    raise RankFailure(
-                        f"rank {me} stopped at {what}: rank {r} failed: {store.get(f'{_NOTE}{r}').decode()}"
-                    )
-                count, now = int(store.add(f"{_BEAT}{r}", 0)), time.monotonic()
-                if count != heard[r][0]:
-                    heard[r] = (count, now)
-                elif now - heard[r][1] > timeout_seconds():
-                    silent = f"has not answered for {now - heard[r][1]:.0f} s"
-                    why = "killed, out of memory, or its node lost"
-                    raise RankFailure(f"rank {me} stopped at {what}: rank {r} {silent} ({why})")
-            time.sleep(1.0)
-    except RankFailure:
-        raise
-    except Exception as e:  # noqa: BLE001  (the store itself is gone)
-        raise RankFailure(
-            f"rank {me} stopped at {what}: {_culprit(e)} (the {_first_line(e)!r} error)"
-        ) from None
-
-
 def gather_results(obj: Any, jobs: str) -> list[Any]:
     """Every rank's results of its share of `jobs` (picklable), in rank order, on every rank, once
-    every rank has finished its share (`finish_line`: no time limit while they work)."""
-    finish_line(f"the end of {jobs}")
+    every rank has finished its share (`peers.finish_line`: no time limit while they work)."""
+    peers.finish_line(f"the end of {jobs}")
     return gather_objects(obj, f"the gather of {jobs}")
 
 

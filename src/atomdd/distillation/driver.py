@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from atomdd import parallel
+from atomdd import parallel, peers
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
@@ -161,7 +161,7 @@ class Distiller:
         try:
             return self._run(out, resume, quiet, stop, overwrite, tb)
         except BaseException as e:
-            parallel.report_failure(e)  # for the ranks waiting on this one to name it
+            peers.report_failure(e)  # for the ranks waiting on this one to name it
             self._record_failure(out, e)
             raise
         finally:
