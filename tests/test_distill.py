@@ -32,6 +32,16 @@ def test_fused_pass_equals_per_class_loop():
     torch.testing.assert_close(fused.syn.grad, loop.syn.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("zca", [False, True])
+def test_real_images_kept_uint8_without_zca_are_the_float_ones(digits, zca):
+    """Without ZCA a run keeps its real images as read (a quarter of float32's memory) and
+    normalises each batch: bitwise the images the whole-set conversion gives; ZCA whitens once."""
+    d = Distiller(config(zca=zca))
+    assert d.task.real.dtype == (torch.float32 if zca else torch.uint8)
+    idx = torch.tensor([0, 5, 17, 1000])
+    assert torch.equal(d.task.real_images(idx), d.prep(digits.train_images)[idx])
+
+
 @pytest.mark.parametrize("method", ["atom", "atom-channel", "datadam", "dm"])
 def test_every_method_runs_and_moves_the_pixels(method):
     d = Distiller(config(method=method, iterations=2))

@@ -45,13 +45,15 @@ def network(
 @dataclass(frozen=True)
 class Task:
     """What every step of a run reads and none changes: the settings, the real images of the
-    classes `own` in model space on the device, and each class's train indices into them (other
-    classes' entries are only counted: every rank draws every class's batch, to keep one stream)."""
+    classes `own` on the device (`real_images` gives them in model space), and each class's train
+    indices into them (other classes' entries are only counted: every rank draws every class's
+    batch, to keep one stream)."""
 
     cfg: DistillConfig
     match: MatchConfig
     dsa: DSAConfig
-    real: torch.Tensor
+    real: torch.Tensor  # uint8 as read without ZCA (normalised per batch), else model space
+    prep: Preprocess
     class_idx: list[torch.Tensor]
     channels: int
     image_size: tuple[int, int]
@@ -92,7 +94,10 @@ class Task:
         own = range(data.num_classes) if own is None else own
         class_idx = data.class_indices()
         mine = torch.cat([class_idx[c] for c in own])
-        real = prep(data.train_images[mine] if len(own) < data.num_classes else data.train_images).to(device)
+        images = data.train_images[mine] if len(own) < data.num_classes else data.train_images
+        # without ZCA, model space is elementwise: normalised per batch, the same numbers for a quarter
+        # of the memory; ZCA mixes pixels, so whitened once
+        real = (images if prep.zca is None else prep(images)).to(device)
         if len(own) < data.num_classes:  # own classes index the kept images; others keep their size
             starts = torch.tensor([0, *counts[list(own)].tolist()]).cumsum(0).tolist()
             class_idx = [
@@ -113,18 +118,24 @@ class Task:
             match=cfg.match,
             dsa=DSAConfig(strategy=cfg.dsa),
             real=real,
+            prep=prep,
             class_idx=[i.to(device) for i in class_idx],
             channels=data.channels,
             image_size=data.image_size,
             batch_real=min(cfg.batch_real, int(counts.min())),
             device=device,
             precision=precision,
-            num_blocks=len(net.features(real[:1]).activations),
+            num_blocks=len(net.features(prep(images[:1]).to(device)).activations),
             own=own,
         )
 
     def network(self, step: int) -> FeatureModel:
         return network(self.cfg, self.channels, self.num_classes, self.image_size, step, self.device)
+
+    def real_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """The real images at `idx` (into `real`), in model space."""
+        x = self.real[idx]
+        return self.prep(x) if x.dtype == torch.uint8 else x
 
     def initial_images(self) -> torch.Tensor:
         """The synthetic images of the classes `own` at step 0: real images of each class, or noise,
@@ -137,7 +148,7 @@ class Task:
             return noise[own.start * ipc : own.stop * ipc].to(self.device)
         picks = [torch.randperm(len(idx), generator=gen)[:ipc] for idx in self.class_idx]
         mine = [self.class_idx[c][picks[c].to(self.class_idx[c].device)] for c in own]
-        return self.real[torch.cat(mine)].clone()
+        return self.real_images(torch.cat(mine))
 
     def class_chunks(self, classes: range | None = None) -> list[range]:
         """`classes` (default: `own`) in the chunks one forward pass takes."""
@@ -174,7 +185,9 @@ def loss_and_grad(
     for chunk in task.class_chunks(classes):
         labels = torch.arange(chunk.start, chunk.stop, device=task.device)
         with torch.no_grad(), _autocast(task):
-            real = aug.apply(task.real[idx[chunk.start : chunk.stop].flatten()], labels.repeat_interleave(b))
+            real = aug.apply(
+                task.real_images(idx[chunk.start : chunk.stop].flatten()), labels.repeat_interleave(b)
+            )
             real_stats = class_statistics(net.features(real), len(chunk), task.match)
         with _autocast(task):
             own = syn[(chunk.start - task.own.start) * ipc : (chunk.stop - task.own.start) * ipc]
