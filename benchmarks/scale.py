@@ -127,13 +127,8 @@ def main() -> None:
             load = os.getloadavg()[0]
             got = launch(world, job)
             base = base or got["s_per_step"]
-            row = job | {
-                "ranks": world,
-                "round": round_,
-                "load_before": load,
-                "load_after": os.getloadavg()[0],
-            }
-            row |= got
+            row = job | {"round": round_, "load_before": load, "load_after": os.getloadavg()[0]}
+            row |= got  # with "ranks": each rank's figures
             row["throughput_ratio"] = base / got["s_per_step"]
             cpu_base = cpu_base if world > 1 else got["ranks"][0]["cpu_s_per_step"]
             row["cpu_ratio"] = cpu_base / max(r["cpu_s_per_step"] for r in got["ranks"])
