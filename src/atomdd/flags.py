@@ -40,8 +40,12 @@ def settings_from(args: argparse.Namespace, config_cls: type, own: Sequence[str]
 
     file_values = load_config_file(args.config) if args.config else {}
     mine = {k: file_values.pop(k) for k in own if k in file_values}
-    cfg = apply_overrides(config_cls(), file_values, "config key")
-    return apply_overrides(cfg, overrides(args, config_cls), "config key"), mine
+    flags = overrides(args, config_cls)
+    cfg = apply_overrides(config_cls(), file_values | flags, "config key")
+    if getattr(cfg, "preset", ""):  # a preset's settings (EvalConfig's) come first
+        cfg = apply_overrides(config_cls.from_preset(cfg.preset), file_values, "config key")
+        cfg = apply_overrides(cfg, flags, "config key")
+    return cfg, mine
 
 
 def _fields(config: type | list) -> list:

@@ -58,7 +58,7 @@ def power_sums(f: torch.Tensor, p: float, dims: list[tuple[int, ...]]) -> list[t
     f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f
     if p in (2, 4):  # even powers: no abs, no exp/log, and the fused backward
         return list(_PowerSums.apply(f, int(p), *dims))
-    powered = f.abs().pow(p)
+    powered = f.abs() if p == 1 else f.abs().pow(p)  # p = 1: the published DataDAM code's power
     return [powered.sum(d) for d in dims]
 
 

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from atomdd.config import apply_overrides, load_config_file
 from atomdd.errors import AtomddError
 from atomdd.io import derive_seed
-from atomdd.settings import DSA_DEFAULT, METHODS, MatchConfig, dsa_ops, method_config
+from atomdd.methods import get_method
+from atomdd.settings import DSA_DEFAULT, MatchConfig, dsa_ops
 
 if TYPE_CHECKING:
     from atomdd.models import ModelRef
 
+BN_BATCHES = ("class", "all")
 # Keys that may change between a checkpoint and its resumption without changing the result.
 RESUMABLE = {"iterations", "checkpoint_every", "log_every", "data_root", "download", "device", "chunk_images"}
 # ConvNet's options as flat keys (config files, flags, run.json before `model` took options): they
@@ -51,11 +53,18 @@ class DistillConfig:
     batch_real: int = 64  # real images per class per step
     init: str = "real"  # "real" | "noise"
     zca: bool = False
+    # whiten the initial synthetic images once more, with a ZCA (same ε) fitted on them alone: what
+    # the published DataDAM code does with --zca (docs/reproduce.md); needs zca
+    zca_refit: bool = False
     # after each step, project the pixels back onto valid images ([0, 1] before normalisation/ZCA)
     clip: bool = False
     dsa: str = DSA_DEFAULT  # or "none"
     # the backbone: a model reference, e.g. "convnet", "convnet(depth=4)", "resnet18(norm=batchnorm)"
     model: str = "convnet"
+    # with a batch-norm backbone, the images one forward call normalises together: "class" (each
+    # class's real images in one call, its synthetic images in another) or "all" (every class's real
+    # images in one call, every synthetic image in another: the published DataDAM code; one process)
+    bn_batch: str = "class"
     match: MatchConfig = field(default_factory=MatchConfig)  # the loss (defaults: ATOM's)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -146,23 +155,23 @@ ATOM_LAMBDA = {"mnist": 0.1}
 
 def preset(dataset: str, ipc: int, method: str) -> dict[str, Any]:
     """The published hyperparameters for a dataset × IPC × method, as (flat) config overrides."""
-    if method not in METHODS:
-        method_config(method)  # raises the unknown-name error
-    m = METHODS[method]
+    m = get_method(method)
     values: dict[str, Any] = {
         "dataset": dataset,
         "ipc": ipc,
         "method": method,
         "lr_img": 1.0 if ipc <= 50 else 10.0,
-        "batch_real": 256 if method == "dm" else 64,
+        "batch_real": m.batch_real,
         "zca": dataset in _ZCA,
         **({"model": "convnet(depth=4)"} if dataset in _HIGH_RES else {}),
-        **{f.name: getattr(m, f.name) for f in dataclasses.fields(m)},
+        **{f.name: getattr(m.match, f.name) for f in dataclasses.fields(m.match)},
     }
     if method == "atom" and dataset in ATOM_LAMBDA:
         values["embedding"] = ATOM_LAMBDA[dataset]
-    if dataset in _HIGH_RES and method != "dm":
-        values["embedding"] = 2 * m.embedding  # DataDAM doubles λ at 64×64 (0.01 → 0.02)
+    if dataset in _HIGH_RES and m.match.spatial + m.match.channel > 0:
+        values["embedding"] = 2 * m.match.embedding  # DataDAM doubles λ at 64×64 (0.01 → 0.02)
+    values |= m.settings
+    values["zca_refit"] = values.get("zca_refit", False) and values["zca"]  # refit where it whitens
     return values
 
 
@@ -207,6 +216,10 @@ def validate(cfg: DistillConfig) -> None:
         raise AtomddError("lr_img must be > 0, and batch_real, checkpoint_every, log_every ≥ 1")
     if cfg.run.chunk_images < 0:
         raise AtomddError("chunk_images must be ≥ 0 (0 = automatic)")
+    if cfg.bn_batch not in BN_BATCHES:
+        raise AtomddError(f"bn_batch={cfg.bn_batch!r}: choose one of {', '.join(BN_BATCHES)}")
+    if cfg.zca_refit and not cfg.zca:
+        raise AtomddError("zca_refit whitens the initial images again, so it needs zca=true")
     cfg.model_ref()
     dsa_ops(cfg.dsa)
 

@@ -32,7 +32,7 @@ from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
 from atomdd.distillation.folder import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
-from atomdd.distillation.shards import Shards, preprocess
+from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
@@ -57,7 +57,10 @@ class Distiller:
         self.prep = preprocess(self.data, cfg.zca, self.device)
         self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision, self.shards.own)
         self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
-        self.syn = torch.nn.Parameter(self.task.initial_images())
+        init, self.refit = self.task.initial_images(), None
+        if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
+            init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
+        self.syn = torch.nn.Parameter(init)
         self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.step = 0
         self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
@@ -141,17 +144,18 @@ class Distiller:
     def run(
         self,
         out: Path | None = None,
-        resume: bool = False,
+        resume: bool | str = False,
         quiet: bool = True,
         stop: object = None,
         overwrite: bool = False,
         tensorboard: str | Path | None = None,
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
-        `resume`). A truthy `stop` (checked after every step) checkpoints and raises `Interrupted`.
-        With `out`, an error leaves run.json "failed" or "interrupted" and why. A folder holding
-        another set or run is refused unless `overwrite` (which removes the old one's files).
-        `tensorboard`: a folder for TensorBoard event files (loss, terms, the grid now and then)."""
+        `resume`; "auto": resume where there is a checkpoint, else start). A truthy `stop` (checked
+        after every step) checkpoints and raises `Interrupted`. With `out`, an error leaves run.json
+        "failed" or "interrupted" and why. A folder holding another set or run is refused unless
+        `overwrite` (which removes the old one's files). `tensorboard`: a folder for TensorBoard
+        event files (loss, terms, the grid now and then)."""
         self._t0 = None
         tb = None
         if tensorboard is not None:
@@ -179,10 +183,12 @@ class Distiller:
             pass
 
     def _run(
-        self, out: Path | None, resume: bool, quiet: bool, stop: object, overwrite: bool, tb: Any
+        self, out: Path | None, resume: bool | str, quiet: bool, stop: object, overwrite: bool, tb: Any
     ) -> SyntheticSet:
         cfg = self.cfg
         folder = RunFolder(out) if out is not None else None
+        if resume == "auto":  # continue a run that has a checkpoint, else start one
+            resume = folder is not None and (folder.path / CHECKPOINT).exists()
         if folder is not None:
             if resume:
                 self.load_checkpoint(folder.path)
@@ -270,6 +276,7 @@ class Distiller:
                 "device": str(self.device),
                 "precision": self.precision,
                 "batch_real": self.task.batch_real,
+                "zca_refit": self.refit,  # the refit of the initial images (None: none)
             },
             "versions": versions(),
             "dataset": self.data.summary(),
@@ -315,7 +322,7 @@ def distill(
     ipc: int | None = None,
     method: str | None = None,
     out: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     quiet: bool = True,
     config_file: str | Path | None = None,
     stop: object = None,
@@ -327,7 +334,8 @@ def distill(
 
     `overrides` are any `DistillConfig` fields (e.g. iterations=1000, lr_img=1.0, p_spatial=2).
     With `out`, writes synthetic.safetensors, run.json, metrics.jsonl, grid.png, attention.png and a
-    checkpoint there; `resume=True` continues from that checkpoint; `overwrite=True` replaces another
+    checkpoint there; `resume=True` continues from that checkpoint (`resume="auto"`: continues
+    if there is one, else starts); `overwrite=True` replaces another
     set or run found there (else refused). A truthy `stop` (e.g. the flag of
     `signals.stop_on_signals()`) ends the run after the current step, checkpointed (`Interrupted`).
     `tensorboard`: a folder for TensorBoard event files (needs the `tensorboard` extra).

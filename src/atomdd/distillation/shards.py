@@ -15,7 +15,7 @@ import torch
 
 from atomdd import parallel
 from atomdd.data import Dataset
-from atomdd.data.transforms import Preprocess
+from atomdd.data.transforms import ZCA, Preprocess
 from atomdd.errors import AtomddError
 
 
@@ -71,11 +71,32 @@ def preprocess(data: Dataset, zca: bool, device: torch.device) -> Preprocess:
         return data.preprocess(zca)
     main = parallel.is_main_process()
     prep = data.preprocess(True) if main else Preprocess(data.mean, data.std, zca=True)
-    d = data.channels * data.image_size[0] * data.image_size[1]
+    _share_fit(prep.zca, data.channels * data.image_size[0] * data.image_size[1], device, "the ZCA")
+    return prep
+
+
+def _share_fit(zca: ZCA, d: int, device: torch.device, what: str) -> None:
+    """The main process's fit of `zca` (of d-value images), loaded on every rank."""
+    if parallel.world_size() == 1:
+        return
     fit = (
-        [prep.zca.mean, prep.zca.eigvecs, prep.zca.eigvals]
-        if main
+        [zca.mean, zca.eigvecs, zca.eigvals]
+        if parallel.is_main_process()
         else [torch.zeros(d), torch.zeros(d, d), torch.zeros(d, dtype=torch.float64)]
     )
-    prep.zca.load(*(parallel.broadcast(t.to(device), "the ZCA broadcast").cpu() for t in fit))
-    return prep
+    zca.load(*(parallel.broadcast(t.to(device), f"{what} broadcast").cpu() for t in fit))
+
+
+def zca_refit(own: torch.Tensor, shards: Shards, eps: float) -> tuple[torch.Tensor, dict]:
+    """This rank's initial images whitened once more, by a ZCA (ε `eps`) fitted on the whole
+    initial set: the published DataDAM code's refit with --zca. Fitted on the main process and
+    broadcast. Returns the images and what was done, for run.json."""
+    whole = shards.gather(own, "the initial images' gather")  # None off the main process
+    zca = ZCA(eps)
+    record: dict = {"eps": eps}
+    if whole is not None:
+        zca.fit([whole.cpu()])
+        record |= {"images": len(whole), "std_before": float(whole.std())}
+        record["std_after"] = float(zca(whole.cpu()).std())
+    _share_fit(zca, own[0].numel(), own.device, "the refit ZCA")
+    return zca(own.cpu()).to(own.device), record

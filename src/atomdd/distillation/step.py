@@ -62,6 +62,7 @@ class Task:
     precision: str
     num_blocks: int
     own: range  # the classes whose real images and synthetic pixels this process holds
+    batch_norm: bool  # the backbone has batch norm: a forward call's batch decides its statistics
 
     @property
     def num_classes(self) -> int:
@@ -108,10 +109,15 @@ class Task:
             ]
         net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device)
         batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-        if batch_norm and cfg.run.fused:
+        if batch_norm and cfg.bn_batch == "all" and len(own) < data.num_classes:
             raise AtomddError(
-                "the backbone uses batch norm, which mixes the classes of a fused pass; "
-                "use an instance-norm backbone or set fused=false"
+                "bn_batch=all normalises every class's images in one batch-norm call, which cannot be "
+                "split over ranks; run it in one process, or use bn_batch=class (per-class statistics)"
+            )
+        if batch_norm and cfg.bn_batch == "all" and not cfg.run.fused:
+            raise AtomddError(
+                "bn_batch=all puts every class in one forward call, fused=false one class per call; "
+                "drop one of them"
             )
         return cls(
             cfg=cfg,
@@ -127,6 +133,7 @@ class Task:
             precision=precision,
             num_blocks=len(net.features(prep(images[:1]).to(device)).activations),
             own=own,
+            batch_norm=batch_norm,
         )
 
     def network(self, step: int) -> FeatureModel:
@@ -151,13 +158,20 @@ class Task:
         return self.real_images(torch.cat(mine))
 
     def class_chunks(self, classes: range | None = None) -> list[range]:
-        """`classes` (default: `own`) in the chunks one forward pass takes."""
+        """`classes` (default: `own`) in the chunks one forward pass takes. With batch norm the
+        chunks are the statistics' groups: one class (bn_batch=class) or every class (all)."""
         classes = self.own if classes is None else classes
         if classes.start < self.own.start or classes.stop > self.own.stop:
             raise ValueError(f"classes {classes} outside this task's own classes {self.own}")
-        per_class = self.batch_real + self.cfg.ipc
-        images = self.cfg.run.chunk_images or (256 if self.device.type == "cpu" else 8192)
-        size = max(1, images // per_class) if self.cfg.run.fused else 1
+        if self.batch_norm:
+            size = len(classes) if self.cfg.bn_batch == "all" else 1
+        elif self.cfg.run.fused:
+            per_class = self.batch_real + self.cfg.ipc
+            size = max(
+                1, (self.cfg.run.chunk_images or (256 if self.device.type == "cpu" else 8192)) // per_class
+            )
+        else:
+            size = 1
         return [range(classes.start + c.start, classes.start + c.stop) for c in chunks(len(classes), size)]
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The published protocol on CIFAR-10 (docs/reproduce.md): each job distils with a `*-code` preset
+# and evaluates the set with its code's evaluation (`atomdd methods` names it), in turn. Every step
+# resumes: rerun the same command after a stop and it continues where it was.
+#
+#   bash benchmarks/reproduce.sh datadam-code:1 atom-code:1 dm-code:1:5000    # method:IPC[:iterations]
+#
+# DATA (default ../shared/data) holds cifar-10-batches-py/; OUT (default
+# benchmarks/results/cifar10-reproduce) gets a folder per job, <method>-ipc<IPC>[-s<iterations>].
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-benchmarks/results/cifar10-reproduce}
+for job in "$@"; do
+  IFS=: read -r method ipc iterations <<< "$job"
+  dir="$OUT/$method-ipc$ipc${iterations:+-s$iterations}"
+  atomdd distill --dataset cifar10 --data-root "$DATA" --ipc "$ipc" --method "$method" \
+    ${iterations:+--iterations "$iterations"} --out "$dir" --resume-or-start --quiet
+  preset=$(python -c "from atomdd.methods import get_method; print(get_method('$method').evaluation)")
+  atomdd evaluate "$dir" --preset "$preset" --data-root "$DATA" --test-limit 1000 > "$dir/eval.txt"
+done
