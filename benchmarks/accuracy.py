@@ -62,13 +62,15 @@ def main() -> None:
             for seed in args.seeds:
                 folder = jobs.job_folder(out, spec, ipc, seed)
                 t = time.perf_counter()
-                try:
-                    with stop_on_signals() as stop:
-                        syn = jobs.make_set(spec, ipc, seed, budget, folder, not args.progress, stop)
-                except AtomddError as e:  # e.g. interrupted: the checkpoint is kept, a rerun resumes
-                    raise SystemExit(str(e)) from None
+                report = jobs.finished(folder, budget)  # evaluated: its set file is not needed
+                if report is None:
+                    try:
+                        with stop_on_signals() as stop:
+                            syn = jobs.make_set(spec, ipc, seed, budget, folder, not args.progress, stop)
+                    except AtomddError as e:  # e.g. interrupted: the checkpoint is kept, a rerun resumes
+                        raise SystemExit(str(e)) from None
+                    report = jobs.evaluate_job(syn, folder, budget)
                 made = time.perf_counter() - t
-                report = jobs.evaluate_job(syn, folder, budget)
                 accs = report["models"][jobs.EVAL_MODEL]["runs"]
                 print(
                     f"ipc {ipc:>2} {spec:<40} seed {seed}: {statistics.mean(accs):6.2f} "
