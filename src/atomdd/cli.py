@@ -200,6 +200,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_export(args: argparse.Namespace) -> int:
+    from atomdd.export import export
+    from atomdd.sets import load_any
+
+    syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
+    print(f"wrote {export(syn, args.format, args.out)} ({len(syn.labels)} images, {args.format})")
+    return 0
+
+
+@command
 def cmd_show(args: argparse.Namespace) -> int:
     from atomdd.report import show
 
@@ -327,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for report.md and its figures")
     p.add_argument("--title", default="Report", help="the page's heading")
+
+    p = sub.add_parser("export", help="write a set for other tools: PNG folders, a DC/DM .pt, HF datasets")
+    p.add_argument("path", help="a set's folder (synthetic.safetensors), the file, or a peer's .pt")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("imagefolder", "pt", "hf"),
+        help="imagefolder: a PNG per image in a folder per class (for viewing; lossy); pt: the "
+        "published code's {'data': [[images, labels]]} in model space; hf: a Hugging Face datasets "
+        "folder (the hf extra)",
+    )
+    p.add_argument("--out", required=True, help="the folder (or .pt file) to write")
+    p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt")
+    p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
+    p.add_argument("--data-root", default=None)
 
     p = sub.add_parser("show", help="a set's images as a PNG grid (a row per class), or one class enlarged")
     p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")

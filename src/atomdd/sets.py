@@ -45,6 +45,8 @@ class SyntheticSet:
     preprocess_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     preprocess_meta: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # method, ipc, dataset hash, ...
+    # N×K class probabilities (e.g. a teacher's), kept beside the hard labels; None: hard labels only
+    soft_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],):
@@ -54,6 +56,17 @@ class SyntheticSet:
             )
         if not torch.is_floating_point(self.images) or self.labels.dtype != torch.int64:
             raise AtomddError("synthetic images must be floating point and labels int64")
+        soft = self.soft_labels
+        if soft is not None and (
+            soft.ndim != 2
+            or len(soft) != len(self.labels)
+            or not torch.is_floating_point(soft)
+            or not bool(torch.isfinite(soft).all())
+        ):
+            raise AtomddError(
+                f"soft labels must be finite N×K floats, one row per image ({len(self.labels)}), got "
+                f"{soft.dtype} {tuple(soft.shape)}"
+            )
 
     @classmethod
     def of(cls, images: torch.Tensor, labels: torch.Tensor, data: Dataset, prep: Preprocess, meta: dict):
@@ -85,6 +98,8 @@ class SyntheticSet:
         if not is_main_process():
             return path
         tensors = {"images": self.images.detach().float().cpu().contiguous(), "labels": self.labels.cpu()}
+        if self.soft_labels is not None:
+            tensors["soft_labels"] = self.soft_labels.detach().float().cpu().contiguous()
         tensors |= {_PREP + k: v.detach().cpu().contiguous() for k, v in self.preprocess_tensors.items()}
         metadata = {
             "dataset": self.dataset,
@@ -129,6 +144,7 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
         preprocess_tensors={k[len(_PREP) :]: v for k, v in tensors.items() if k.startswith(_PREP)},
         preprocess_meta=prep_meta,
         meta=meta,
+        soft_labels=tensors.get("soft_labels"),
     )
     try:  # the preprocessing must rebuild (evaluation needs it): check now, not after training
         syn.preprocess()
