@@ -46,11 +46,11 @@ def main() -> None:
         help="also report accuracy on the first N test images (CIFAR-10 here: 1000, its exact part)",
     )
     args = ap.parse_args()
-    from atomdd import jobs
+    from atomdd import grid as jobs
     from atomdd.errors import AtomddError
     from atomdd.hardware import tune_cpu_allocator
     from atomdd.io import versions, write_json
-    from atomdd.report import grid_table
+    from atomdd.report.images import grid_table
     from atomdd.signals import stop_on_signals
 
     tune_cpu_allocator()

@@ -1,9 +1,9 @@
-"""Write docs/accuracy.md from benchmarks/results/ (`atomdd.reporting.accuracy_page`): run it after
+"""Write docs/accuracy.md from benchmarks/results/ (`atomdd.report.page.accuracy_page`): run it after
 adding results; tests/test_docs.py fails while the page and the results disagree."""
 
 from pathlib import Path
 
-from atomdd.reporting import ACCURACY_PAGE, accuracy_page
+from atomdd.report.page import ACCURACY_PAGE, accuracy_page
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ nothing. After adding results: python benchmarks/accuracy_page.py."""
 
 from pathlib import Path
 
-from atomdd.reporting import ACCURACY_PAGE, accuracy_page
+from atomdd.report.page import ACCURACY_PAGE, accuracy_page
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from atomdd.errors import AtomddError
 from atomdd.hardware import fast_bf16, resolve_precision
 from atomdd.models import MODELS, ModelSpec
 from atomdd.models.convnet import ConvNet
-from atomdd.report import eval_table
+from atomdd.report.images import eval_table
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 

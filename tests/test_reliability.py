@@ -613,7 +613,7 @@ def test_a_kill_while_the_figures_are_drawn_leaves_the_run_unfinished_and_resuma
     cfg = dict(iterations=2, model="convnet(width=16)", batch_real=8)
     script = (
         "import os, signal\n"
-        "import atomdd.report as report\n"
+        "import atomdd.report.images as report\n"
         "from atomdd.distillation.driver import distill\n"
         "def killed(out, data=None):\n"
         "    (out / 'grid.png').write_bytes(b'half a png')\n"  # the kill lands mid-figure
@@ -633,7 +633,7 @@ def test_a_kill_while_the_figures_are_drawn_leaves_the_run_unfinished_and_resuma
 
 
 def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import atomdd.report as report
+    import atomdd.report.images as report
     from atomdd.distillation.driver import distill
 
     seen = []

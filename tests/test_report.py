@@ -11,8 +11,8 @@ from PIL import Image
 
 from atomdd.cli import main
 from atomdd.errors import AtomddError
-from atomdd.report import show
-from atomdd.reporting import report
+from atomdd.report.images import show
+from atomdd.report.page import report
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
     import torch
 
     from atomdd.data.transforms import Preprocess
-    from atomdd.report import display_images
+    from atomdd.report.images import display_images
     from atomdd.sets import SyntheticSet
 
     g = torch.Generator().manual_seed(0)

@@ -123,7 +123,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
         raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
-    from atomdd.outputs import claim
+    from atomdd.folders.layout import claim
 
     basics = {"kind": "coreset", "method": cfg.method, "ipc": int(ipc), "seed": cfg.seed, "dataset": dataset}
     claim(args.out, args.overwrite, same=basics)  # before minutes of selection
@@ -139,7 +139,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
     from atomdd.models import parse_models
-    from atomdd.report import eval_table
+    from atomdd.report.images import eval_table
     from atomdd.sets import load_any
     from atomdd.settings import EvalConfig, eval_preset
 
@@ -192,7 +192,7 @@ def _set_dir(path: str) -> str | None:
 
 @command
 def cmd_report(args: argparse.Namespace) -> int:
-    from atomdd.reporting import report
+    from atomdd.report.page import report
 
     page = report(args.paths, args.out, title=args.title)
     print(f"wrote {page} and its figures")
@@ -201,7 +201,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @command
 def cmd_show(args: argparse.Namespace) -> int:
-    from atomdd.report import show
+    from atomdd.report.images import show
 
     print(f"wrote {show(args.path, args.out, args.klass)}")
     return 0
@@ -210,7 +210,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 @command
 def cmd_nas(args: argparse.Namespace) -> int:
     from atomdd.nas import NasSettings, run_search, search_space
-    from atomdd.report import nas_table
+    from atomdd.report.images import nas_table
     from atomdd.settings import dsa_ops
 
     if args.workers < 1 or min(args.epochs, args.truth_epochs, args.early_epochs) < 1:
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
     except AtomddError as e:
         if getattr(e, "report", None) is not None:  # a write failed after the work: show the work
-            from atomdd.report import eval_table
+            from atomdd.report.images import eval_table
 
             print(eval_table(e.report))
         print(f"atomdd: error{who}: {e}", file=sys.stderr)

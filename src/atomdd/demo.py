@@ -8,7 +8,7 @@ from pathlib import Path
 from atomdd.coreset import select
 from atomdd.distillation.driver import CHECKPOINT, distill
 from atomdd.evaluate import evaluate_set
-from atomdd.report import markdown_table
+from atomdd.report.images import markdown_table
 from atomdd.settings import EvalConfig
 
 

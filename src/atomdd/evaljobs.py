@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from atomdd import parallel, peers
+from atomdd.folders.evals import RunStore
 from atomdd.hardware import resolve_device
 from atomdd.models import ModelRef
-from atomdd.results import RunStore
 from atomdd.settings import EvalConfig
 from atomdd.train import test_models, train_models, use_batched
 

@@ -30,13 +30,13 @@ import torch
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError, WriteError
 from atomdd.evaljobs import shard_runs, train_runs
+from atomdd.folders.evals import RESULT_FILE, RunStore, merge_report, run_protocol_key, set_id
 from atomdd.hardware import resolve_precision
 from atomdd.io import make_folder, versions
 from atomdd.models import ModelRef, parse_models
 from atomdd.parallel import init, is_main_process, world_size
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
-from atomdd.results import RESULT_FILE, RunStore, merge_report, run_protocol_key, set_id
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 from atomdd.train import use_batched

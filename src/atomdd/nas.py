@@ -271,7 +271,7 @@ def run_search(
 ) -> dict[str, Any]:
     """Run the jobs not yet in `out` (over `workers` processes, each torchrun rank its `shard`),
     then write and return the report."""
-    from atomdd.report import save_nas_plot
+    from atomdd.report.images import save_nas_plot
 
     parallel.init(settings.device)  # joins torchrun's group, if it started this process
     out = Path(out)

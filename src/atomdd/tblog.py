@@ -53,7 +53,7 @@ class DistillLog:
         """The set's grid (class names on the rows) as drawn by `report`."""
         import numpy as np
 
-        from atomdd.report import display_images, grid_image
+        from atomdd.report.images import display_images, grid_image
 
         if self.w is None:
             return

@@ -31,9 +31,9 @@ from atomdd import parallel, peers
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
-from atomdd.distillation.folder import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
 from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.folders.run import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
 from atomdd.models import FeatureModel

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from atomdd import jobs
+from atomdd import grid as jobs
 from atomdd.errors import AtomddError
-from atomdd.report import grid_table
+from atomdd.report.images import grid_table
 
 BUDGET = jobs.Budget(dataset="digits", steps=2, epochs=1, runs=2)
 SMALL = "width=16,batch_real=16"

@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from atomdd.folders.read import Group, Run, method_order
 from atomdd.io import atomic_path, read_jsonl
-from atomdd.runs import Group, Run, method_order
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -98,7 +98,7 @@ def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
         name = f"{prefix}-{r.label}-ipc{r.ipc}-seed{r.seed}" + (f"-{n}" if group.folder is None else "")
         shown = []
         if (r.folder / "synthetic.safetensors").exists():
-            from atomdd.report import display_images, save_grid
+            from atomdd.report.images import display_images, save_grid
             from atomdd.sets import load_synthetic
 
             syn = load_synthetic(r.folder)

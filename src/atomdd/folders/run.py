@@ -30,7 +30,7 @@ class RunFolder:
     def start(self, overwrite: bool = False) -> None:
         """Begin a fresh run here: refuse a folder holding another set or a run's checkpoint (a
         failed run's record alone is replaced), unless `overwrite`."""
-        from atomdd.outputs import SET_FILE, describe, remove_described
+        from atomdd.folders.layout import SET_FILE, describe, remove_described
 
         if (self.path / CHECKPOINT).exists() or (self.path / SET_FILE).exists():
             if not overwrite:
@@ -71,7 +71,7 @@ class RunFolder:
     def figures(self, data: Dataset | None = None) -> None:
         """grid.png and attention.png, drawn from the folder's files (run.json, the set)."""
         if self.main:
-            from atomdd.report import save_run_figures
+            from atomdd.report.images import save_run_figures
 
             save_run_figures(self.path, data)
 

@@ -17,8 +17,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from atomdd.report import markdown_table
-from atomdd.runs import Group, Run, gather, method_order
+from atomdd.folders.read import Group, Run, gather, method_order
+from atomdd.report.images import markdown_table
 
 
 def _fmt(values: list[float]) -> str:
@@ -40,7 +40,7 @@ def accuracy_table(by_method: dict[str, dict[int, list[Run]]], model: str, again
     """Rows methods, columns IPC (the published tables' layout): mean ± std over every evaluation
     model of every seed, n = sets (seeds); where the grid has `against`, each method's paired
     difference to it; where the runs were also tested on the first N test images, that column too."""
-    from atomdd.jobs import paired, summary
+    from atomdd.grid import paired, summary
 
     ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc}, key=lambda i: (i == 0, i))
 
@@ -164,7 +164,7 @@ def _eval_config(r: Run) -> dict | None:
 
 def nas_section(folder: Path, out: Path | None) -> str:
     """The architecture search in `folder/nas.json` in the published layout, and its scatter PNG."""
-    from atomdd.report import nas_table
+    from atomdd.report.images import nas_table
 
     head = f"### Architecture search: {folder.name}\n"
     try:
@@ -192,7 +192,7 @@ def render(
     """The markdown of the report over `paths`, to be written at `page` (links are relative to it).
     With `figures`, PNGs are drawn or copied into the page's folder; with `evaluated_only`, runs
     without an eval.json (e.g. still running) are left out."""
-    from atomdd import plots
+    from atomdd.report import charts as plots
 
     groups, nas = gather(paths)
     if evaluated_only:
