@@ -1,25 +1,30 @@
-"""Resumable grids of runs: for each (method, IPC, seed) make a set in its own folder, or reuse the
-folder a previous invocation left, evaluate it once, and collect the results with paired
-differences. `benchmarks/accuracy.py` is a thin script over this; an architecture search reuses it.
+"""`atomdd grid`: resumable grids of (method, IPC, seed) jobs under one budget. For each job make a
+set in its own folder, or reuse the folder a previous invocation left, evaluate it once, and
+tabulate every finished job with each method's paired difference to a reference method.
 
-A grid lives under one folder: `ipc<IPC>/<method slug>-seed<SEED>/` holds a set (run.json and
-synthetic.safetensors, or a coreset's set file alone) and its eval.json. A finished folder is
-reused; a distillation folder made with other matching settings than its method spec means now is
-refused (its name would lie); an interrupted one resumes from its checkpoint.
+A grid lives under one folder: `ipc<IPC>/<method spec>-seed<SEED>/` (`folders.layout.grid_member`)
+holds a set (run.json and synthetic.safetensors, or a coreset's set file alone) and its eval.json;
+`accuracy.json` beside them holds the table's numbers. A finished folder is reused; a distillation
+folder made with other matching settings than its method spec means now is refused (its name would
+lie); an interrupted one resumes from its checkpoint. A method spec is a method with optional
+overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import statistics
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, refuse
+from atomdd.folders.layout import GRID_SUMMARY, RUN_FILE, SET_FILE, grid_member
+from atomdd.folders.read import gather, read_folder
+from atomdd.settings import CORESET_METHODS, help_meta
 
-CORESETS = ("random", "herding", "kcenter")
 EVAL_MODEL = "convnet"
 
 
@@ -27,12 +32,65 @@ EVAL_MODEL = "convnet"
 class Budget:
     """What every job of a grid shares: the data, the distillation steps, the evaluation."""
 
+    # settings renamed: the old name (a config key, a flag) still works, with a warning
+    RENAMED: ClassVar[dict[str, str]] = {"runs": "repeats"}
+
     dataset: str = "mnist"
-    steps: int = 200  # distillation steps
-    epochs: int = 300  # evaluation epochs
-    runs: int = 3  # evaluation models per set
-    test_limit: int = 0  # also the accuracy on the first N test images
+    iterations: int = field(default=200, metadata=help_meta("distillation steps (default 200)"))
+    epochs: int = field(default=300, metadata=help_meta("evaluation epochs (default 300)"))
+    repeats: int = field(default=3, metadata=help_meta("evaluation models per set (default 3)"))
+    test_limit: int = field(
+        default=0,
+        metadata=help_meta(
+            "also report accuracy on the first N test images (CIFAR-10 here: 1000, its exact part)"
+        ),
+    )
     data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        refuse("grid setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        bad = [f"{k}={getattr(self, k)} (at least 1)" for k in ("epochs", "repeats") if getattr(self, k) < 1]
+        bad += [
+            f"{k}={getattr(self, k)} (at least 0)"
+            for k in ("iterations", "test_limit")
+            if getattr(self, k) < 0
+        ]
+        return bad
+
+
+@dataclass(frozen=True)
+class GridSettings(Budget):
+    """A grid: its budget, and the methods × IPCs × seeds it holds; `atomdd grid`'s flags."""
+
+    methods: tuple[str, ...] = field(
+        default=("random", "herding", "kcenter", "dm", "datadam", "atom"),
+        metadata=help_meta("method specs: a method (`atomdd methods`), a coreset, or atom[key=value,...]"),
+    )
+    ipc: tuple[int, ...] = field(default=(1, 10), metadata=help_meta("images per class (default 1 10)"))
+    seeds: tuple[int, ...] = field(
+        default=(0,), metadata=help_meta("distillation / selection seeds (default 0)")
+    )
+    against: str = field(
+        default="atom", metadata=help_meta("the method paired differences are taken against (default atom)")
+    )
+
+    def problems(self) -> list[str]:
+        bad = super().problems()
+        for spec in self.methods:
+            try:
+                parse_method(spec)
+            except AtomddError as e:
+                bad.append(str(e))
+        if not self.methods or not self.ipc or not self.seeds:
+            bad.append("a grid needs at least one method, one IPC and one seed")
+        bad += [f"ipc={i} (at least 1)" for i in self.ipc if i < 1]
+        return bad
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(**{f.name: getattr(self, f.name) for f in fields(Budget)})
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, str]]:
@@ -47,28 +105,19 @@ def parse_method(spec: str) -> tuple[str, dict[str, str]]:
     return m.group(1), dict(kv.split("=", 1) for kv in pairs)
 
 
-def slug(spec: str) -> str:
-    """A method spec as a folder name: atom[embedding=0.01] → atom_embedding_0.01."""
-    return re.sub(r"[^\w.-]+", "_", spec).strip("_")
-
-
-def job_folder(out: Path, spec: str, ipc: int, seed: int) -> Path:
-    return Path(out) / f"ipc{ipc}" / f"{slug(spec)}-seed{seed}"
-
-
 def make_set(
     spec: str, ipc: int, seed: int, budget: Budget, folder: Path, quiet: bool = True, stop: object = None
 ):
     """The set of one job: made in `folder`, or the one a previous invocation finished there
     (a distillation resumes from its checkpoint). Returns a `SyntheticSet`."""
+    from atomdd.api import distill
     from atomdd.coreset import select
     from atomdd.distillation.config import DistillConfig, make_config, preset
-    from atomdd.distillation.driver import CHECKPOINT, RUN_FILE, distill
-    from atomdd.sets import FILENAME, load_synthetic
+    from atomdd.sets import load_synthetic
 
     name, overrides = parse_method(spec)
-    if name in CORESETS:
-        if (folder / FILENAME).exists():
+    if name in CORESET_METHODS:
+        if (folder / SET_FILE).exists():
             return load_synthetic(folder)
         # coresets are stored in the space the distilled sets of the same dataset use (ZCA for CIFAR)
         zca = preset(budget.dataset, ipc, "atom")["zca"]
@@ -78,8 +127,8 @@ def make_set(
     if (folder / RUN_FILE).exists():
         # a folder is named by its spec, and a preset's defaults can change: never reuse a set made
         # with other matching settings than the spec means now
-        made = json.loads((folder / RUN_FILE).read_text())
-        want = make_config(budget.dataset, ipc, name, iterations=budget.steps, seed=seed, **overrides)
+        made = read_folder(folder, "grid").run
+        want = make_config(budget.dataset, ipc, name, iterations=budget.iterations, seed=seed, **overrides)
         had = DistillConfig.from_dict(made["config"]).match.to_dict()  # either run.json format
         differ = {k: (had[k], v) for k, v in want.match.to_dict().items() if had[k] != v}
         if differ:
@@ -94,10 +143,10 @@ def make_set(
         ipc,
         name,
         out=folder,
-        resume=(folder / CHECKPOINT).exists(),
+        resume="auto",
         quiet=quiet,
         stop=stop,
-        iterations=budget.steps,
+        iterations=budget.iterations,
         seed=seed,
         data_root=budget.data_root,
         **overrides,
@@ -105,108 +154,88 @@ def make_set(
 
 
 def finished(folder: Path, budget: Budget) -> dict | None:
-    """The eval report of a set evaluated under this budget, else None."""
-    from atomdd.evaluate import RESULT_FILE
-
-    eval_file = Path(folder) / RESULT_FILE
-    if not eval_file.exists():
+    """The evaluation (eval.json) of a set evaluated under this budget, else None."""
+    result = read_folder(Path(folder), "grid").evaluation
+    if result is None:
         return None
-    report = json.loads(eval_file.read_text())
-    config = report["config"]
-    if config["epochs"] != budget.epochs or len(report["models"][EVAL_MODEL]["runs"]) != budget.runs:
+    config = result["config"]
+    if config["epochs"] != budget.epochs or len(result["models"][EVAL_MODEL]["runs"]) != budget.repeats:
         return None
     if config.get("test_limit", 0) != budget.test_limit:
         return None
-    return report
+    return result
 
 
 def evaluate_job(syn, folder: Path, budget: Budget) -> dict:
-    """The job's eval report: the one already there under this budget, or a new one."""
+    """The job's evaluation: the one already there under this budget, or a new one."""
     from atomdd.evaluate import evaluate_set
     from atomdd.settings import EvalConfig
 
-    report = finished(folder, budget)
-    if report is None:
-        cfg = EvalConfig(epochs=budget.epochs, runs=budget.runs, test_limit=budget.test_limit)
-        report = evaluate_set(syn, [EVAL_MODEL], cfg, data_root=budget.data_root, out_dir=folder)
-    return report
+    result = finished(folder, budget)
+    if result is None:
+        cfg = EvalConfig(epochs=budget.epochs, repeats=budget.repeats, test_limit=budget.test_limit)
+        result = evaluate_set(syn, [EVAL_MODEL], cfg, data_root=budget.data_root, out_dir=folder)
+    return result
 
 
-def collect(out: Path, budget: Budget, methods: list[str], against: str | None) -> dict[str, dict[int, dict]]:
-    """Every finished set under `out`, by method and IPC: runs and seeds add up across invocations.
-    Methods listed come first, as spelled; others follow by folder name. With `against`, each
-    result gets its paired difference to that method."""
-    found: dict[str, dict[int, list[dict]]] = {}
-    for folder in sorted(Path(out).glob("ipc*/*-seed*")):
-        label, _, seed = folder.name.rpartition("-seed")
-        ipc = folder.parent.name.removeprefix("ipc")
-        report = finished(folder, budget)
-        if report is None or not seed.isdigit() or not ipc.isdigit():
-            continue
-        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-        found.setdefault(label, {}).setdefault(int(ipc), []).append(
-            {
-                "seed": int(seed),
-                "runs": report["models"][EVAL_MODEL]["runs"],
-                "first": report["models"][EVAL_MODEL].get("first", {}).get("runs"),
-                "make_seconds": run.get("wall_seconds"),
-                "eval_seconds": report["seconds"],
-            }
-        )
-    order = [slug(m) for m in methods]
-    results: dict[str, dict[int, dict]] = {}
-    for folder_label in sorted(found, key=lambda x: (order.index(x) if x in order else len(order), x)):
-        label = methods[order.index(folder_label)] if folder_label in order else folder_label
-        for ipc, per_seed in sorted(found[folder_label].items()):
-            results.setdefault(label, {})[ipc] = summary(per_seed)
-    if against in results:
-        for label, by_ipc in results.items():
-            for ipc, r in by_ipc.items():
-                if label != against and ipc in results[against]:
-                    r["paired"] = paired(r, results[against][ipc], against)
-    return results
+def by_method(out: Path, budget: Budget) -> dict[str, dict[int, list]]:
+    """Every set under `out` evaluated under `budget`, by method and IPC (`folders.read.Folder`s):
+    runs and seeds add up across invocations."""
+    if not Path(out).is_dir():
+        return {}
+    groups, _ = gather([out])
+    found: dict[str, dict[int, list]] = {}
+    for r in (m for g in groups for m in g.members):
+        if finished(r.path, budget) is not None:
+            found.setdefault(r.label, {}).setdefault(r.ipc, []).append(r)
+    return found
 
 
-def summary(per_seed: list[dict]) -> dict[str, Any]:
-    """Mean and spread over every run of every seed; `per_seed` items hold seed, runs and first."""
-    all_runs = [a for s in per_seed for a in s["runs"]]
-    seed_means = [statistics.mean(s["runs"]) for s in per_seed]
-    first = [a for s in per_seed for a in s["first"] or []]
-    return {
-        "first_mean": statistics.mean(first) if first else None,
-        "first_std": statistics.stdev(first) if len(first) > 1 else 0.0,
-        "mean": statistics.mean(all_runs),
-        "std": statistics.stdev(all_runs) if len(all_runs) > 1 else 0.0,
-        "seeds": [s["seed"] for s in per_seed],
-        "seed_means": seed_means,
-        "seed_std": statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
-        "per_seed": per_seed,
-    }
+def tabulate(out: str | Path, grid: GridSettings, command: str = "") -> str:
+    """The grid's accuracy table (`report.tables.accuracy_table`, the page's), its numbers written
+    to `out/accuracy.json`."""
+    from atomdd.io import versions, write_json
+    from atomdd.report.tables import accuracy_stats, accuracy_table
+
+    found = by_method(out, grid.budget)
+    budget = asdict(grid.budget) | {"data_root": None}
+    stats = accuracy_stats(found, EVAL_MODEL, grid.against)
+    record = {"dataset": grid.dataset, "budget": budget, "results": stats, "versions": versions()}
+    if found:
+        write_json(Path(out) / GRID_SUMMARY, record | {"command": command or " ".join(sys.argv)})
+    title = (
+        f"{grid.dataset}, {grid.iterations} distillation steps, {grid.repeats} {EVAL_MODEL} models × "
+        f"{grid.epochs} epochs per set: test accuracy (%), mean ± std over every model of every seed "
+        f"(n = seeds); method − {grid.against}: the paired difference, repeat by repeat"
+    )
+    table = accuracy_table(found, EVAL_MODEL, grid.against) if found else "(no set finished yet)"
+    return title + "\n\n" + table
 
 
-def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
-    """Difference to `ref`, run by run: evaluation run r of every set starts from the same weights and
-    augmentation draws (its seeds depend only on r), so pairing by (seed, run) removes the spread that
-    comes from the evaluation model, which hides differences smaller than a point."""
-    ref_runs = {s["seed"]: s["runs"] for s in ref["per_seed"]}
-    by_seed = [
-        [a - b for a, b in zip(s["runs"], ref_runs[s["seed"]], strict=False)]  # the runs both have
-        for s in result["per_seed"]
-        if s["seed"] in ref_runs
-    ]
-    diffs = [d for one_seed in by_seed for d in one_seed]
-    if not diffs:
-        return None
-    # a seed's mean difference compares the two distilled sets themselves: its spread is the one that
-    # says whether one method makes better sets, not just better luck with one evaluation model
-    seed_diffs = [statistics.mean(d) for d in by_seed]
-    return {
-        "against": ref_label,
-        "mean": statistics.mean(diffs),
-        "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-        "wins": sum(d > 0 for d in diffs),
-        "n": len(diffs),
-        "seed_std": statistics.stdev(seed_diffs) if len(seed_diffs) > 1 else 0.0,
-        "seed_wins": sum(d > 0 for d in seed_diffs),
-        "seeds": len(seed_diffs),
-    }
+def run_grid(
+    grid: GridSettings, out: str | Path, quiet: bool = True, say: Callable[[str], None] | None = None
+) -> str:
+    """Make and evaluate every job of `grid` not yet finished under `out`; the table of all."""
+    from atomdd.signals import stop_on_signals
+
+    out = Path(out)
+    for ipc in grid.ipc:
+        for spec in grid.methods:
+            for seed in grid.seeds:
+                folder = grid_member(out, spec, ipc, seed)
+                t = time.perf_counter()
+                result = finished(folder, grid.budget)  # evaluated: its set file is not needed
+                if result is None:
+                    with stop_on_signals() as stop:  # interrupted: the checkpoint is kept, a rerun resumes
+                        syn = make_set(spec, ipc, seed, grid.budget, folder, quiet, stop)
+                    result = evaluate_job(syn, folder, grid.budget)
+                if say is not None:
+                    accs = result["models"][EVAL_MODEL]["runs"]
+                    say(
+                        f"ipc {ipc:>2} {spec:<40} seed {seed}: {sum(accs) / len(accs):6.2f} "
+                        f"(made in {time.perf_counter() - t:.0f} s, evaluated in {result['seconds']:.0f} s)"
+                    )
+    return tabulate(out, grid)
+
+
+__all__ = ["Budget", "GridSettings", "make_set", "parse_method", "run_grid", "tabulate"]

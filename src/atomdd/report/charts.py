@@ -1,25 +1,28 @@
-"""The report's figures (`reporting.py`): accuracy against IPC, loss curves, each run's synthetic
-grid and attention maps. Drawn with matplotlib's `Figure` (no backend chosen) from folders only."""
+"""Charts: accuracy against IPC, the matching loss against the step, an architecture search's proxy
+against true accuracy. Drawn with matplotlib's `Figure` (no backend chosen) from what the folders
+hold (eval.json, metrics.jsonl, nas.json); no torch."""
 
 from __future__ import annotations
 
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from atomdd.folders.read import Group, Run, method_order
+from atomdd.folders.layout import METRICS
+from atomdd.folders.read import Folder
 from atomdd.io import atomic_path, read_jsonl
+from atomdd.methods import method_order
+from atomdd.report.tables import cell
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
 
 
-def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Run]]], model: str, path: Path) -> Path:
+def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Folder]]], model: str, path: Path) -> Path:
     """Test accuracy (mean ± std over every model of every seed) against IPC, a line per method."""
     from matplotlib.figure import Figure
 
@@ -27,10 +30,10 @@ def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Run]]], model: str, path
     ax = fig.subplots()
     for label in sorted(by_method, key=method_order):
         pts = []
-        for ipc, runs in sorted(by_method[label].items()):
+        for ipc, found in sorted(by_method[label].items()):
             if not ipc:  # the whole data has no IPC
                 continue
-            accs = [a for r in runs for a in r.evaluation["models"][model]["runs"]]
+            accs = [a for r in found for a in r.evaluation["models"][model]["runs"]]
             pts.append((ipc, statistics.mean(accs), statistics.pstdev(accs)))
         if not pts:
             continue
@@ -46,13 +49,11 @@ def accuracy_vs_ipc(by_method: dict[str, dict[int, list[Run]]], model: str, path
     return _save(fig, path)
 
 
-def loss_curves(chosen: list[Run], path: Path) -> Path | None:
+def loss_curves(chosen: list[Folder], path: Path) -> Path | None:
     """The matching loss against the step (metrics.jsonl), a panel per IPC, a line per method."""
     from matplotlib.figure import Figure
 
-    logged = [
-        (r, read_jsonl(r.folder / "metrics.jsonl")) for r in chosen if (r.folder / "metrics.jsonl").exists()
-    ]
+    logged = [(r, read_jsonl(r.path / METRICS)) for r in chosen if (r.path / METRICS).exists()]
     logged = [(r, rows) for r, rows in logged if rows]
     if not logged:
         return None
@@ -62,7 +63,7 @@ def loss_curves(chosen: list[Run], path: Path) -> Path | None:
     for ax, ipc in zip(axes, ipcs, strict=True):
         for r, rows in logged:
             if r.ipc == ipc:
-                label = r.label if r.group != "runs" else f"{r.label} ({r.folder.name})"
+                label = r.label if r.group != "runs" else f"{r.label} ({r.path.name})"
                 ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], lw=1.2, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("distillation step")
@@ -73,49 +74,23 @@ def loss_curves(chosen: list[Run], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _lowest_seeds(group: Group) -> list[Run]:
-    """One run per (dataset, method, IPC): the lowest seed's."""
-    best: dict[tuple, Run] = {}
-    for r in group.runs:
-        key = (r.dataset, r.label, r.ipc)
-        if key not in best or r.seed < best[key].seed:
-            best[key] = r
-    return list(best.values())
+def nas_scatter(summary: dict[str, Any], path: str | Path) -> Path:
+    """Proxy accuracy against true accuracy, one colour per proxy (nas.json's summary)."""
+    from matplotlib.figure import Figure
 
-
-def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
-    """Markdown lines of the group's loss curves and each run's grid (redrawn from its set, class
-    names on the rows; else copied) and attention maps (copied); of a grid, the lowest seed of each
-    (method, IPC) only."""
-    runs = _lowest_seeds(group) if group.folder is not None else group.runs
-    chosen = sorted(runs, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed))
-    md = []
-    if png := loss_curves(chosen, out / f"{prefix}-loss.png"):
-        md.append(f"![matching loss against step]({png.name})\n")
-        which = "the lowest seed of each method" if group.folder is not None else "each run"
-        md.append(f"Loss curves: {which} (DM's loss is on another scale).\n")
-    for n, r in enumerate(chosen):
-        name = f"{prefix}-{r.label}-ipc{r.ipc}-seed{r.seed}" + (f"-{n}" if group.folder is None else "")
-        shown = []
-        if (r.folder / "synthetic.safetensors").exists():
-            from atomdd.report.images import display_images, save_grid
-            from atomdd.sets import load_synthetic
-
-            syn = load_synthetic(r.folder)
-            images, how = display_images(syn)
-            save_grid(images, syn.labels, out / f"{name}-grid.png", class_names=syn.classes)
-            shown.append(f"![synthetic images]({name}-grid.png)\n\nSynthetic images ({how}).\n")
-        elif (r.folder / "grid.png").exists():
-            shutil.copyfile(r.folder / "grid.png", out / f"{name}-grid.png")
-            shown.append(
-                f"![synthetic images]({name}-grid.png)\n\nSynthetic images (as the run drew them).\n"
-            )
-        if (r.folder / "attention.png").exists():
-            shutil.copyfile(r.folder / "attention.png", out / f"{name}-attention.png")
-            shown.append(
-                f"![attention maps]({name}-attention.png)\n\nAttention of real vs synthetic images "
-                "(step 0's network; spatial maps per matched block, channel profile of the last).\n"
-            )
-        if shown:
-            md.append(f"#### {r.label}, IPC {r.ipc}, seed {r.seed}\n\n" + "\n".join(shown))
-    return md
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    truth = summary["proxies"].get("whole", {}).get("accuracy", {})
+    for label, p in summary["proxies"].items():
+        if label == "whole":
+            continue
+        archs = [a for a in p["accuracy"] if a in truth]
+        rho = cell(p["spearman_all"], ".2f")
+        ax.scatter(
+            [truth[a] for a in archs], [p["accuracy"][a] for a in archs], s=14, label=f"{label} (ρ {rho})"
+        )
+    ax.set_xlabel("accuracy trained on the whole data (%)")
+    ax.set_ylabel("accuracy trained on the proxy (%)")
+    ax.set_title(f"{summary['settings']['dataset']}: architecture search proxies", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path, dpi=100)
