@@ -27,13 +27,6 @@ class _Renamed(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_renamed_flag(group: Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
-    """`old` as a hidden alias of the flag `new` (which stores into `dest`)."""
-    group.add_argument(
-        old, dest=dest, action=_Renamed, new=new, default=None, help=argparse.SUPPRESS, **kwargs
-    )
-
-
 def _is_tuple(f: dataclasses.Field) -> bool:
     return str(f.type).startswith("tuple[")
 
@@ -61,9 +54,8 @@ def add_config_flags(
             group.add_argument(
                 _flag(f.name), default=None, nargs=nargs, metavar=f.name.upper(), help=helptext
             )
-    if not isinstance(config_cls, list):
-        for old, new in getattr(config_cls, "RENAMED", {}).items():
-            add_renamed_flag(group, _flag(old), _flag(new), new)
+    for old, new in getattr(config_cls, "RENAMED", {}).items():  # hidden, stored as the new name
+        group.add_argument(_flag(old), dest=new, action=_Renamed, new=_flag(new), help=argparse.SUPPRESS)
 
 
 def settings_from(

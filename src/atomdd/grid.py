@@ -180,7 +180,7 @@ def evaluate_job(syn, folder: Path, budget: Budget) -> dict:
 
 def by_method(out: Path, budget: Budget) -> dict[str, dict[int, list]]:
     """Every set under `out` evaluated under `budget`, by method and IPC (`folders.read.Folder`s):
-    runs and seeds add up across invocations."""
+    sets and seeds add up across invocations."""
     if not Path(out).is_dir():
         return {}
     groups, _ = gather([out])

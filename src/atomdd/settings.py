@@ -74,10 +74,10 @@ class TrainConfig:
     precision: str = field(
         default="fp32", metadata=help_meta("fp32 (default) | bf16 (where the hardware is fast)")
     )
-    # runs together under vmap; None: on CUDA yes, on a CPU no (train.use_batched)
+    # the repeats together under vmap; None: on CUDA yes, on a CPU no (train.use_batched)
     batched: bool | None = field(
         default=None,
-        metadata=help_meta("train the runs together (default: on CUDA only; slower on CPU, see README)"),
+        metadata=help_meta("train the repeats together (default: on CUDA only; slower on CPU, see README)"),
     )
     stack_size: int = 0  # at most this many repeats per stack (bounds memory); 0 = all at once
     runs: InitVar[int | None] = None  # the old name of `repeats`
@@ -99,7 +99,7 @@ class TrainConfig:
         if not 0 <= self.decay_at <= 1:
             bad.append(f"decay_at={self.decay_at} (a fraction of the epochs, 0–1)")
         if self.stack_size < 0:
-            bad.append(f"stack_size={self.stack_size} (0 means all runs in one stack)")
+            bad.append(f"stack_size={self.stack_size} (0 means all repeats in one stack)")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if problem := dsa_problem(self.dsa):  # an unknown operation is an error now, not mid-run

@@ -64,8 +64,8 @@ def runs_table(group: Group, page_dir: Path) -> str:
         if not ev:
             rows.append([where, r.ipc, r.seed, "–", "not evaluated", "", "", made])
         for model, m in ev.get("models", {}).items():
-            runs = ", ".join(map(repr, m["runs"]))
-            rows.append([where, r.ipc, r.seed, model, runs, repr(m["mean"]), repr(m["std"]), made])
+            each = ", ".join(map(repr, m["runs"]))
+            rows.append([where, r.ipc, r.seed, model, each, repr(m["mean"]), repr(m["std"]), made])
     header = ["run", "IPC", "seed", "model", "accuracy of each model (%)", "mean", "std", "made by"]
     return markdown_table(header, rows)
 
