@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 
 def main(mode: str, steps: int = 8) -> None:
-    from distill_speed import synthetic_problem
+    from common import distiller
 
-    from atomdd.distillation.config import make_config
-    from atomdd.distillation.driver import Distiller
     from atomdd.hardware import tune_cpu_allocator
     from atomdd.models import layers
 
     torch.set_num_threads(2)
     tune_cpu_allocator()
-    cfg = make_config("digits", 10, "atom", iterations=steps)
-    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
+    d = distiller("digits", 10, "atom", iterations=steps)
     if mode.startswith("compile"):
         if mode == "compile-plain":
             layers.AvgPool2x2.forward = lambda self, x: F.avg_pool2d(x, 2)
@@ -37,11 +33,9 @@ def main(mode: str, steps: int = 8) -> None:
         compiled = torch.compile(lambda net, x: eager(net, x), dynamic=False)
         cls.features = lambda self, x: compiled(self, x)
     times = []
-    for s in range(steps):
+    for _ in range(steps):
         t = time.perf_counter()
-        d.opt.zero_grad(set_to_none=True)
-        d.loss_and_grad(s)
-        d.opt.step()
+        d.step()  # the step a run takes
         times.append(time.perf_counter() - t)
     rest = sorted(times[1:])
     spread = f"{rest[0]:.3f}–{rest[-1]:.3f} s (median {rest[len(rest) // 2]:.3f})"

@@ -17,7 +17,7 @@
 #
 #   device run:  command "bash benchmarks/device_check.sh", timeout_s 560
 #                (CIFAR_ROOT=... PARTS= bash benchmarks/device_check.sh where the data is there)
-#   back here:   tar xzf <files_at>/cifar10.tgz   (then `accuracy.py --report ...` and commit)
+#   back here:   tar xzf <files_at>/cifar10.tgz   (then `atomdd grid --only-table ...` and commit)
 #
 # A dry run of the plumbing on the CPU (each step small):
 #   DEVICE=cpu OUT=/tmp/dc EPOCHS=1 SPEED_EPOCHS=1 SPEED_IPC=1 STEP_IPC=1 STEP_STEPS=1 \
@@ -71,7 +71,7 @@ if want torchrun; then
             --device "$DEVICE" --out "$OUT/torchrun-digits" --overwrite --quiet
         echo "torchrun distill exit $?"
         ATOMDD_TIMEOUT=60 timeout 90 $py -m torch.distributed.run --standalone --nproc_per_node 1 \
-            -m atomdd evaluate "$OUT/torchrun-digits" --runs 5 --epochs 100 --device "$DEVICE"
+            -m atomdd evaluate "$OUT/torchrun-digits" --repeats 5 --epochs 100 --device "$DEVICE"
         echo "torchrun evaluate exit $?"
         $py -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["ranks"], r["seconds_per_step"], r["peak_memory_mb"])' \
             "$OUT/torchrun-digits/run.json"
@@ -87,13 +87,13 @@ if [ -n "${CIFAR_ROOT:-}" ]; then
     # shellcheck disable=SC2086
     timeout "${CIFAR_SECONDS:-540}" $py benchmarks/accuracy.py --dataset cifar10 --data-root "$CIFAR_ROOT" \
         --out benchmarks/results/cifar10-s8000-e1000 --ipc 1 10 --methods atom 'atom[embedding=0.1]' datadam dm random \
-        --steps 8000 --epochs 1000 --runs 10 --seeds 0 1 --test-limit 1000 >"$OUT/cifar10.txt" 2>&1
+        --iterations 8000 --epochs 1000 --repeats 10 --seeds 0 1 --test-limit 1000 >"$OUT/cifar10.txt" 2>&1
     echo "cifar10 exit $? (124: out of time; rerun to continue)" >>"$OUT/env.txt"
     # the cross-architecture table: each finished IPC-10 set on AlexNet, VGG-11, ResNet-18 and ViT
     for set in benchmarks/results/cifar10-s8000-e1000/ipc10/{atom,atom_embedding_0.1,datadam,dm}-seed0; do
         [ -f "$set/synthetic.safetensors" ] || continue
         timeout "${XARCH_SECONDS:-300}" $py -m atomdd.cli evaluate "$set" --models alexnet,vgg11,resnet18,vit \
-            --runs 3 --epochs 1000 --test-limit 1000 --data-root "$CIFAR_ROOT" --device "$DEVICE" \
+            --repeats 3 --epochs 1000 --test-limit 1000 --data-root "$CIFAR_ROOT" --device "$DEVICE" \
             --out "benchmarks/results/cifar10-s8000-e1000-xarch/ipc10/$(basename "$set")" >>"$OUT/xarch.txt" 2>&1
     done
     tar czf "$OUT/cifar10.tgz" --exclude '*.safetensors' benchmarks/results/cifar10-s8000-e1000*

@@ -13,33 +13,21 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from distill_speed import synthetic_problem
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import distiller, sync
 
 
 def measure(method: str, ipc: int, device: str, steps: int, warmup: int) -> dict:
-    from atomdd.distillation.config import make_config
-    from atomdd.distillation.driver import Distiller
-
-    cfg = make_config("cifar10", ipc, method, zca=False, device=device)
-    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
+    d = distiller("cifar10", ipc, method, zca=False, device=device, iterations=warmup + steps)
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(d.device)
     times = []
-    for s in range(warmup + steps):
+    for _ in range(warmup + steps):
         sync(d.device)
         t = time.perf_counter()
-        d.opt.zero_grad(set_to_none=True)
-        d.loss_and_grad(s)
-        d.opt.step()
+        d.step()  # the step a run takes
         sync(d.device)
         times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(d.device) / 2**20 if d.device.type == "cuda" else None

@@ -23,51 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
 
 import torch
-
-
-def matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
-    """The best of `reps` timed n×n matmuls: the machine's dense rate, least disturbed by other load."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+from common import child, cpu_seconds, distiller, matmul_gflops
 
 
 def machine_rate(precision: str) -> float:
-    return (
-        matmul_gflops(torch.float32, 2048, 8)
-        if precision == "fp32"
-        else matmul_gflops(torch.bfloat16, 512, 3)
-    )
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def synthetic_problem(classes: int = 10, per_class: int = 300):
-    """CIFAR-shaped random pixels (3×32×32, seeded): a step's speed does not depend on content."""
-    from atomdd.data import Dataset
-
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (classes * per_class, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(classes).repeat_interleave(per_class)
-    names = tuple(map(str, range(classes)))
-    return Dataset("random32", images, labels, images[:100], labels[:100], names, (0.5,) * 3, (0.25,) * 3)
+    if precision == "fp32":
+        return matmul_gflops("cpu", torch.float32, 2048, reps=8)
+    return matmul_gflops("cpu", torch.bfloat16, 512, reps=3)
 
 
 def one(
@@ -81,25 +50,18 @@ def one(
         tune_cpu_allocator()
     from torch.utils.flop_counter import FlopCounterMode
 
-    from atomdd.distillation.config import make_config
-    from atomdd.distillation.driver import Distiller
-
-    cfg = make_config("digits", ipc, method, iterations=steps, fused=fused)
-    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
+    d = distiller("digits", ipc, method, iterations=warmup + steps, fused=fused)
     # measure bf16 even where it is slow, to show why it is not the default (the step reads the task's)
     d.precision = precision
     d.task = replace(d.task, precision=precision)
-    for s in range(warmup):
-        d.opt.zero_grad(set_to_none=True)
-        d.loss_and_grad(s)
+    for _ in range(warmup):
+        d.step()
     rate_before = machine_rate(precision)
     times = []
     wall, cpu = time.perf_counter(), cpu_seconds()
-    for s in range(steps):
+    for _ in range(steps):
         t = time.perf_counter()
-        d.opt.zero_grad(set_to_none=True)
-        d.loss_and_grad(warmup + s)
-        d.opt.step()
+        d.step()  # the step a run takes
         times.append(time.perf_counter() - t)
     load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / threads
     rate_after = machine_rate(precision)
@@ -129,20 +91,6 @@ def one(
         "batch_real": d.task.batch_real,
         "threads": torch.get_num_threads(),
     }
-
-
-def run_child(job: dict, tree: str | None) -> dict:
-    env = dict(os.environ)
-    if tree:
-        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
-    cmd = [sys.executable, __file__, "--child", json.dumps(job)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode:
-        print(out.stderr, file=sys.stderr)
-        raise SystemExit(f"child failed: {job} ({tree or 'this tree'})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -181,7 +129,9 @@ def main() -> None:
     for job in jobs:
         steps = args.steps if job["precision"] == "fp32" else max(1, args.steps // 3)
         for name, tree in trees:  # interleaved: each configuration's trees run back to back
-            row = run_child(job | {"steps": steps, "warmup": args.warmup, "threads": args.threads}, tree)
+            row = child(
+                __file__, job | {"steps": steps, "warmup": args.warmup, "threads": args.threads}, tree
+            )
             row["tree"] = name
             rows.append(row)
             print(

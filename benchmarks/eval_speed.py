@@ -3,7 +3,7 @@
 Problems shaped like a synthetic set: IPC images per class of 10 classes, random pixels (speed does
 not depend on content), MNIST-shaped 28×28×1 and CIFAR-shaped 32×32×3; ConvNet-3 by default, the
 full protocol step (DSA, SGD with momentum and weight decay). Per row: seconds per training epoch
-of all N models (the fastest of the timed epochs, after a one-epoch warm-up; with several runs
+of all N models (the fastest of the timed epochs, after a one-epoch warm-up; with several repeats
 trained one after another, the fastest run's epoch × N), seconds to test them on `--test-images` images, the
 FLOPs of an epoch (and of the test pass) over the seconds, against the machine's dense fp32 matmul
 rate measured in the same process just before and just after the row (% of limit: the FLOPs over
@@ -19,7 +19,7 @@ lowers a stacked conv to), and group norm under vmap vs per model.
     python benchmarks/eval_speed.py --threads 1            # what the report quotes (~15 min, 2 cores)
     python benchmarks/eval_speed.py --ipc 10 --epochs 2 --precisions fp32 --parts speed
     python benchmarks/eval_speed.py --parts speed --precisions fp32 --paths sequential --shapes 32x3 \
-        --ipc 1 10 50 --runs 1 --threads 2 --trees before=../perf-before/src after=src
+        --ipc 1 10 50 --repeats 1 --threads 2 --trees before=../perf-before/src after=src
     benchmarks/device_check.sh                              # on a GPU: the same rows with --device cuda
 """
 
@@ -34,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from common import best_of, cpu_seconds, matmul_gflops, sync
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -46,43 +46,13 @@ from atomdd import train
 from atomdd.settings import TrainConfig
 
 
-def sync(device: str) -> None:
-    """Wait for queued GPU work, so a wall-clock timer measures it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def best_of(fn: Callable[[], object], reps: int = 5, device: str = "cpu") -> float:
-    """Fastest of `reps` timed calls after one warm-up: the least disturbed by other load."""
-    fn()
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def matmul_gflops(device: str) -> float:
-    n = 8192 if device.startswith("cuda") else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / best_of(lambda: a @ b, device=device) / 1e9
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def test_flops(model_name: str, x: torch.Tensor, runs: int) -> float:
-    """FLOPs of testing `runs` models on `x` (forward only)."""
+def test_flops(model_name: str, x: torch.Tensor, repeats: int) -> float:
+    """FLOPs of testing `repeats` models on `x` (forward only)."""
     (model,) = train.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
-    return counter.get_total_flops() * runs
+    return counter.get_total_flops() * repeats
 
 
 def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor, ...]:
@@ -93,8 +63,8 @@ def problem(shape: tuple[int, int], ipc: int, n_test: int) -> tuple[torch.Tensor
     return x, torch.arange(10).repeat_interleave(ipc), test, torch.randint(0, 10, (n_test,), generator=g)
 
 
-def epoch_flops(model_name: str, x: torch.Tensor, runs: int, batch: int) -> float:
-    """Training FLOPs of one epoch of `runs` models (convolutions and matmuls, fwd + bwd)."""
+def epoch_flops(model_name: str, x: torch.Tensor, repeats: int, batch: int) -> float:
+    """Training FLOPs of one epoch of `repeats` models (convolutions and matmuls, fwd + bwd)."""
     (model,) = train.init_models(model_name, x.shape[1], 10, x.shape[2], [0], 0)
     total = 0.0
     for xb in x.split(batch):
@@ -102,7 +72,7 @@ def epoch_flops(model_name: str, x: torch.Tensor, runs: int, batch: int) -> floa
         with counter:
             F.cross_entropy(model(xb), torch.zeros(len(xb), dtype=torch.long)).backward()
         total += counter.get_total_flops()
-    return total * runs
+    return total * repeats
 
 
 def time_row(
@@ -111,7 +81,12 @@ def time_row(
     epochs = args.bf16_epochs if precision == "bf16" else args.epochs
     x, y, tx, ty = problem(shape, ipc, args.test_images)
     cfg = TrainConfig(
-        epochs=1, runs=args.runs, device=args.device, precision=precision, batched=batched, seed=args.seed
+        epochs=1,
+        repeats=args.repeats,
+        device=args.device,
+        precision=precision,
+        batched=batched,
+        seed=args.seed,
     )
     train.train_models(args.model, x, y, 10, cfg)  # warm-up: allocator, oneDNN primitives, CUDA kernels
     n_test = args.bf16_test_images if precision == "bf16" else args.test_images
@@ -126,12 +101,12 @@ def time_row(
 
     models = train.train_models(args.model, x, y, 10, replace(cfg, epochs=epochs), on_epoch=tick)
     train_s = min(b - a for a, b in zip(ends, ends[1:], strict=False))  # the least disturbed epoch
-    train_s *= 1 if batched else args.runs  # one after another, a tick is one run's epoch
+    train_s *= 1 if batched else args.repeats  # one after another, a tick is one model's epoch
     test_s = best_of(lambda: train.test_models(models, tx[:n_test], ty[:n_test], cfg), 2, args.device)
     load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / torch.get_num_threads()
     rate = (rate_before + matmul_gflops(args.device)) / 2
-    flops = epoch_flops(args.model, x, args.runs, cfg.batch_size)
-    tflops = test_flops(args.model, tx[:n_test], args.runs)
+    flops = epoch_flops(args.model, x, args.repeats, cfg.batch_size)
+    tflops = test_flops(args.model, tx[:n_test], args.repeats)
     return {
         "shape": f"{shape[1]}x{shape[1]}x{shape[0]}",
         "ipc": ipc,
@@ -161,7 +136,7 @@ def tree_rows(args: argparse.Namespace) -> list[dict]:
                 with tempfile.TemporaryDirectory() as tmp:
                     out = os.path.join(tmp, "rows.json")
                     cmd = [sys.executable, __file__, "--parts", "speed", "--shapes", shape, "--ipc", str(ipc)]
-                    cmd += ["--json", out, "--model", args.model, "--runs", str(args.runs)]
+                    cmd += ["--json", out, "--model", args.model, "--repeats", str(args.repeats)]
                     cmd += ["--epochs", str(args.epochs), "--test-images", str(args.test_images)]
                     cmd += ["--precisions", *args.precisions, "--paths", *args.paths]
                     cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -180,7 +155,11 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
 
     syn = select("digits", args.acc_ipc, "random", seed=args.seed)
     cfg = TrainConfig(
-        epochs=args.acc_epochs, runs=args.acc_runs, device=args.device, precision=precision, seed=args.seed
+        epochs=args.acc_epochs,
+        repeats=args.acc_repeats,
+        device=args.device,
+        precision=precision,
+        seed=args.seed,
     )
     t = time.perf_counter()
     models = train.train_models(args.model, syn.images, syn.labels, 10, cfg)
@@ -199,7 +178,7 @@ def accuracy(args: argparse.Namespace, precision: str) -> dict:
 
 def diagnose(args: argparse.Namespace, shape: tuple[int, int], ipc: int) -> list[dict]:
     """Why batching does (not) pay here: the layers of one step, stacked vs one model at a time."""
-    r, b = args.runs, 10 * ipc
+    r, b = args.repeats, 10 * ipc
     (model,) = train.init_models(args.model, shape[0], 10, shape[1], [0], 0)
     seen: list[tuple[nn.Module, torch.Size]] = []
     hooks = [
@@ -257,7 +236,9 @@ def diagnose(args: argparse.Namespace, shape: tuple[int, int], ipc: int) -> list
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="convnet")
-    ap.add_argument("--runs", type=int, default=10, help="models per protocol (trained together or not)")
+    ap.add_argument(
+        "--repeats", "--runs", type=int, default=10, help="models per protocol (trained together or not)"
+    )
     ap.add_argument("--shapes", nargs="+", default=["28x1", "32x3"], help="SIZExCHANNELS")
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--epochs", type=int, default=3)
@@ -272,7 +253,7 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=["batched", "sequential"])
     ap.add_argument("--trees", nargs="+", default=[], metavar="NAME=SRC", help="source trees to interleave")
     ap.add_argument("--acc-ipc", type=int, default=10)
-    ap.add_argument("--acc-runs", type=int, default=3)
+    ap.add_argument("--acc-repeats", "--acc-runs", type=int, default=3)
     ap.add_argument("--acc-epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="benchmarks/results/eval_speed.json")
@@ -321,7 +302,7 @@ def main() -> None:
             "diagnosis": diag,
             "machine": rates,
             "model": args.model,
-            "runs": args.runs,
+            "runs": args.repeats,  # the key earlier results hold
             "seconds": time.perf_counter() - start,
             "versions": versions(),
             "command": sys.argv,
@@ -334,7 +315,7 @@ def print_tables(
     args: argparse.Namespace, rows: list[dict], acc: list[dict], diag: list[dict], rates: dict
 ) -> None:
     print(
-        f"\n{args.runs} × {args.model} on {rates['device']}, fp32 matmul "
+        f"\n{args.repeats} × {args.model} on {rates['device']}, fp32 matmul "
         f"{rates['fp32_matmul_gflops']:.0f} GFLOP/s, {rates['threads']} CPU thread(s)"
     )
     print(
@@ -354,7 +335,7 @@ def print_tables(
             f"{r['peak_mb']:.0f} | {up if 'tree' in r else '–'} |"
         )
     if acc:
-        print("\n| precision | digits accuracy (%) | runs | epochs | seconds |\n|---|---|---|---|---|")
+        print("\n| precision | digits accuracy (%) | models | epochs | seconds |\n|---|---|---|---|---|")
         for a in acc:
             print(
                 f"| {a['precision']} | {a['mean']:.2f} ± {a['std']:.2f} | {len(a['runs'])} | "
@@ -362,8 +343,8 @@ def print_tables(
             )
     if diag:
         print(
-            f"\n| layer fwd+bwd, {args.runs} models × {10 * max(args.ipc)} images | separate ms | stacked ms "
-            "| separate/stacked |\n|---|---|---|---|"
+            f"\n| layer fwd+bwd, {args.repeats} models × {10 * max(args.ipc)} images | separate ms | "
+            "stacked ms | separate/stacked |\n|---|---|---|---|"
         )
         for d in diag:
             print(f"| {d['layer']} | {d['separate_ms']:.1f} | {d['stacked_ms']:.1f} | {d['ratio']:.2f} |")

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+
+import common
 
 ISAS = {
     "native": {},
@@ -70,12 +70,7 @@ def main() -> None:
 
     runs = {}
     for isa, env in ISAS.items():
-        done = subprocess.run(
-            [sys.executable, __file__, "--child"], env=os.environ | env, capture_output=True, text=True
-        )
-        if done.returncode:
-            raise SystemExit(f"{isa} run failed:\n{done.stderr}")
-        runs[isa] = json.loads(done.stdout.strip().splitlines()[-1])
+        runs[isa] = common.child(__file__, None, env=env)
     ref = runs["native"]["variants"]["fused"]
     rows = []
     for isa, run in runs.items():

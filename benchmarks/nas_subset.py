@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from atomdd.folders.layout import NAS_RESULTS, NAS_TRUTH
 from atomdd.ranking import kendall, spearman
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     ap.add_argument("--without", help="leave out architectures whose reference contains this")
     ap.add_argument("--only", help="keep only architectures whose reference contains this")
     args = ap.parse_args()
-    files = [args.folder / "results.jsonl", *sorted((args.folder / "truth").glob("*.jsonl"))]
+    files = [args.folder / NAS_RESULTS, *sorted((args.folder / NAS_TRUTH).glob("*.jsonl"))]
     rows = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line]
     by: dict[str, dict[str, float]] = {}
     for r in rows:

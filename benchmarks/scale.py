@@ -21,42 +21,31 @@ import argparse
 import itertools
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from distill_speed import synthetic_problem
+from common import distiller, launch
 
 
 def rank_main(job: dict) -> None:
     """One rank: build the run, warm up, time `steps` steps (started together), report on rank 0."""
     from atomdd import parallel
-    from atomdd.distillation.config import make_config
-    from atomdd.distillation.driver import Distiller
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(job["threads"])
-    cfg = make_config("cifar10", job["ipc"], job["method"], zca=False, device="cpu")
-    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem(job["classes"], job["per_class"]))
-
-    def step(s: int) -> None:
-        d.opt.zero_grad(set_to_none=True)
-        loss, terms = d.loss_and_grad(s)
-        d.shards.reduce(loss, terms, None, s)  # the per-step all-reduce a run makes
-        d.opt.step()
-
-    for s in range(job["warmup"]):
-        step(s)
+    d = distiller(
+        "cifar10", job["ipc"], job["method"], job["classes"], job["per_class"], zca=False, device="cpu"
+    )
+    for _ in range(job["warmup"]):
+        d.step()  # the step a run takes, its per-step all-reduce included
     parallel.all_sum(torch.zeros(1), "the start barrier")
     wall, cpu = time.perf_counter(), time.process_time()
-    for s in range(job["steps"]):
-        step(job["warmup"] + s)
+    for _ in range(job["steps"]):
+        d.step()
     parallel.all_sum(torch.zeros(1), "the end barrier")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     mine = {"classes": [d.shards.own.start, d.shards.own.stop], "cpu_per_wall": cpu / wall}
@@ -65,34 +54,6 @@ def rank_main(job: dict) -> None:
     if parallel.is_main_process():
         print(json.dumps({"s_per_step": wall / job["steps"], "ranks": ranks}))
     parallel.leave()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, job: dict, script: str = __file__, tree: str | None = None) -> dict:
-    """`world` ranks of `script --rank-job JOB` as torchrun starts them (its environment variables),
-    on this machine; `tree`: a source tree put first on their PYTHONPATH. Rank 0's last line."""
-    port, procs = free_port(), []
-    for r in range(world):
-        env = os.environ | {
-            "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(job.get("threads", 1)),
-        }  # fmt: skip
-        if tree:
-            env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")])
-        cmd = [sys.executable, script, "--rank-job", json.dumps(job)]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outs = [p.communicate() for p in procs]
-    for r, (p, (_, err)) in enumerate(zip(procs, outs, strict=True)):
-        if p.returncode != 0:
-            raise SystemExit(f"rank {r} of {world} exited {p.returncode}:\n{err[-3000:]}")
-    return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -125,7 +86,7 @@ def main() -> None:
                 for key in ("classes", "per_class", "ipc", "method", "steps", "warmup", "threads")
             }
             load = os.getloadavg()[0]
-            got = launch(world, job)
+            got = launch(world, job, __file__)
             base = base or got["s_per_step"]
             row = job | {"round": round_, "load_before": load, "load_after": os.getloadavg()[0]}
             row |= got  # with "ranks": each rank's figures

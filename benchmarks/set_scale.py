@@ -18,12 +18,13 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     args = ap.parse_args()
     from atomdd.data import load_dataset
-    from atomdd.sets import FILENAME, load_synthetic
+    from atomdd.folders.layout import GRID_MEMBERS, SET_FILE
+    from atomdd.sets import load_synthetic
 
     real_std: dict[str, float] = {}
     print("| set | images | std | std / real | max abs |")
     print("|---|---|---|---|---|")
-    for folder in sorted(p.parent for g in args.grids for p in g.glob(f"ipc*/*/{FILENAME}")):
+    for folder in sorted(p.parent for g in args.grids for p in g.glob(f"{GRID_MEMBERS}/{SET_FILE}")):
         syn = load_synthetic(folder)
         if syn.dataset not in real_std:
             data = load_dataset(syn.dataset, args.data_root)

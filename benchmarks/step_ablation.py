@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import distiller
 
 import atomdd.matching as matching
 import atomdd.models.layers as layers
-from atomdd.distillation.config import make_config
-from atomdd.distillation.driver import Distiller
 from atomdd.hardware import tune_cpu_allocator
-
-sys.path.insert(0, str(Path(__file__).parent))
-from distill_speed import synthetic_problem  # noqa: E402
 
 
 def plain_power_sums(f: torch.Tensor, p: float, dims: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -51,8 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()
-    cfg = make_config("digits", args.ipc, args.method, iterations=1)
-    d = Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
+    d = distiller("digits", args.ipc, args.method)
     ours = {name: getattr(mod, attr) for name, (mod, attr, _) in PLAIN.items()}
     variants = {"all": [], **{f"plain {n}": [n] for n in PLAIN}, "none": list(PLAIN)}
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -60,9 +52,8 @@ def main() -> None:
         for v, plain in variants.items():
             for name, (mod, attr, alt) in PLAIN.items():
                 setattr(mod, attr, alt if name in plain else ours[name])
-            d.opt.zero_grad(set_to_none=True)
             t = time.perf_counter()
-            d.loss_and_grad(r)
+            d.step()  # the step a run takes
             if r:
                 times[v].append(time.perf_counter() - t)
     best = {v: min(ts) for v, ts in times.items()}

@@ -56,7 +56,7 @@ def distill(job: dict) -> dict:
         signum = signal.SIGTERM
 
         def __bool__(self) -> bool:
-            return bool(stop) and stop["rank"] == parallel.rank() and d.step >= stop["step"]
+            return bool(stop) and stop["rank"] == parallel.rank() and d.steps_done >= stop["step"]
 
     result = d.run(job.get("out"), resume=job.get("resume", False), stop=Stop())
     return {
@@ -77,21 +77,21 @@ def evaluate(job: dict) -> dict:
     from atomdd.settings import EvalConfig
 
     trained: list[tuple[str, int]] = []
-    from atomdd import evaljobs
+    from atomdd import evaluate
 
-    train_runs = evaljobs.train_runs
+    train_repeats = evaluate.train_repeats
 
     slow = job.get("slow")  # {"rank", "seconds", "kill"}: that rank's training takes longer, or dies
 
-    def recording(ref, todo, *args, **kwargs):  # the (model, run) jobs this rank trained
+    def recording(ref, todo, *args, **kwargs):  # the (model, repeat) jobs this rank trained
         trained.extend((str(ref), r) for r in todo)
         if slow and slow["rank"] == parallel.rank():
             if slow.get("kill"):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(slow["seconds"])
-        return train_runs(ref, todo, *args, **kwargs)
+        return train_repeats(ref, todo, *args, **kwargs)
 
-    evaljobs.train_runs = recording
+    evaluate.train_repeats = recording
     report = evaluate_set(
         load_synthetic(job["set"]), job["models"], EvalConfig(**job["config"]), out_dir=job.get("out")
     )

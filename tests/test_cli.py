@@ -114,7 +114,7 @@ def test_coreset_then_evaluate_from_the_cli(capsys, tmp_path):
     )
     assert code == 0 and "2 per class" in text
     code, text, _ = run_cli(
-        capsys, "evaluate", str(out), "--models", "convnet,mlp", "--runs", "2", "--epochs", "2"
+        capsys, "evaluate", str(out), "--models", "convnet,mlp", "--repeats", "2", "--epochs", "2"
     )
     assert code == 0 and "| convnet |" in text and "| mlp |" in text
     report = json.loads((out / "eval.json").read_text())
@@ -135,12 +135,16 @@ def test_flags_are_generated_from_the_settings():
     from dataclasses import fields
 
     from atomdd.distillation.config import flat_fields
+    from atomdd.grid import GridSettings
+    from atomdd.nas import NasSettings
     from atomdd.settings import CoresetConfig, EvalConfig
 
     for command, names in (
         ("distill", [f.name for f in flat_fields()]),
         ("evaluate", [f.name for f in fields(EvalConfig)]),
         ("coreset", [f.name for f in fields(CoresetConfig)]),
+        ("nas", [f.name for f in fields(NasSettings) if not f.name.startswith("space")] + ["space"]),
+        ("grid", [f.name for f in fields(GridSettings)]),
     ):
         text = _help_of(command)
         for name in names:
@@ -155,19 +159,43 @@ def test_every_command_takes_a_config_file_and_flags_win(capsys, tmp_path):
     code, out, _ = run_cli(capsys, *argv)
     assert code == 0 and "herding images (2 per class)" in out
     assert load_synthetic(tmp_path / "set").meta["seed"] == 1
-    (tmp_path / "e.yaml").write_text("epochs: 1\nruns: 1\nmodels: mlp\n")
+    (tmp_path / "e.yaml").write_text("epochs: 1\nrepeats: 1\nmodels: mlp\n")
     code, out, _ = run_cli(
-        capsys, "evaluate", str(tmp_path / "set"), "--config", str(tmp_path / "e.yaml"), "--runs", "2"
+        capsys, "evaluate", str(tmp_path / "set"), "--config", str(tmp_path / "e.yaml"), "--repeats", "2"
     )
     report = json.loads((tmp_path / "set" / "eval.json").read_text())
     assert code == 0 and list(report["models"]) == ["mlp"] and report["config"]["epochs"] == 1
-    assert len(report["models"]["mlp"]["runs"]) == 2
+    assert len(report["models"]["mlp"]["runs"]) == 2 and report["config"]["repeats"] == 2
     (tmp_path / "bad.yaml").write_text("epoch: 1\n")
     code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "set"), "--config", str(tmp_path / "bad.yaml"))
-    assert code == 2 and "unknown config key(s) ['epoch']; valid: epochs, runs" in err
+    assert code == 2 and "unknown config key(s) ['epoch']; valid: epochs, repeats" in err
     code, _, err = run_cli(capsys, "coreset", "--out", str(tmp_path / "x"))
     assert code == 2 and "needs a dataset and an ipc" in err
     code, _, err = run_cli(
         capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--embed", "imagenet", "--out", "x"
     )
     assert code == 2 and "embedding network 'imagenet'" in err
+
+
+def test_the_old_name_of_repeats_still_works_and_says_so(capsys, tmp_path):
+    """`runs` (a config key, the flag --runs, EvalConfig(runs=…)) was renamed `repeats`: a run is a
+    distillation. The old spelling keeps working, with a warning; eval.json keeps its keys."""
+    from atomdd.settings import EvalConfig
+
+    with pytest.warns(FutureWarning, match="runs is now repeats"):
+        assert EvalConfig(runs=3).repeats == 3
+    code, _, _ = run_cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "s"))
+    (tmp_path / "old.yaml").write_text("epochs: 1\nruns: 1\nmodels: mlp\n")
+    with pytest.warns(FutureWarning, match="runs is now repeats"):
+        code, _, err = run_cli(
+            capsys, "evaluate", str(tmp_path / "s"), "--config", str(tmp_path / "old.yaml")
+        )
+    assert (
+        code == 0
+        and len(json.loads((tmp_path / "s" / "eval.json").read_text())["models"]["mlp"]["runs"]) == 1
+    )
+    code, _, err = run_cli(
+        capsys, "evaluate", str(tmp_path / "s"), "--models", "mlp", "--epochs", "1", "--runs", "2"
+    )
+    assert code == 0 and "--runs is now --repeats; the old name still works" in err
+    assert len(json.loads((tmp_path / "s" / "eval.json").read_text())["models"]["mlp"]["runs"]) == 2

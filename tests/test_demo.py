@@ -12,7 +12,7 @@ def test_demo_runs_the_pipeline_and_prints_the_table(tmp_path, capsys, monkeypat
 
     def small(out, iterations, quiet):
         calls["args"] = (out, iterations, quiet)
-        return real(out=out, iterations=iterations, ipc=2, runs=2, epochs=2, quiet=quiet)
+        return real(out=out, iterations=iterations, ipc=2, repeats=2, epochs=2, quiet=quiet)
 
     monkeypatch.setattr(demo, "run_demo", small)
     assert main(["demo", "--out", str(tmp_path), "--iterations", "2", "--quiet"]) == 0

@@ -6,9 +6,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from atomdd.api import distill
 from atomdd.distillation.config import DistillConfig, make_config
-from atomdd.distillation.driver import CHECKPOINT, Distiller, distill
+from atomdd.distillation.driver import Distiller
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.folders.layout import CHECKPOINT
 from atomdd.methods import METHODS
 from atomdd.sets import load_synthetic
 from atomdd.signals import stop_on_signals
@@ -173,7 +175,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     d = Distiller(config(iterations=5, checkpoint_every=1))
     d.load_checkpoint(tmp_path)
-    assert d.step == 3 and torch.isfinite(d.syn).all()
+    assert d.steps_done == 3 and torch.isfinite(d.syn).all()
 
 
 def test_config_file_and_precedence(tmp_path):
@@ -225,3 +227,31 @@ def test_config_sections_and_the_flat_format():
         config(p_spacial=2)
     with pytest.raises(AtomddError, match=r"model lenet: unknown option\(s\) \[.width.\]"):
         config(model="lenet")  # ConvNet's options are not silently dropped for another model
+
+
+def test_a_run_is_its_steps_and_the_hooks_see_them(tmp_path):
+    """`Distiller.step()` is the loop's body: stepping by hand gives the run's pixels bit for bit
+    (clipping included); the log hook sees every logged step, `on_saved` the saved set before
+    run.json says done."""
+    cfg = config(iterations=3, clip=True)
+    by_hand = Distiller(cfg)
+    losses = [by_hand.step()[0] for _ in range(3)]
+    logged, saved = [], []
+
+    def on_saved(folder, data):
+        saved.append(
+            (
+                json.loads((folder / "run.json").read_text())["status"],
+                (folder / "synthetic.safetensors").exists(),
+            )
+        )
+
+    run = Distiller(cfg)
+    result = run.run(tmp_path, on_log=lambda *a: logged.append(a[:2]), on_saved=on_saved)
+    assert torch.equal(by_hand.syn, run.syn) and torch.equal(result.images, run.syn.detach())
+    assert by_hand.steps_done == run.steps_done == 3
+    assert [s for s, _ in logged] == [1, 2, 3] and [v for _, v in logged] == losses
+    assert (
+        saved == [("running", True)] and json.loads((tmp_path / "run.json").read_text())["status"] == "done"
+    )
+    assert not (tmp_path / "grid.png").exists()  # figures are the caller's (atomdd.api.distill draws them)

@@ -13,14 +13,15 @@ from atomdd import evaluate as ev
 from atomdd import sets, train
 from atomdd.coreset import select
 from atomdd.errors import AtomddError
+from atomdd.folders.layout import EVAL_FILE
 from atomdd.hardware import fast_bf16, resolve_precision
 from atomdd.models import MODELS, ModelSpec
 from atomdd.models.convnet import ConvNet
-from atomdd.report import eval_table
+from atomdd.report.tables import eval_table
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
 
-FAST = EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
+FAST = EvalConfig(epochs=2, repeats=2, batch_size=16, device="cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,9 +64,9 @@ def test_batched_equals_sequential(name, small_set, digits, tiny_bn):
 
 def test_run_depends_only_on_seed_and_run_number(small_set):
     """Run 1 alone, in a stack of three, or in stacks of one: the same model."""
-    cfg = replace(FAST, epochs=1, runs=3, batched=True)
+    cfg = replace(FAST, epochs=1, repeats=3, batched=True)
     three = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
-    alone = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg, runs=[1])
+    alone = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg, repeats=[1])
     split = train.train_models("mlp", small_set.images, small_set.labels, 10, replace(cfg, stack_size=1))
     for other in (alone[0], split[1]):
         for a, b in zip(three[1].parameters(), other.parameters(), strict=True):
@@ -80,16 +81,18 @@ def test_default_path_is_batched_on_cuda_only():
 
 def test_training_on_real_subset_beats_chance(digits):
     syn = select(digits, 20, "random", seed=0)
-    report = ev.evaluate_set(syn, ("convnet",), EvalConfig(epochs=10, runs=2, device="cpu"), dataset=digits)
+    report = ev.evaluate_set(
+        syn, ("convnet",), EvalConfig(epochs=10, repeats=2, device="cpu"), dataset=digits
+    )
     assert report["models"]["convnet"]["mean"] > 50  # chance is 10 %; typically ~85 % here
 
 
 def test_eval_json_schema_and_table(small_set, digits, tmp_path):
     report = ev.evaluate_set(small_set, ("mlp", "lenet"), FAST, out_dir=tmp_path, dataset=digits)
-    saved = json.loads((tmp_path / ev.RESULT_FILE).read_text())
+    saved = json.loads((tmp_path / EVAL_FILE).read_text())
     assert saved["models"].keys() == {"mlp", "lenet"}
     for r in saved["models"].values():
-        assert len(r["runs"]) == FAST.runs and all(0 <= a <= 100 for a in r["runs"])
+        assert len(r["runs"]) == FAST.repeats and all(0 <= a <= 100 for a in r["runs"])
         assert r["mean"] == pytest.approx(np.mean(r["runs"])) and r["std"] == pytest.approx(np.std(r["runs"]))
     assert saved["config"]["epochs"] == FAST.epochs and saved["precision"] == "fp32"
     assert saved["batched"] is False and saved["device"] == "cpu"  # the CPU default path
@@ -104,11 +107,11 @@ def test_eval_json_schema_and_table(small_set, digits, tmp_path):
 
 
 def test_evaluate_whole(digits, tmp_path):
-    cfg = replace(FAST, epochs=5, runs=1, batch_size=64, lr=0.05)
+    cfg = replace(FAST, epochs=5, repeats=1, batch_size=64, lr=0.05)
     report = ev.evaluate_whole(digits, ("mlp",), cfg, out_dir=tmp_path, zca=True)
     assert report["set"] == {"kind": "whole", "images": len(digits.train_labels), "zca": True}
     # the whole train set, ZCA-whitened: an MLP learns digits in a few epochs (measured 93 %; chance 10 %)
-    assert (tmp_path / ev.RESULT_FILE).exists() and report["models"]["mlp"]["mean"] > 80
+    assert (tmp_path / EVAL_FILE).exists() and report["models"]["mlp"]["mean"] > 80
 
 
 def test_set_from_other_data_or_shape_is_refused(small_set, digits):
@@ -123,7 +126,7 @@ def test_set_from_other_data_or_shape_is_refused(small_set, digits):
 
 
 @pytest.mark.parametrize(
-    "field, value", [("epochs", 0), ("runs", 0), ("lr", 0.0), ("decay_at", 2.0), ("precision", "fp16")]
+    "field, value", [("epochs", 0), ("repeats", 0), ("lr", 0.0), ("decay_at", 2.0), ("precision", "fp16")]
 )
 def test_bad_config_is_a_clear_error(field, value):
     with pytest.raises(AtomddError, match=field):
@@ -172,7 +175,7 @@ def test_report_records_the_precision_used(monkeypatch, small_set, digits):
 @pytest.mark.parametrize("batched", [True, False])
 def test_bf16_path_runs(small_set, batched):
     """The bf16 path itself (forced, whatever the hardware): fp32 master weights, finite results."""
-    cfg = replace(FAST, epochs=1, runs=2, precision="bf16", batched=batched)
+    cfg = replace(FAST, epochs=1, repeats=2, precision="bf16", batched=batched)
     models = train.train_models("mlp", small_set.images, small_set.labels, 10, cfg)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for m in models for p in m.parameters())
 
@@ -213,7 +216,7 @@ def test_peer_formats(tmp_path, digits):
     assert dc.meta["experiment"] == 1 and dc.meta["experiments"] == 2  # the last experiment
     zca = sets.load_peer_set(tmp_path / "pair.pt", digits, zca=True)
     assert zca.preprocess_meta["zca"] and "zca_eigvecs" in zca.preprocess_tensors
-    report = ev.evaluate_set(zca, ("mlp",), replace(FAST, epochs=1, runs=1), dataset=digits)
+    report = ev.evaluate_set(zca, ("mlp",), replace(FAST, epochs=1, repeats=1), dataset=digits)
     assert report["set"]["method"] == "peer"
 
 
@@ -288,7 +291,7 @@ def test_test_limit_reports_the_first_images_apart(small_set, digits):
 
 def test_model_references_key_the_report(small_set, digits):
     spec = "convnet(pool=maxpool,depth=2,norm=batchnorm)"
-    report = ev.evaluate_set(small_set, f"{spec},mlp", replace(FAST, runs=1, epochs=1), dataset=digits)
+    report = ev.evaluate_set(small_set, f"{spec},mlp", replace(FAST, repeats=1, epochs=1), dataset=digits)
     key = "convnet(depth=2,norm=batchnorm,pool=maxpool)"
     assert list(report["models"]) == [key, "mlp"]
     assert report["models"][key]["options"] == {"depth": 2, "norm": "batchnorm", "pool": "maxpool"}

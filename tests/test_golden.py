@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomdd.distillation.driver import distill
+from atomdd.api import distill
 from atomdd.evaluate import evaluate_set
 from atomdd.settings import EvalConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "digits.json"
 SETTINGS = dict(iterations=3, width=16, batch_real=16, log_every=1)
-EVAL = EvalConfig(epochs=2, runs=2, batch_size=16, device="cpu")
+EVAL = EvalConfig(epochs=2, repeats=2, batch_size=16, device="cpu")
 # 4 × the largest spread of benchmarks/golden_spread.py (see the docstring)
 TOLERANCE = {"pixel": 3e-4, "sum": 4e-3, "abs_sum": 3e-3}
 # the kernels of a CPU with AVX2 and no AVX-512, on any x86-64 machine

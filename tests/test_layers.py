@@ -7,9 +7,10 @@ import sys
 import torch
 
 from atomdd import parallel
+from atomdd.api import distill
 from atomdd.distillation import driver, step
 from atomdd.distillation.config import make_config
-from atomdd.report import save_run_figures
+from atomdd.report.images import save_run_figures
 
 FAST = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1)
 
@@ -33,14 +34,14 @@ def test_the_step_over_class_ranges_adds_up_to_the_whole_step():
 
 def test_only_the_main_process_writes(tmp_path, monkeypatch):
     assert parallel.is_main_process() and parallel.world_size() == 1 and parallel.rank() == 0
-    monkeypatch.setattr("atomdd.distillation.folder.is_main_process", lambda: False)
+    monkeypatch.setattr("atomdd.folders.run.is_main_process", lambda: False)
     monkeypatch.setattr("atomdd.sets.is_main_process", lambda: False)
-    result = driver.distill("digits", 1, "atom", out=tmp_path / "run", iterations=2, **FAST)
+    result = distill("digits", 1, "atom", out=tmp_path / "run", iterations=2, **FAST)
     assert len(result.labels) == 10 and not (tmp_path / "run").exists()
 
 
 def test_figures_are_redrawn_from_the_run_folder(tmp_path, digits):
-    driver.distill("digits", 1, "atom", out=tmp_path, iterations=2, **FAST)
+    distill("digits", 1, "atom", out=tmp_path, iterations=2, **FAST)
     for name in ("grid.png", "attention.png"):
         (tmp_path / name).unlink()
     save_run_figures(tmp_path, digits)  # no live run: run.json, the set file and the dataset

@@ -100,3 +100,20 @@ def test_config_errors():
         MatchConfig(layers="first")
     with pytest.raises(AtomddError, match="blocks 0..2"):
         MatchConfig(layers="0,5").layer_indices(3)
+
+
+def test_the_distance_is_the_published_squared_l2_and_its_registry_is_the_seam(monkeypatch):
+    """The loss takes its distance between class means from `distances.DISTANCES`, by the name
+    `MatchConfig.distance` gives: the default is every published method's squared L2, and a
+    distance added there is used by the loss and refused nowhere (docs/architecture.md)."""
+    from atomdd import distances
+
+    syn, real = [torch.randn(4, 7)], [torch.randn(4, 7)]
+    cfg = MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=2.0)
+    loss, terms = matching_loss(syn, real, 1, cfg)
+    assert cfg.distance == "squared-l2" and torch.equal(loss, 2.0 * 1.0 * (syn[0] - real[0]).pow(2).sum())
+    with pytest.raises(AtomddError, match="unknown distance 'cosine'; valid distances: squared-l2"):
+        MatchConfig(distance="cosine")
+    monkeypatch.setitem(distances.DISTANCES, "l1", lambda s, r: (s - r).abs().sum())
+    loss, _ = matching_loss(syn, real, 1, replace(cfg, distance="l1"))
+    assert torch.equal(loss, 2.0 * (syn[0] - real[0]).abs().sum())

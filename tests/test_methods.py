@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from atomdd.api import distill
 from atomdd.data.transforms import ZCA
 from atomdd.distillation import step as steps
 from atomdd.distillation.config import make_config
-from atomdd.distillation.driver import Distiller, distill
+from atomdd.distillation.driver import Distiller
 from atomdd.errors import AtomddError
 from atomdd.matching import class_statistics, matching_loss
 from atomdd.methods import METHODS
@@ -65,9 +66,9 @@ def test_the_published_code_presets_set_what_the_published_code_runs():
     assert switched.model_ref().options_for(32)["norm"] == "instancenorm"
     # the evaluations
     ev = EvalConfig.from_preset("datadam-code")
-    assert (ev.epochs, ev.batch_size, ev.runs, ev.preset) == (1800, 64, 10, "datadam-code")
-    ev = EvalConfig.from_preset("dm-code", runs=3)
-    assert (ev.epochs, ev.batch_size, ev.runs) == (1000, 256, 3)
+    assert (ev.epochs, ev.batch_size, ev.repeats, ev.preset) == (1800, 64, 10, "datadam-code")
+    ev = EvalConfig.from_preset("dm-code", repeats=3)
+    assert (ev.epochs, ev.batch_size, ev.repeats) == (1000, 256, 3)
     with pytest.raises(AtomddError, match="unknown evaluation preset 'x'"):
         EvalConfig(preset="x")
 

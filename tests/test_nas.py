@@ -10,6 +10,7 @@ from scipy import stats
 from atomdd import nas
 from atomdd.cli import main
 from atomdd.errors import AtomddError
+from atomdd.folders.layout import NAS_PLOT, NAS_RESULTS, NAS_SETTINGS, NAS_SUMMARY, NAS_TRUTH
 from atomdd.models import ModelRef, create_model
 from atomdd.parallel import shard
 from atomdd.ranking import kendall, ranks, spearman
@@ -119,21 +120,21 @@ def test_resume_skips_finished_jobs_and_reproduces_the_report(tmp_path, monkeypa
     out = tmp_path / "run"
     first = nas.run_search(settings, out)
     assert len(trained) == 2 * 3 * 2
-    report = (out / nas.REPORT).read_text()
+    report = (out / NAS_SUMMARY).read_text()
     assert nas.run_search(settings, out) == first and len(trained) == 12  # nothing trained again
-    assert (out / nas.REPORT).read_text() == report
-    lines = (out / nas.RESULTS).read_text().splitlines()
-    (out / nas.RESULTS).write_text("\n".join(lines[:-2]) + "\n" + lines[-1][:20])  # lost 1, torn 1
+    assert (out / NAS_SUMMARY).read_text() == report
+    lines = (out / NAS_RESULTS).read_text().splitlines()
+    (out / NAS_RESULTS).write_text("\n".join(lines[:-2]) + "\n" + lines[-1][:20])  # lost 1, torn 1
     again = nas.run_search(settings, out)
     assert len(trained) == 14  # the two rerun: the same accuracies, only their times differ
     for label, p in first["proxies"].items():
         assert {k: v for k, v in again["proxies"][label].items() if k != "minutes"} == {
             k: v for k, v in p.items() if k != "minutes"
         }
-    report = (out / nas.REPORT).read_text()
+    report = (out / NAS_SUMMARY).read_text()
     assert nas.run_search(settings, out) == again and len(trained) == 14
-    assert (out / nas.REPORT).read_text() == report
-    truth = list((out / nas.TRUTH_DIR).glob("*.jsonl"))
+    assert (out / NAS_SUMMARY).read_text() == report
+    truth = list((out / NAS_TRUTH).glob("*.jsonl"))
     assert len(truth) == 1 and len(truth[0].read_text().splitlines()) == 4  # 2 archs × 2 seeds
     with pytest.raises(AtomddError, match=r"other settings \(epochs\)"):
         nas.run_search(replace(settings, epochs=3), out)
@@ -150,7 +151,7 @@ def test_a_set_folder_is_a_proxy_and_the_random_one_matches_its_size(tmp_path):
     assert herd["images"] == rand["images"] == 20 and report["proxies"]["whole"]["images"] == 1438
     assert herd["architectures"] == 2 and herd["best"] in settings.space
     assert report["proxies"]["whole"]["spearman_all"] == 1.0
-    rows = [json.loads(line) for line in (tmp_path / "run" / nas.RESULTS).read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / NAS_RESULTS).read_text().splitlines()]
     assert {r["images"] for r in rows if r["proxy"] == "random"} == {20}
 
 
@@ -166,28 +167,30 @@ def test_results_do_not_depend_on_the_worker_count(tmp_path):
 
 def test_cli_small_search_on_digits_end_to_end(tmp_path, capsys):
     out = tmp_path / "nas"
-    argv = ["nas", "--dataset", "digits", "--proxy", "random", "early-stop", "--space", "small"]
+    argv = ["nas", "--dataset", "digits", "--proxies", "random", "early-stop", "--space", "small"]
     argv += ["--epochs", "2", "--truth-epochs", "1", "--dsa", "none", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "| best arch. true accuracy (%) |" in text and "Spearman, top 20 %" in text
     assert "skipped convnet(act=relu,depth=3,norm=layernorm,pool=avgpool,width=32)" in text
-    report = json.loads((out / nas.REPORT).read_text())
+    report = json.loads((out / NAS_SUMMARY).read_text())
     assert set(report["proxies"]) == {"random", "early-stop", "whole"}
     assert len(report["skipped"]) == 1 and "3×3 map" in report["skipped"][0]["reason"]
     assert all(p["architectures"] == 4 for p in report["proxies"].values())
-    assert (out / nas.PLOT).read_bytes()[:4] == b"\x89PNG"
-    assert len((out / nas.RESULTS).read_text().splitlines()) == 4 * 2
+    assert (out / NAS_PLOT).read_bytes()[:4] == b"\x89PNG"
+    assert len((out / NAS_RESULTS).read_text().splitlines()) == 4 * 2
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--proxy", "random", "--space", "huge"], "unknown search space"),
-        (["--proxy", "{tmp}/missing"], "not a set folder"),
-        (["--proxy", "{tmp}/mnist-set"], "a set of 'mnist', not of 'digits'"),
-        (["--proxy", "random", "--epochs", "0"], "at least 1"),
-        (["--proxy", "{tmp}/mnist-set", "{tmp}/x/mnist-set"], "distinct names"),
+        (["--proxies", "random", "--space", "huge"], "unknown search space"),
+        (["--proxies", "{tmp}/missing"], "not a set folder"),
+        (["--proxies", "{tmp}/mnist-set"], "a set of 'mnist', not of 'digits'"),
+        (["--proxies", "random", "--epochs", "0"], "at least 1"),
+        (["--proxies", "{tmp}/mnist-set", "{tmp}/x/mnist-set"], "distinct names"),
+        (["--space", "small"], "at least one proxy"),
+        (["--proxy", "random", "--workers", "0"], "at least 1 worker"),
     ],
 )
 def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, extra, message):
@@ -209,3 +212,17 @@ def test_a_search_folder_takes_more_seeds_but_refuses_other_settings(tmp_path):
     nas._check_folder(tmp_path, replace(settings, seeds=(0, 1, 2)))  # results name their seed
     with pytest.raises(AtomddError, match=r"other settings \(dsa, truth_epochs\)"):
         nas._check_folder(tmp_path, replace(settings, truth_epochs=5, dsa="none"))
+
+
+def test_cli_settings_come_from_a_config_file_under_the_flags(tmp_path, capsys):
+    conf = tmp_path / "nas.yaml"
+    conf.write_text("dataset: digits\nproxies: [random]\nspace: small\nepochs: 3\ntruth_epochs: 1\n")
+    conf.write_text(conf.read_text() + "dsa: none\nseeds: [0]\n")
+    out = tmp_path / "o"
+    assert main(["nas", "--config", str(conf), "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    settings = json.loads((out / NAS_SETTINGS).read_text())
+    assert (settings["epochs"], settings["truth_epochs"], settings["proxies"]) == (2, 1, ["random"])
+    assert settings["space_name"] == "small" and len(settings["space"]) == 5
+    (tmp_path / "bad.yaml").write_text("dataset: digits\nproxies: [random]\nepoch: 3\n")
+    assert main(["nas", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
+    assert "unknown config key(s) ['epoch']" in capsys.readouterr().err

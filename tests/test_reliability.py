@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from atomdd import evaljobs
+from atomdd import evaluate as evaluation
 from atomdd.data import Dataset, load_dataset
 from atomdd.data.idx import read_idx
 from atomdd.errors import AtomddError
@@ -260,7 +260,7 @@ def test_download_is_suggested_only_where_the_command_has_it(capsys, tmp_path: P
     root = str(tmp_path / "empty")
     for argv in (
         ["coreset", "--dataset", "mnist", "--ipc", "1", "--out", str(tmp_path / "c"), "--data-root", root],
-        ["evaluate", "--whole", "--dataset", "mnist", "--data-root", root, "--epochs", "1", "--runs", "1"],
+        ["evaluate", "--whole", "--dataset", "mnist", "--data-root", root, "--epochs", "1", "--repeats", "1"],
     ):
         code, err = _cli(capsys, *argv)
         assert code == 2 and "missing" in err and "add --download" not in err, argv
@@ -316,7 +316,8 @@ def test_signal_exit_codes(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_wall_seconds_accumulate_over_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomdd.distillation.driver import Distiller, distill
+    from atomdd.api import distill
+    from atomdd.distillation.driver import Distiller
 
     honest = Distiller.loss_and_grad
 
@@ -363,7 +364,9 @@ def test_non_finite_settings_are_refused(capsys, tmp_path: Path) -> None:
 def test_failure_without_checkpoint_claims_none_and_run_json_records_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from atomdd.distillation.driver import CHECKPOINT, Distiller, distill
+    from atomdd.api import distill
+    from atomdd.distillation.driver import Distiller
+    from atomdd.folders.layout import CHECKPOINT
 
     honest = Distiller.loss_and_grad
 
@@ -381,7 +384,8 @@ def test_failure_without_checkpoint_claims_none_and_run_json_records_it(
 
 
 def test_run_json_records_failure_of_any_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomdd.distillation.driver import Distiller, distill
+    from atomdd.api import distill
+    from atomdd.distillation.driver import Distiller
 
     def broken(self, step):
         raise RuntimeError("out of memory (simulated)")
@@ -548,19 +552,19 @@ def test_an_unusable_set_is_refused_before_training(
     def no_training(*args, **kwargs):
         raise AssertionError("a model was trained on an unusable set")
 
-    monkeypatch.setattr(evaljobs, "train_models", no_training)  # where the evaluation trains
-    code, err = _cli(capsys, "evaluate", str(tmp_path), "--epochs", "1", "--runs", "1")
+    monkeypatch.setattr(evaluation, "train_models", no_training)  # where the evaluation trains
+    code, err = _cli(capsys, "evaluate", str(tmp_path), "--epochs", "1", "--repeats", "1")
     assert code == 2 and expect in err, err
     assert not (tmp_path / "eval.json").exists()
     with pytest.raises(AtomddError, match=re.escape(expect)):
-        ev.evaluate_set(load_synthetic(tmp_path), "convnet", ev.EvalConfig(epochs=1, runs=1))
+        ev.evaluate_set(load_synthetic(tmp_path), "convnet", ev.EvalConfig(epochs=1, repeats=1))
 
 
 def test_a_usable_set_still_evaluates(digits) -> None:
     import atomdd.evaluate as ev
 
     syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
-    report = ev.evaluate_set(syn, "convnet(width=8)", ev.EvalConfig(epochs=1, runs=1), dataset=digits)
+    report = ev.evaluate_set(syn, "convnet(width=8)", ev.EvalConfig(epochs=1, repeats=1), dataset=digits)
     assert len(report["models"]["convnet(width=8)"]["runs"]) == 1
 
 
@@ -607,18 +611,18 @@ def test_coreset_into_a_distill_run_and_back_needs_overwrite(capsys, tmp_path: P
 
 
 def test_a_kill_while_the_figures_are_drawn_leaves_the_run_unfinished_and_resumable(tmp_path: Path) -> None:
-    from atomdd.distillation.driver import distill
+    from atomdd.api import distill
 
     out = tmp_path / "run"
     cfg = dict(iterations=2, model="convnet(width=16)", batch_real=8)
     script = (
         "import os, signal\n"
-        "import atomdd.report as report\n"
-        "from atomdd.distillation.driver import distill\n"
+        "import atomdd.report.images as images\n"
+        "from atomdd.api import distill\n"
         "def killed(out, data=None):\n"
         "    (out / 'grid.png').write_bytes(b'half a png')\n"  # the kill lands mid-figure
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "report.save_run_figures = killed\n"
+        "images.save_run_figures = killed\n"
         f"distill('digits', 1, 'dm', out={str(out)!r}, **{cfg!r})\n"
     )
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -633,17 +637,17 @@ def test_a_kill_while_the_figures_are_drawn_leaves_the_run_unfinished_and_resuma
 
 
 def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import atomdd.report as report
-    from atomdd.distillation.driver import distill
+    import atomdd.report.images as images
+    from atomdd.api import distill
 
     seen = []
-    honest = report.save_run_figures
+    honest = images.save_run_figures
 
     def watched(out, data=None):
         seen.append(json.loads((Path(out) / "run.json").read_text())["status"])
         honest(out, data)
 
-    monkeypatch.setattr(report, "save_run_figures", watched)
+    monkeypatch.setattr(images, "save_run_figures", watched)
     distill("digits", 1, "dm", out=tmp_path, iterations=1, model="convnet(width=16)", batch_real=8)
     assert seen == ["running"]
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "done"
@@ -679,71 +683,71 @@ def test_evaluation_progress_in_a_log_and_on_a_terminal(
     syn.save(tmp_path)
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every epoch instead of every 30 s
     code = _cli(
-        capsys, "evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--runs", "2"
+        capsys, "evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"
     )
     assert code[0] == 0
     lines = [line for line in code[1].splitlines() if line.startswith("convnet(width=8): ")]
-    assert len(lines) == 2 * 3 + 1, lines  # one per epoch of each run, then the result
-    assert lines[0].startswith("convnet(width=8): run 1/2, epoch 1/3 (17 %), 0:") and "ETA 0:" in lines[0]
-    assert lines[5].startswith("convnet(width=8): run 2/2, epoch 3/3 (100 %)") and lines[5].endswith(
+    assert len(lines) == 2 * 3 + 1, lines  # one per epoch of each repeat, then the result
+    assert lines[0].startswith("convnet(width=8): repeat 1/2, epoch 1/3 (17 %), 0:") and "ETA 0:" in lines[0]
+    assert lines[5].startswith("convnet(width=8): repeat 2/2, epoch 3/3 (100 %)") and lines[5].endswith(
         "ETA 0:00"
     )
-    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 runs \(\d+\.\d s\)", lines[6])
+    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 models \(\d+\.\d s\)", lines[6])
 
     monkeypatch.setattr(progress, "LOG_EVERY_S", 30.0)  # a log file: nothing between the lines
-    argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--runs", "2"]
-    code, err = _cli(capsys, *argv, "--seed", "1")  # another seed: the runs above are not reused
+    argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"]
+    code, err = _cli(capsys, *argv, "--seed", "1")  # another seed: the repeats above are not reused
     lines = [line for line in err.splitlines() if "epoch" in line]
-    assert code == 0 and len(lines) == 1 and "run 2/2, epoch 3/3 (100 %)" in lines[0], err
+    assert code == 0 and len(lines) == 1 and "repeat 2/2, epoch 3/3 (100 %)" in lines[0], err
 
     screen = _Terminal()
     bar = progress.Progress("convnet", 2 * 3, file=screen)
-    for run in (1, 2):
+    for repeat in (1, 2):
         for epoch in (1, 2, 3):
-            bar.advance(1, f"run {run}/2, epoch {epoch}/3")
-    bar.close("97.00 ± 1.00 % over 2 runs")
+            bar.advance(1, f"repeat {repeat}/2, epoch {epoch}/3")
+    bar.close("97.00 ± 1.00 % over 2 models")
     assert "convnet: 100%" in screen.text and "6/6" in screen.text and "epoch" in screen.text
-    assert "97.00 ± 1.00 % over 2 runs" in screen.text
+    assert "97.00 ± 1.00 % over 2 models" in screen.text
 
 
 # --------------------------------------------------------------------------------------------------
-# case 4: finished runs kept and reused; eval.json merged, never overwritten; --whole writes its result
+# case 4: finished repeats kept and reused; eval.json merged, never overwritten; --whole writes its result
 
 
-def test_an_interrupted_evaluation_resumes_from_its_finished_runs(
+def test_an_interrupted_evaluation_resumes_from_its_finished_repeats(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
 ) -> None:
     import atomdd.evaluate as ev
 
     syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
-    cfg = ev.EvalConfig(epochs=2, runs=3, batched=False, test_limit=50)
+    cfg = ev.EvalConfig(epochs=2, repeats=3, batched=False, test_limit=50)
     whole = ev.evaluate_set(syn, "convnet(width=8)", cfg, dataset=digits)["models"]["convnet(width=8)"]
 
-    honest, trained = evaljobs.train_models, []  # where the evaluation trains
+    honest, trained = evaluation.train_models, []  # where the evaluation trains
 
     def crashing(*args, **kwargs):
-        runs = args[5]
-        if 2 in runs:
-            raise RuntimeError("killed (simulated) while training run 2")
-        trained.extend(runs)
+        repeats = args[5]
+        if 2 in repeats:
+            raise RuntimeError("killed (simulated) while training repeat 2")
+        trained.extend(repeats)
         return honest(*args, **kwargs)
 
     folder = tmp_path / "set"
-    monkeypatch.setattr(evaljobs, "train_models", crashing)
+    monkeypatch.setattr(evaluation, "train_models", crashing)
     with pytest.raises(RuntimeError):
         ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
     rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
     assert [r["run"] for r in rows] == [0, 1] and trained == [0, 1]
 
-    monkeypatch.setattr(evaljobs, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
+    monkeypatch.setattr(evaluation, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
     resumed = ev.evaluate_set(syn, "convnet(width=8)", cfg, out_dir=folder, dataset=digits)
     got = resumed["models"]["convnet(width=8)"]
-    assert trained == [0, 1, 2]  # only the missing run was trained
+    assert trained == [0, 1, 2]  # only the missing repeat was trained
     assert got["runs"] == whole["runs"] and got["first"]["runs"] == whole["first"]["runs"]
 
     changed = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
     changed.images[0, 0, 0, 0] += 1  # another set in the same folder: nothing of the old one is reused
-    ev.evaluate_set(changed, "convnet(width=8)", replace(cfg, runs=1), out_dir=folder, dataset=digits)
+    ev.evaluate_set(changed, "convnet(width=8)", replace(cfg, repeats=1), out_dir=folder, dataset=digits)
     assert trained == [0, 1, 2, 0]
 
 
@@ -751,7 +755,7 @@ def test_eval_json_merges_models_and_protocols(tmp_path: Path, digits) -> None:
     import atomdd.evaluate as ev
 
     syn = _digits_set(digits, torch.arange(10).repeat_interleave(2), ipc=2)
-    one, two = ev.EvalConfig(epochs=1, runs=1), ev.EvalConfig(epochs=2, runs=1)
+    one, two = ev.EvalConfig(epochs=1, repeats=1), ev.EvalConfig(epochs=2, repeats=1)
     ev.evaluate_set(syn, ["convnet(width=8)", "mlp"], one, out_dir=tmp_path, dataset=digits)
     first = json.loads((tmp_path / "eval.json").read_text())
     assert set(first["models"]) == {"convnet(width=8)", "mlp"}
@@ -769,7 +773,18 @@ def test_eval_json_merges_models_and_protocols(tmp_path: Path, digits) -> None:
 
 def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    argv = ["evaluate", "--whole", "--dataset", "digits", "--models", "mlp", "--epochs", "1", "--runs", "1"]
+    argv = [
+        "evaluate",
+        "--whole",
+        "--dataset",
+        "digits",
+        "--models",
+        "mlp",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+    ]
     code, err = _cli(capsys, *argv)
     assert code == 0 and "whole-digits/eval.json" in err
     saved = json.loads((tmp_path / "whole-digits" / "eval.json").read_text())
@@ -810,7 +825,7 @@ def test_write_errors_name_the_path_and_keep_what_was_there(
 
     folder = tmp_path / "set"
     _digits_set(digits, torch.arange(10)).save(folder)
-    argv = ["evaluate", str(folder), "--models", "convnet(width=8)", "--epochs", "1", "--runs", "2"]
+    argv = ["evaluate", str(folder), "--models", "convnet(width=8)", "--epochs", "1", "--repeats", "2"]
     assert _cli(capsys, *argv)[0] == 0
     before = (folder / "eval.json").read_bytes()
     with monkeypatch.context() as m:

@@ -11,8 +11,8 @@ from PIL import Image
 
 from atomdd.cli import main
 from atomdd.errors import AtomddError
-from atomdd.report import show
-from atomdd.reporting import report
+from atomdd.report import report
+from atomdd.report.images import show
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def two_runs(tmp_path_factory, one_thread):
     for method, ipc in (("atom", 1), ("dm", 2)):
         folder = root / method
         syn = atomdd.distill("digits", ipc, method, out=folder, iterations=4, log_every=2)
-        evaluate_set(syn, ["convnet"], EvalConfig(epochs=2, runs=2), out_dir=folder)
+        evaluate_set(syn, ["convnet"], EvalConfig(epochs=2, repeats=2), out_dir=folder)
         folders.append(folder)
     return folders
 
@@ -97,10 +97,10 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     coreset = tmp_path / "random-subset"  # a loose coreset folder: a set and eval.json, no run.json
     syn = select("digits", 1, "random")
     syn.save(coreset)
-    ev = evaluate_set(syn, ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=coreset)
+    ev = evaluate_set(syn, ["convnet"], EvalConfig(epochs=1, repeats=1), out_dir=coreset)
     from atomdd.evaluate import evaluate_whole
 
-    whole = evaluate_whole("digits", ["convnet"], EvalConfig(epochs=1, runs=1), out_dir=tmp_path / "whole")
+    whole = evaluate_whole("digits", ["convnet"], EvalConfig(epochs=1, repeats=1), out_dir=tmp_path / "whole")
     page = report([grid, nas, coreset, tmp_path / "whole"], tmp_path / "out")
     text = page.read_text()
     assert "## grid" in text and "| Spearman, whole space | 0.61 |" in text
@@ -171,7 +171,7 @@ def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
     import torch
 
     from atomdd.data.transforms import Preprocess
-    from atomdd.report import display_images
+    from atomdd.report.images import display_images
     from atomdd.sets import SyntheticSet
 
     g = torch.Generator().manual_seed(0)
@@ -190,3 +190,15 @@ def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
     shown, caption = display_images(syn)
     assert ((shown == 0) | (shown == 1)).float().mean() < 0.05 and "contrast-stretched" in caption
     assert torch.equal(syn.images, images)  # the data is untouched
+
+
+def test_the_report_s_old_import_path_still_works():
+    """`atomdd.reporting.report` (the README's spelling before the report had a package) still
+    imports, and says where it went."""
+    import importlib
+    import sys
+
+    sys.modules.pop("atomdd.reporting", None)
+    with pytest.warns(DeprecationWarning, match="atomdd.report"):
+        old = importlib.import_module("atomdd.reporting")
+    assert old.report is report

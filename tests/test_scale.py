@@ -9,7 +9,7 @@ import torch
 from ranks import launch
 from safetensors.torch import load_file
 
-from atomdd.distillation.driver import CHECKPOINT
+from atomdd.folders.layout import CHECKPOINT, NAS_RESULTS, NAS_SUMMARY
 
 # ZCA on, so the fit-once-and-broadcast path is part of the equality; checkpoints every 2 steps.
 CONFIG = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1, zca=True)
@@ -127,7 +127,7 @@ def test_sharded_evaluation_returns_the_same_accuracies(tmp_path, digits_set):
         "kind": "evaluate",
         "set": str(digits_set),
         "models": ["convnet(width=16)", "mlp"],
-        "config": {"epochs": 3, "runs": 3, "batch_size": 16, "device": "cpu", "test_limit": 100},
+        "config": {"epochs": 3, "repeats": 3, "batch_size": 16, "device": "cpu", "test_limit": 100},
     }
     one = ok(launch(1, job | {"out": str(tmp_path / "one")}, tmp_path / "r1")[0])[0]
     results, _ = launch(2, job | {"out": str(tmp_path / "two")}, tmp_path / "r2")
@@ -151,7 +151,7 @@ def test_a_rank_slower_than_the_collective_timeout_is_waited_for(tmp_path, digit
         "kind": "evaluate",
         "set": str(digits_set),
         "models": ["mlp"],
-        "config": {"epochs": 1, "runs": 2, "batch_size": 16, "device": "cpu", "test_limit": 50},
+        "config": {"epochs": 1, "repeats": 2, "batch_size": 16, "device": "cpu", "test_limit": 50},
         "slow": {"rank": 1, "seconds": 8},
         "out": str(tmp_path / "out"),
     }
@@ -166,16 +166,17 @@ def test_a_rank_killed_during_its_jobs_ends_the_wait_naming_it(tmp_path, digits_
         "kind": "evaluate",
         "set": str(digits_set),
         "models": ["mlp"],
-        "config": {"epochs": 1, "runs": 2, "batch_size": 16, "device": "cpu"},
+        "config": {"epochs": 1, "repeats": 2, "batch_size": 16, "device": "cpu"},
         "slow": {"rank": 1, "kill": True},
     }
     (rc0, err0, _), (rc1, _, _) = launch(2, job, tmp_path / "r", collective_timeout=5)[0]
     assert rc1 == -9 and rc0 != 0
-    assert "rank 0 stopped at the end of the evaluation's (model, run) jobs: rank 1 has not answered" in err0
+    assert (
+        "rank 0 stopped at the end of the evaluation's (model, repeat) jobs: rank 1 has not answered" in err0
+    )
 
 
 def test_sharded_search_equals_one_process(tmp_path):
-    from atomdd import nas
 
     (tmp_path / "space.txt").write_text("convnet(depth=1,width=8)\nconvnet(depth=2,width=8)\n")
     config = {"epochs": 2, "truth_epochs": 1, "dsa": "none", "seeds": [0, 1]}
@@ -188,9 +189,9 @@ def test_sharded_search_equals_one_process(tmp_path):
         return {p: {k: v for k, v in e.items() if k != "minutes"} for p, e in report["proxies"].items()}
 
     assert timeless(two[0]["report"]) == timeless(two[1]["report"]) == timeless(one["report"])
-    saved = json.loads((tmp_path / "two" / nas.REPORT).read_text())
+    saved = json.loads((tmp_path / "two" / NAS_SUMMARY).read_text())
     assert timeless(saved) == timeless(one["report"])
-    lines = (tmp_path / "two" / nas.RESULTS).read_text().splitlines()
+    lines = (tmp_path / "two" / NAS_RESULTS).read_text().splitlines()
     assert len(lines) == 8  # the proxies' 8 jobs, each once (the truth's 4 go to the truth's file)
 
 
@@ -228,7 +229,7 @@ def test_the_cli_under_torchrun(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "set" / "run.json").read_text())["ranks"]["classes"] == [[0, 5], [5, 10]]
-    evaluate = ["evaluate", str(tmp_path / "set"), "--epochs", "2", "--runs", "2", "--device", "cpu"]
+    evaluate = ["evaluate", str(tmp_path / "set"), "--epochs", "2", "--repeats", "2", "--device", "cpu"]
     out = subprocess.run(
         [*torchrun, "-m", "atomdd", *evaluate], env=env, capture_output=True, text=True, timeout=240
     )

@@ -1,8 +1,9 @@
 """atomdd: dataset distillation with attention mixing (ATOM), DataDAM and DM as one engine.
 
 The root is lazy: `import atomdd` loads no torch; `atomdd.distill`, `atomdd.SyntheticSet` and
-`atomdd.load_synthetic` load their modules on first use. `atomdd.distill` is a function (the
-distillation code lives in the `atomdd.distillation` package, so no module shadows it).
+`atomdd.load_synthetic` load their modules on first use. `atomdd.distill` is `atomdd.api.distill`,
+a function (the distillation code lives in the `atomdd.distillation` package, so no module shadows
+it).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "distill": "atomdd.distillation.driver",
+    "distill": "atomdd.api",
     "SyntheticSet": "atomdd.sets",
     "load_synthetic": "atomdd.sets",
 }
 
 if TYPE_CHECKING:
-    from atomdd.distillation.driver import distill
+    from atomdd.api import distill
     from atomdd.sets import SyntheticSet, load_synthetic
 
 

@@ -16,14 +16,12 @@ import torch.nn.functional as F
 
 from atomdd.settings import DSA_DEFAULT, dsa_ops
 
-DEFAULT_STRATEGY = DSA_DEFAULT
-
 
 @dataclass(frozen=True)
 class DSAConfig:
     """The published DSA parameters; `strategy` lists the operations one is drawn from."""
 
-    strategy: str = DEFAULT_STRATEGY
+    strategy: str = DSA_DEFAULT
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5

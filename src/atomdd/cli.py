@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from atomdd import parallel
 from atomdd.errors import AtomddError, Interrupted
@@ -86,8 +87,8 @@ _DISTILL_OWN = ("dataset", "ipc", "method", "iterations", "seed", "data_root")
 
 @command
 def cmd_distill(args: argparse.Namespace) -> int:
+    from atomdd.api import distill
     from atomdd.distillation.config import flat_fields
-    from atomdd.distillation.driver import distill
     from atomdd.signals import stop_on_signals
 
     values = overrides(args, flat_fields(), skip=_DISTILL_OWN)
@@ -123,7 +124,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
         raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
-    from atomdd.outputs import claim
+    from atomdd.folders.layout import claim
 
     basics = {"kind": "coreset", "method": cfg.method, "ipc": int(ipc), "seed": cfg.seed, "dataset": dataset}
     claim(args.out, args.overwrite, same=basics)  # before minutes of selection
@@ -139,7 +140,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
     from atomdd.models import parse_models
-    from atomdd.report import eval_table
+    from atomdd.report.tables import eval_table
     from atomdd.sets import load_any
     from atomdd.settings import EvalConfig, eval_preset
 
@@ -156,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
         out = args.out or f"whole-{args.dataset}{'-zca' if args.zca else ''}"  # its result is kept too
-        report = ev.evaluate_whole(
+        result = ev.evaluate_whole(
             args.dataset,
             models,
             cfg,
@@ -174,12 +175,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
         out = args.out or _set_dir(args.path)
-        report = ev.evaluate_set(
+        result = ev.evaluate_set(
             syn, models, cfg, data_root=args.data_root, out_dir=out, progress=True, on_epoch=on_epoch
         )
     if tb is not None:
-        tb.final(report)
-    print(eval_table(report))
+        tb.final(result)
+    print(eval_table(result))
     return 0
 
 
@@ -192,7 +193,7 @@ def _set_dir(path: str) -> str | None:
 
 @command
 def cmd_report(args: argparse.Namespace) -> int:
-    from atomdd.reporting import report
+    from atomdd.report.page import report
 
     page = report(args.paths, args.out, title=args.title)
     print(f"wrote {page} and its figures")
@@ -211,7 +212,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @command
 def cmd_show(args: argparse.Namespace) -> int:
-    from atomdd.report import show
+    from atomdd.report.images import show
 
     print(f"wrote {show(args.path, args.out, args.klass)}")
     return 0
@@ -219,31 +220,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command
 def cmd_nas(args: argparse.Namespace) -> int:
+    from atomdd.config import load_config_file
     from atomdd.nas import NasSettings, run_search, search_space
-    from atomdd.report import nas_table
-    from atomdd.settings import dsa_ops
+    from atomdd.report.tables import nas_table
 
-    if args.workers < 1 or min(args.epochs, args.truth_epochs, args.early_epochs) < 1:
-        raise AtomddError("--workers and every epoch count must be at least 1")
-    dsa_ops(args.dsa)
-    space = search_space(args.space)
-    settings = NasSettings(
-        dataset=args.dataset,
-        proxies=tuple(args.proxy),
-        space=tuple(map(str, space)),
-        space_name=args.space if not os.path.isfile(args.space) else os.path.basename(args.space),
-        epochs=args.epochs,
-        truth_epochs=args.truth_epochs,
-        early_epochs=args.early_epochs,
-        seeds=tuple(args.seeds),
-        ipc=args.ipc,
-        dsa=args.dsa,
-        zca=args.zca,
-        device=args.device,
-        data_root=args.data_root,
-    )
+    in_file = load_config_file(args.config).get("space") if args.config else None
+    name = str(args.space or in_file or NasSettings.space_name)
+    space = tuple(map(str, search_space(name)))
+    given = {"space": space, "space_name": os.path.basename(name) if os.path.isfile(name) else name}
+    settings, _ = settings_from(args, NasSettings, own=("space",), skip=_NAS_OWN, given=given)
     log = None if args.quiet else lambda line: print(line, flush=True)
     print(nas_table(run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)))
+    return 0
+
+
+@command
+def cmd_grid(args: argparse.Namespace) -> int:
+    from atomdd.grid import GridSettings, run_grid, tabulate
+
+    grid, _ = settings_from(args, GridSettings)
+    say = None if args.quiet else lambda line: print(line, flush=True)
+    table = tabulate(args.out, grid) if args.only_table else run_grid(grid, args.out, not args.progress, say)
+    print(table)
     return 0
 
 
@@ -255,13 +253,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# nas: --space is a name or a file the command turns into the model references it holds
+_NAS_OWN = ("space", "space_name")
 _TB_HELP = "also write TensorBoard event files to DIR (local files only; needs the tensorboard extra)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
     from atomdd.distillation.config import flat_fields
+    from atomdd.grid import GridSettings
     from atomdd.methods import METHODS
+    from atomdd.nas import NasSettings
     from atomdd.settings import CoresetConfig, EvalConfig
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
@@ -359,26 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the PNG (default: show.png in the set's folder)")
 
     p = sub.add_parser("nas", help="rank a space of ConvNets by training on proxies; compare with the truth")
-    p.add_argument("--dataset", required=True)
     p.add_argument(
-        "--proxy", nargs="+", required=True, help="set folders (distilled or coreset), random, early-stop"
+        "--space", default=None, help="small (default) | cifar-cpu | full | FILE (a model reference a line)"
     )
-    p.add_argument(
-        "--space", default="small", help="small | cifar-cpu | full | FILE (a model reference a line)"
-    )
-    p.add_argument("--epochs", type=int, default=300, help="training epochs on a proxy set (default 300)")
-    p.add_argument("--truth-epochs", type=int, default=30, help="epochs on the whole data (default 30)")
-    p.add_argument("--early-epochs", type=int, default=1, help="the early-stop proxy's epochs (default 1)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one model per architecture × seed")
-    p.add_argument("--ipc", type=int, default=10, help="random proxy's images per class without a set folder")
-    p.add_argument("--dsa", default="color_crop_cutout_flip_scale_rotate", help="augmentation, or none")
-    p.add_argument("--zca", action="store_true", help="whole data, random and early stop ZCA-whitened")
-    p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--truth-dir", default=None, help="whole-data results cache (default OUT/truth)")
     p.add_argument("--out", required=True, help="results.jsonl, nas.json, nas.png go here")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--config", default=None, help="YAML/TOML file of search settings (and space)")
     p.add_argument("--quiet", action="store_true")
+    add_config_flags(p, NasSettings, skip=_NAS_OWN, title="search settings (over --config's)")
+
+    p = sub.add_parser(
+        "grid", help="methods × IPC × seeds: make, evaluate and tabulate each set, resumably (paired Δ)"
+    )
+    p.add_argument("--out", required=True, help="the grid's folder: ipc<N>/<method>-seed<S>/, accuracy.json")
+    p.add_argument("--only-table", action="store_true", help="only tabulate the sets finished under --out")
+    p.add_argument("--progress", action="store_true", help="show each distillation's progress")
+    p.add_argument("--config", default=None, help="YAML/TOML file of grid settings")
+    p.add_argument("--quiet", action="store_true", help="no line per finished job")
+    add_config_flags(p, GridSettings, title="grid settings (over --config's)")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
     p.add_argument("--out", default="atomdd-demo")
@@ -387,23 +388,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
+# the commands that only read folders (or list names): they load neither the data nor torch
+_READERS = ("report", "methods")
+
+
+@contextlib.contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[None]:
+    """What a command that reads data and trains gets from its entry point: the CPU allocator tuned
+    (process-wide, so never the library's doing), and a missing dataset's message naming
+    --download where the command has that flag."""
+    if args.command in _READERS:
+        yield
+        return
     from atomdd.data import offer_download
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()
+    with offer_download(hasattr(args, "download")):
+        yield
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
     who = parallel.quiet_other_ranks()  # under torchrun, " (rank r of w)" for the error lines
     try:
-        with offer_download(hasattr(args, "download")):  # hints name --download only where it exists
+        with _engine(args):
             return COMMANDS[args.command](args)
     except AtomddError as e:
-        if getattr(e, "report", None) is not None:  # a write failed after the work: show the work
-            from atomdd.report import eval_table
+        if getattr(e, "result", None) is not None:  # a write failed after the work: show the work
+            from atomdd.report.tables import eval_table
 
-            print(eval_table(e.report))
+            print(eval_table(e.result))
         print(f"atomdd: error{who}: {e}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, renamed
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -53,6 +53,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:  # tuple[X, ...]: a list (flags, a file's list) or one value
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in items)
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -78,11 +81,27 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def apply_overrides(obj: Any, overrides: dict[str, Any], what: str = "option") -> Any:
-    """A copy of dataclass `obj` with `overrides` applied; unknown keys list the valid ones."""
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    unknown = sorted(set(overrides) - set(names))
+def coerce(cls: type, values: dict[str, Any], what: str = "option") -> dict[str, Any]:
+    """`values` for the fields of dataclass `cls`, each coerced to its field's type; a renamed
+    setting (`cls.RENAMED`, old name → new) warns and takes its new name; an unknown key is an error
+    naming the valid ones."""
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old in values:
+            renamed(old, new)
+            values = {(new if k == old else k): v for k, v in values.items()}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(names)}")
-    return dataclasses.replace(obj, **{k: _coerce(k, v, hints[k]) for k, v in overrides.items()})
+    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+
+
+def build(cls: type, values: dict[str, Any], what: str = "option") -> Any:
+    """Dataclass `cls` from `values` (`coerce`d), its defaults for the rest; checked once."""
+    return cls(**coerce(cls, values, what))
+
+
+def apply_overrides(obj: Any, overrides: dict[str, Any], what: str = "option") -> Any:
+    """A copy of dataclass `obj` with `overrides` (`coerce`d) applied."""
+    return dataclasses.replace(obj, **coerce(type(obj), overrides, what))

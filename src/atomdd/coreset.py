@@ -105,7 +105,7 @@ def embedding_model(
     if embed == "random":
         (net,) = init_models(model, data.channels, data.num_classes, data.image_size[0], [0], seed)
         return net.to(resolve_device(device))
-    cfg = TrainConfig(epochs=epochs, runs=1, seed=seed, device=device)
+    cfg = TrainConfig(epochs=epochs, repeats=1, seed=seed, device=device)
     (net,) = train_models(model, prep(data.train_images), data.train_labels, data.num_classes, cfg)
     return net
 

@@ -24,14 +24,29 @@ class RankFailure(AtomddError):
 
 class WriteError(AtomddError):
     """A file could not be written (a full disk, a read-only folder, no permission): the message names
-    the path; the previous file, if any, is left as it was. `report` may carry what was computed."""
+    the path; the previous file, if any, is left as it was. `result` may carry what was computed
+    (an evaluation's, which the CLI prints all the same)."""
 
     def __init__(self, message: str, path: object = None) -> None:
         super().__init__(message)
         self.path = path
-        self.report: object = None
+        self.result: object = None
 
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> AtomddError:
     """The error for a registry miss: always lists the valid names."""
     return AtomddError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+
+
+def refuse(what: str, problems: list[str]) -> None:
+    """The one way settings are refused (each settings dataclass's `__post_init__` calls it with
+    its `problems()`): every problem named at once."""
+    if problems:
+        raise AtomddError(f"invalid {what}: {'; '.join(problems)}")
+
+
+def renamed(old: str, new: str) -> None:
+    """Warn that a setting or flag was renamed; the old name keeps working."""
+    import warnings
+
+    warnings.warn(f"{old} is now {new}; the old name still works", FutureWarning, stacklevel=3)

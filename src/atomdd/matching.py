@@ -1,13 +1,15 @@
 """The attention mixer: spatial- and channel-wise attention of feature maps, and the matching loss.
 
-ATOM, its channel-only variant, DataDAM and DM are one loss with different weights (DESIGN.md §1):
+ATOM, its channel-only variant, DataDAM and DM are one loss with different weights (docs/method.md):
 
     L = scale · Σ_k [ Σ_{l in layers} ( w_s‖ā_s(T_k) − ā_s(S_k)‖² + w_c‖ā_c(T_k) − ā_c(S_k)‖² )
                       + λ‖ē(T_k) − ē(S_k)‖² ]
 
 where ā is the class mean of per-sample, L2-normalised attention vectors and ē the class mean of
-the embedding. The loss only needs per-class means of the real batch, so `class_statistics` of the
-real images is computed once without autograd and the synthetic side is compared against it.
+the embedding; ‖·‖² is the distance `MatchConfig.distance` names (`distances.py`; the published
+methods' squared L2 by default). The loss only needs per-class means of the real batch, so
+`class_statistics` of the real images is computed once without autograd and the synthetic side is
+compared against it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from atomdd.distances import DISTANCES
 from atomdd.models import Features
 from atomdd.settings import MatchConfig
 
@@ -112,8 +115,9 @@ def matching_loss(
     """The total loss (summed over classes) and each term's weighted value, for logging."""
     total = syn_stats[0].new_zeros(())
     terms = {}
+    distance = DISTANCES[cfg.distance]
     for (name, w), s, r in zip(term_weights(num_blocks, cfg), syn_stats, real_stats, strict=True):
-        term = cfg.scale * w * (s - r).pow(2).sum()
+        term = cfg.scale * w * distance(s, r)
         terms[name] = term.detach()
         total = total + term
     return total, terms

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from atomdd.errors import unknown_name
-from atomdd.settings import MatchConfig
+from atomdd.settings import CORESET_METHODS, MatchConfig
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,10 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise unknown_name("method", name, list(METHODS)) from None
+
+
+def method_order(label: str) -> tuple[int, str]:
+    """Where a method's row goes in a table: the coresets, then `METHODS` in its order; other
+    labels (a grid's variants such as `atom_embedding_0.01`) after, by name."""
+    order = (*CORESET_METHODS, *METHODS)
+    return (order.index(label) if label in order else len(order), label)

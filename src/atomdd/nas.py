@@ -8,7 +8,8 @@ of a seed starts from the same weights (a paired comparison) and no result depen
 or rank ran it. `jobs()` is the list, `run_job()` runs one; `run_search()` spreads them over local
 worker processes and appends each result as one JSON line (results.jsonl; the truth's lines go to a
 file keyed by dataset × space × budget, so they are computed once), skipping those already there.
-The report (`summarize`) is computed from those lines alone, so a rerun gives the same report.
+The summary (`summarize`, nas.json) is computed from those lines alone, so a rerun gives the same
+one; its table and scatter plot are `report.tables.nas_table` and `report.charts.nas_scatter`.
 """
 
 from __future__ import annotations
@@ -22,25 +23,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from atomdd import parallel, peers
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, refuse
+from atomdd.folders.layout import NAS_PLOT, NAS_RESULTS, NAS_SETTINGS, NAS_SUMMARY, NAS_TRUTH
 from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
-from atomdd.models import ModelRef
 from atomdd.parallel import is_main_process, map_local
 from atomdd.ranking import kendall, spearman
+from atomdd.settings import DSA_DEFAULT, dsa_problem, help_meta
+
+if TYPE_CHECKING:
+    from atomdd.models import ModelRef
 
 DEPTHS, WIDTHS = (1, 2, 3, 4), (32, 64, 128, 256)
 ACTS, POOLS = ("relu", "leakyrelu", "sigmoid"), ("none", "maxpool", "avgpool")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 EARLY, RANDOM, TRUTH = "early-stop", "random", "whole"
-RESULTS, TRUTH_DIR, REPORT, PLOT, SETTINGS = "results.jsonl", "truth", "nas.json", "nas.png", "settings.json"
 
 
 def convnet(depth: int, width: int, act: str, norm: str, pool: str) -> ModelRef:
+    from atomdd.models import ModelRef
+
     return ModelRef.parse(f"convnet(act={act},depth={depth},norm={norm},pool={pool},width={width})")
 
 
@@ -68,6 +74,8 @@ SPACES: dict[str, Callable[[], list[ModelRef]]] = {
 def search_space(name: str | os.PathLike) -> list[ModelRef]:
     """A named space (`full`, `small`, `cifar-cpu`) or a file of model references, one a line
     (blank lines and `#` comments skipped); duplicates (by canonical spelling) are dropped."""
+    from atomdd.models import ModelRef
+
     if str(name) in SPACES:
         refs = SPACES[str(name)]()
     elif Path(name).is_file():
@@ -110,21 +118,52 @@ def unbuildable(ref: ModelRef, channels: int, image_size: int) -> str | None:
 
 @dataclass(frozen=True)
 class NasSettings:
-    """Everything a job's result depends on (settings.json of the output folder)."""
+    """Everything a job's result depends on (settings.json of the output folder); the source of
+    `atomdd nas`'s flags and `--config` keys, as every command's settings are."""
 
-    dataset: str
-    proxies: tuple[str, ...]  # set folders, "random", "early-stop"
-    space: tuple[str, ...]  # canonical model references
+    # a flag's old name (still works, with a warning)
+    RENAMED: ClassVar[dict[str, str]] = {"proxy": "proxies"}
+
+    dataset: str = field(default="", metadata=help_meta("the dataset searched on (required)"))
+    proxies: tuple[str, ...] = field(
+        default=(), metadata=help_meta("set folders (distilled or coreset), random, early-stop (required)")
+    )
+    space: tuple[str, ...] = ()  # canonical model references (`search_space`; the CLI's --space)
     space_name: str = "small"
-    epochs: int = 300  # proxy training
-    truth_epochs: int = 30  # whole-data training
-    early_epochs: int = 1  # the early-stop proxy: the whole data this many epochs
-    seeds: tuple[int, ...] = (0,)
-    ipc: int = 10  # the random proxy's images per class when no set folder is given
-    dsa: str = "color_crop_cutout_flip_scale_rotate"
-    zca: bool = False  # whole data / random / early stop preprocessed with ZCA
+    epochs: int = field(default=300, metadata=help_meta("training epochs on a proxy set (default 300)"))
+    truth_epochs: int = field(default=30, metadata=help_meta("epochs on the whole data (default 30)"))
+    early_epochs: int = field(default=1, metadata=help_meta("the early-stop proxy's epochs (default 1)"))
+    seeds: tuple[int, ...] = field(default=(0,), metadata=help_meta("one model per architecture × seed"))
+    ipc: int = field(default=10, metadata=help_meta("random proxy's images per class without a set folder"))
+    dsa: str = field(default=DSA_DEFAULT, metadata=help_meta("augmentation, or none"))
+    zca: bool = field(default=False, metadata=help_meta("whole data, random and early stop ZCA-whitened"))
     device: str = "auto"
     data_root: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        refuse("search setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        bad = []
+        if not self.dataset:
+            bad.append("a dataset is needed (--dataset NAME, or dataset in --config)")
+        if not self.proxies:
+            bad.append("at least one proxy is needed (--proxies random early-stop SET_FOLDER …)")
+        if not self.space:
+            bad.append("the search space holds no architecture")
+        if epochs := [
+            f"{k}={getattr(self, k)}"
+            for k in ("epochs", "truth_epochs", "early_epochs")
+            if getattr(self, k) < 1
+        ]:
+            bad.append(f"{', '.join(epochs)}: every epoch count must be at least 1")
+        if not self.seeds:
+            bad.append("at least one seed is needed")
+        if self.ipc < 1:
+            bad.append(f"ipc={self.ipc}: at least 1 image per class")
+        if problem := dsa_problem(self.dsa):
+            bad.append(problem)
+        return bad
 
     def labels(self) -> list[str]:
         return [self.label(p) for p in self.proxies] + [TRUTH]
@@ -155,7 +194,7 @@ class Context:
 
     def __init__(self, settings: NasSettings) -> None:
         from atomdd.data import as_dataset
-        from atomdd.evaluate import _check_set
+        from atomdd.evaluate import check_set
         from atomdd.sets import load_synthetic
 
         labels = settings.labels()
@@ -172,7 +211,7 @@ class Context:
             syn = load_synthetic(proxy)
             if syn.dataset != self.data.name:
                 raise AtomddError(f"proxy {proxy} is a set of {syn.dataset!r}, not of {self.data.name!r}")
-            _check_set(syn, self.data)
+            check_set(syn, self.data)
             self.sets[settings.label(proxy)] = (syn, syn.preprocess()(self.data.test_images))
         self._whole = self._test = None
         self._random: dict[int, tuple] = {}
@@ -215,7 +254,7 @@ def run_job(ctx: Context, job: Job) -> dict[str, Any]:
 
     s = ctx.settings
     epochs, seed = s.budget(job.proxy)["epochs"], derive_seed("nas", job.seed, job.arch)
-    cfg = TrainConfig(epochs=epochs, runs=1, dsa=s.dsa, device=s.device, seed=seed)
+    cfg = TrainConfig(epochs=epochs, repeats=1, dsa=s.dsa, device=s.device, seed=seed)
     (x, y), (tx, ty) = ctx.train_test(job.proxy, job.seed)  # prepared once per process, not timed
     start = time.perf_counter()
     models = train_models(job.arch, x, y, ctx.data.num_classes, cfg)
@@ -251,7 +290,7 @@ def truth_file(settings: NasSettings, truth_dir: Path, data_hash: str) -> Path:
 def _check_folder(out: Path, settings: NasSettings) -> None:
     """Make or reuse `out`; a folder made with other settings (seeds aside: a result line names its
     seed) is refused, as its results would mix."""
-    mine, path = json.loads(json.dumps(asdict(replace(settings, data_root=None)))), out / SETTINGS
+    mine, path = json.loads(json.dumps(asdict(replace(settings, data_root=None)))), out / NAS_SETTINGS
     theirs = json.loads(path.read_text()) if path.exists() else mine
     diff = sorted(k for k in mine if k != "seeds" and mine[k] != theirs.get(k))
     if diff:
@@ -270,9 +309,12 @@ def run_search(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the jobs not yet in `out` (over `workers` processes, each torchrun rank its `shard`),
-    then write and return the report."""
-    from atomdd.report import save_nas_plot
+    then write and return the summary (nas.json) and its scatter plot (nas.png)."""
+    from atomdd.models import ModelRef
+    from atomdd.report.charts import nas_scatter
 
+    if workers < 1:
+        raise AtomddError(f"workers={workers}: at least 1 worker process")
     parallel.init(settings.device)  # joins torchrun's group, if it started this process
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,9 +324,9 @@ def run_search(
         why = unbuildable(ModelRef.parse(text), ctx.data.channels, ctx.data.image_size[0])
         (skipped.append({"arch": text, "reason": why}) if why else archs.append(text))
     _check_folder(out, settings)
-    truth_path = truth_file(settings, Path(truth_dir or out / TRUTH_DIR), ctx.data.content_hash)
+    truth_path = truth_file(settings, Path(truth_dir or out / NAS_TRUTH), ctx.data.content_hash)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
-    files = {True: truth_path, False: out / RESULTS}
+    files = {True: truth_path, False: out / NAS_RESULTS}
     old = [r for f in files.values() if f.exists() for r in read_jsonl(f)]
     done = {(r["arch"], r["proxy"], r["seed"]) for r in old}
     todo = [j for j in jobs(settings, archs) if (j.arch, j.proxy, j.seed) not in done]
@@ -309,11 +351,11 @@ def run_search(
         for r in new[len(parts[0]) :] if is_main_process() else []:
             append_jsonl(files[r["proxy"] == TRUTH], r)
     rows = [r for r in old + new if r["arch"] in archs and r["seed"] in settings.seeds]
-    report = summarize(rows, settings, {p: ctx.images_stored(p) for p in settings.labels()}, skipped)
+    summary = summarize(rows, settings, {p: ctx.images_stored(p) for p in settings.labels()}, skipped)
     if is_main_process():
-        write_json(out / REPORT, report)
-        save_nas_plot(report, out / PLOT)
-    return report
+        write_json(out / NAS_SUMMARY, summary)
+        nas_scatter(summary, out / NAS_PLOT)
+    return summary
 
 
 def _finite(x: float) -> float | None:
@@ -323,7 +365,7 @@ def _finite(x: float) -> float | None:
 def summarize(
     rows: Sequence[dict[str, Any]], settings: NasSettings, images: dict[str, int], skipped: list[dict]
 ) -> dict[str, Any]:
-    """The report of a search from its result lines: per proxy, the mean accuracy of each
+    """The summary of a search from its result lines: per proxy, the mean accuracy of each
     architecture over the seeds, the rank correlations with the truth (whole space, top 20 % by
     truth), the true accuracy of the architecture it ranks first, the training time and images."""
     acc: dict[str, dict[str, list[float]]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ def chunks(n: int, size: int) -> list[range]:
 
 
 def _group_ready() -> bool:
+    if "torch.distributed" not in sys.modules:  # not loaded: no group was joined (and none loads it)
+        return False
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()

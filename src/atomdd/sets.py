@@ -26,13 +26,13 @@ from safetensors.torch import load_file, safe_open
 
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError
+from atomdd.folders.layout import SET_FILE
 from atomdd.io import save_safetensors
 from atomdd.parallel import is_main_process
 
 if TYPE_CHECKING:
     from atomdd.data.transforms import Preprocess
 
-FILENAME = "synthetic.safetensors"
 _PREP = "preprocess."
 
 
@@ -94,7 +94,7 @@ class SyntheticSet:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write `out_dir/synthetic.safetensors` (in the main process only; see `parallel`)."""
-        path = Path(out_dir) / FILENAME
+        path = Path(out_dir) / SET_FILE
         if not is_main_process():
             return path
         tensors = {"images": self.images.detach().float().cpu().contiguous(), "labels": self.labels.cpu()}
@@ -114,7 +114,7 @@ class SyntheticSet:
 def load_synthetic(path: str | Path) -> SyntheticSet:
     """Read a set written by `SyntheticSet.save` (give its folder or the file)."""
     path = Path(path)
-    file = path / FILENAME if path.is_dir() else path
+    file = path / SET_FILE if path.is_dir() else path
     if not file.exists():
         where = f"folder {path}" if path.is_dir() else str(path)
         raise AtomddError(f"no synthetic set found: {file} does not exist (looked in {where})")
@@ -274,7 +274,7 @@ def load_any(
 ) -> SyntheticSet:
     """An atomdd run folder / `synthetic.safetensors`, or a peer's `.pt` (which needs `dataset`)."""
     p = Path(path)
-    if p.is_dir() or p.suffix == ".safetensors" or p.name == FILENAME:
+    if p.is_dir() or p.suffix == ".safetensors" or p.name == SET_FILE:
         return load_synthetic(p)
     if not p.exists():
         raise AtomddError(f"no such file or folder: {p}")

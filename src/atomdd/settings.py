@@ -1,17 +1,21 @@
-"""The settings of the training, evaluation and coreset commands, as plain dataclasses: validated
-in one place (`__post_init__`), filled from a config file and flags (`config.apply_overrides`), and
-the source of the CLI's flags (`cli.py` generates one flag per field; `help` metadata is the flag's
-help). No torch at import, so `atomdd --help` stays fast. The distillation's settings live in
-`distillation/config.py`.
+"""The settings of the training, evaluation and coreset commands and of the matching loss, as
+plain dataclasses: each lists what is wrong with it in `problems()`, and `__post_init__` refuses a
+value with any (`errors.refuse`: every problem named at once), the one style every settings class
+follows (`DistillConfig`, `NasSettings` too). They are filled from a config file and flags
+(`config.build`) and are the source of the CLI's flags (`flags.py` generates one flag per field;
+`help` metadata is the flag's help). No torch at import, so `atomdd --help` stays fast. The
+distillation's settings live in `distillation/config.py`, a search's in `nas.py`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import InitVar, asdict, dataclass, field
+from typing import Any, ClassVar
 
-from atomdd.errors import AtomddError, unknown_name
+from atomdd.distances import DEFAULT as DISTANCE
+from atomdd.distances import DISTANCES
+from atomdd.errors import AtomddError, refuse, renamed, unknown_name
 
 PRECISIONS = ("fp32", "bf16")
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -20,20 +24,28 @@ CORESET_METHODS = ("random", "herding", "kcenter")
 EMBEDDINGS = ("random", "trained")
 
 
+def dsa_problem(strategy: str) -> str | None:
+    """What is wrong with a DSA strategy ("color_crop_…", or "none"), or None."""
+    bad = [op for op in strategy.split("_") if op not in DSA_OPS] if strategy not in ("", "none") else []
+    if bad:
+        return f"unknown augmentation {bad}; choose from {'_'.join(DSA_OPS)} joined by '_', or 'none'"
+    return None
+
+
 def dsa_ops(strategy: str) -> tuple[str, ...]:
     """The operations of a DSA strategy ("color_crop_…", or "none"); an unknown one is an error."""
-    if strategy in ("", "none"):
-        return ()
-    ops = tuple(strategy.split("_"))
-    bad = [op for op in ops if op not in DSA_OPS]
-    if bad:
-        raise AtomddError(
-            f"unknown augmentation {bad}; choose from {'_'.join(DSA_OPS)} joined by '_', or 'none'"
-        )
-    return ops
+    if problem := dsa_problem(strategy):
+        raise AtomddError(problem)
+    return () if strategy in ("", "none") else tuple(strategy.split("_"))
 
 
-def _help(text: str) -> dict[str, Any]:
+def not_finite(obj: Any, names: tuple[str, ...]) -> list[str]:
+    """The problems of the settings `names` of `obj` that are not finite numbers."""
+    return [f"{k}={getattr(obj, k)} (must be finite)" for k in names if not math.isfinite(getattr(obj, k))]
+
+
+def help_meta(text: str) -> dict[str, Any]:
+    """A field's metadata: `text` is its flag's help (`flags.add_config_flags`)."""
     return {"help": text}
 
 
@@ -41,8 +53,12 @@ def _help(text: str) -> dict[str, Any]:
 class TrainConfig:
     """How fresh models are trained and tested; the defaults are DM's published settings."""
 
+    # settings renamed: the old name (a config key, a flag) still works, with a warning
+    RENAMED: ClassVar[dict[str, str]] = {"runs": "repeats"}
+
     epochs: int = 1000
-    runs: int = 5  # models trained per architecture (published: 10 or 20)
+    # fresh models trained per architecture, each from its own seeds (published: 10 or 20)
+    repeats: int = field(default=5, metadata=help_meta("models trained per architecture (default 5)"))
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -56,35 +72,38 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = field(
-        default="fp32", metadata=_help("fp32 (default) | bf16 (where the hardware is fast)")
+        default="fp32", metadata=help_meta("fp32 (default) | bf16 (where the hardware is fast)")
     )
-    # runs together under vmap; None: on CUDA yes, on a CPU no (train.use_batched)
+    # the repeats together under vmap; None: on CUDA yes, on a CPU no (train.use_batched)
     batched: bool | None = field(
         default=None,
-        metadata=_help("train the runs together (default: on CUDA only; slower on CPU, see README)"),
+        metadata=help_meta("train the repeats together (default: on CUDA only; slower on CPU, see README)"),
     )
-    stack_size: int = 0  # at most this many runs per stack (bounds memory); 0 = all runs at once
+    stack_size: int = 0  # at most this many repeats per stack (bounds memory); 0 = all at once
+    runs: InitVar[int | None] = None  # the old name of `repeats`
 
-    def __post_init__(self) -> None:
-        floats = ("lr", "momentum", "weight_decay", "lr_decay", "decay_at")
-        if nonfinite := [f"{k}={getattr(self, k)}" for k in floats if not math.isfinite(getattr(self, k))]:
-            raise AtomddError(f"invalid evaluation setting(s): {', '.join(nonfinite)} (must be finite)")
-        bad = self.problems()
-        if bad:
-            raise AtomddError(f"invalid evaluation setting(s): {', '.join(bad)}")
-        dsa_ops(self.dsa)  # an unknown operation is an error now, not mid-run
+    def __post_init__(self, runs: int | None = None) -> None:
+        if runs is not None:
+            renamed("runs", "repeats")
+            object.__setattr__(self, "repeats", runs)
+        refuse("evaluation setting(s)", self.problems())
 
     def problems(self) -> list[str]:
-        positive = ("epochs", "runs", "batch_size", "test_batch")
+        floats = ("lr", "momentum", "weight_decay", "lr_decay", "decay_at")
+        if nonfinite := not_finite(self, floats):
+            return nonfinite
+        positive = ("epochs", "repeats", "batch_size", "test_batch")
         bad = [f"{k}={getattr(self, k)}" for k in positive if getattr(self, k) < 1]
         bad += [f"{k}={getattr(self, k)}" for k in ("lr", "lr_decay") if not getattr(self, k) > 0]
         bad += [f"{k}={getattr(self, k)}" for k in ("momentum", "weight_decay") if getattr(self, k) < 0]
         if not 0 <= self.decay_at <= 1:
             bad.append(f"decay_at={self.decay_at} (a fraction of the epochs, 0–1)")
         if self.stack_size < 0:
-            bad.append(f"stack_size={self.stack_size} (0 means all runs in one stack)")
+            bad.append(f"stack_size={self.stack_size} (0 means all repeats in one stack)")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        if problem := dsa_problem(self.dsa):  # an unknown operation is an error now, not mid-run
+            bad.append(problem)
         return bad
 
 
@@ -101,12 +120,12 @@ class EvalPreset:
 # DataDAM code's ConvNet has batch norm (its get_network forces it), tested in eval mode.
 EVAL_PRESETS = {
     "datadam-code": EvalPreset(
-        {"epochs": 1800, "batch_size": 64, "runs": 10},
+        {"epochs": 1800, "batch_size": 64, "repeats": 10},
         "convnet(norm=batchnorm)",
         "the published DataDAM code's: batch-norm ConvNet, 1 800 epochs, batch 64, 10 models",
     ),
     "dm-code": EvalPreset(
-        {"epochs": 1000, "batch_size": 256, "runs": 10},
+        {"epochs": 1000, "batch_size": 256, "repeats": 10},
         "convnet",
         "the published DM code's: instance-norm ConvNet, 1 000 epochs, batch 256, 10 models",
     ),
@@ -127,14 +146,14 @@ class EvalConfig(TrainConfig):
     # a published code's evaluation (EVAL_PRESETS): its settings come before the config file's and
     # the flags, and its model is the default; recorded in eval.json with the rest
     preset: str = field(
-        default="", metadata=_help(f"a published code's evaluation: {' | '.join(EVAL_PRESETS)}")
+        default="", metadata=help_meta(f"a published code's evaluation: {' | '.join(EVAL_PRESETS)}")
     )
 
     # also test on the first N test images alone (0: no): a test set only partly exact, as the
     # CIFAR-10 copy this project is checked on, reports its exact part beside the whole
     test_limit: int = field(
         default=0,
-        metadata=_help(
+        metadata=help_meta(
             "also report accuracy on the first N test images (e.g. 1000: CIFAR-10's exact part here)"
         ),
     )
@@ -146,8 +165,8 @@ class EvalConfig(TrainConfig):
 
     def problems(self) -> list[str]:
         bad = super().problems()
-        if self.preset:
-            eval_preset(self.preset)  # an unknown name lists the valid ones
+        if self.preset and self.preset not in EVAL_PRESETS:
+            bad.append(str(unknown_name("evaluation preset", self.preset, list(EVAL_PRESETS))))
         if self.test_limit < 0:
             bad.append(f"test_limit={self.test_limit} (0 means no separate first-N accuracy)")
         return bad
@@ -157,33 +176,40 @@ class EvalConfig(TrainConfig):
 class CoresetConfig:
     """How a coreset is selected (see `coreset.py`)."""
 
-    method: str = field(default="random", metadata=_help(" | ".join(CORESET_METHODS)))
+    method: str = field(default="random", metadata=help_meta(" | ".join(CORESET_METHODS)))
     seed: int = 0
     embed: str = field(
-        default="random", metadata=_help("herding/k-center feature space: random (ConvNet at init) | trained")
+        default="random",
+        metadata=help_meta("herding/k-center feature space: random (ConvNet at init) | trained"),
     )
     embed_model: str = field(
-        default="convnet", metadata=_help("the embedding network, a model reference: convnet(depth=2)")
+        default="convnet", metadata=help_meta("the embedding network, a model reference: convnet(depth=2)")
     )
-    embed_epochs: int = field(default=10, metadata=_help("training epochs of a trained embedding network"))
-    zca: bool = field(default=False, metadata=_help("store the images ZCA-whitened (as CIFAR runs use)"))
+    embed_epochs: int = field(
+        default=10, metadata=help_meta("training epochs of a trained embedding network")
+    )
+    zca: bool = field(default=False, metadata=help_meta("store the images ZCA-whitened (as CIFAR runs use)"))
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        refuse("coreset setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        bad = []
         if self.method not in CORESET_METHODS:
-            raise AtomddError(
-                f"unknown coreset method {self.method!r}; choose one of {', '.join(CORESET_METHODS)}"
-            )
+            bad.append(f"unknown coreset method {self.method!r}; choose one of {', '.join(CORESET_METHODS)}")
         if self.embed not in EMBEDDINGS:
-            raise AtomddError(f"embedding network {self.embed!r}: choose one of {', '.join(EMBEDDINGS)}")
+            bad.append(f"embedding network {self.embed!r}: choose one of {', '.join(EMBEDDINGS)}")
         if self.embed_epochs < 1:
-            raise AtomddError(
-                f"embed_epochs={self.embed_epochs}: train the embedding network at least 1 epoch"
-            )
+            bad.append(f"embed_epochs={self.embed_epochs}: train the embedding network at least 1 epoch")
+        return bad
 
 
 @dataclass(frozen=True)
 class MatchConfig:
+    """The matching loss (`matching.py`): the weights of its terms, the attention powers, the
+    blocks matched, the distance between class means and a common factor."""
+
     spatial: float = 1.0  # w_s
     channel: float = 1.0  # w_c
     embedding: float = 0.01  # λ
@@ -191,18 +217,31 @@ class MatchConfig:
     p_channel: float = 4.0
     layers: str = "all-but-last"  # "all", "all-but-last", or comma-separated block indices ("0,1")
     scale: float = 100.0  # common factor; behaves like the image learning rate
+    distance: str = field(
+        default=DISTANCE,
+        metadata=help_meta(f"between real and synthetic class means: {' | '.join(DISTANCES)}"),
+    )
 
     def __post_init__(self) -> None:
+        refuse("matching setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
         floats = ("spatial", "channel", "embedding", "p_spatial", "p_channel", "scale")
-        if bad := [f"{k}={getattr(self, k)}" for k in floats if not math.isfinite(getattr(self, k))]:
-            raise AtomddError(f"{', '.join(bad)}: settings must be finite numbers")
+        if bad := not_finite(self, floats):
+            return bad
         if min(self.spatial, self.channel, self.embedding) < 0 or self.scale <= 0:
-            raise AtomddError("matching weights must be ≥ 0 and scale > 0")
+            bad.append("matching weights must be ≥ 0 and scale > 0")
         if self.spatial == self.channel == self.embedding == 0:
-            raise AtomddError("all matching weights are zero: nothing to match")
+            bad.append("all matching weights are zero: nothing to match")
         if self.p_spatial <= 0 or self.p_channel <= 0:
-            raise AtomddError("attention powers p_spatial and p_channel must be > 0")
-        self.layer_indices(8)  # validates the syntax early
+            bad.append("attention powers p_spatial and p_channel must be > 0")
+        if self.distance not in DISTANCES:
+            bad.append(str(unknown_name("distance", self.distance, list(DISTANCES))))
+        try:
+            self.layer_indices(8)  # the syntax, early
+        except AtomddError as e:
+            bad.append(str(e))
+        return bad
 
     def layer_indices(self, num_blocks: int) -> list[int]:
         if self.layers == "all":

@@ -50,10 +50,10 @@ class DistillLog:
         self.logs += 1
 
     def image(self, step: int, syn: Any) -> None:
-        """The set's grid (class names on the rows) as drawn by `report`."""
+        """The set's grid (class names on the rows) as `atomdd show` draws it."""
         import numpy as np
 
-        from atomdd.report import display_images, grid_image
+        from atomdd.report.images import display_images, grid_image
 
         if self.w is None:
             return
@@ -67,29 +67,25 @@ class DistillLog:
 
 
 class EvalLog:
-    """Per model: each epoch's mean training loss of the runs trained together (`on_epoch` of
-    `evaluate_set` / `evaluate_whole`), then each run's final test accuracy and their mean."""
+    """Per model: each epoch's mean training loss of the repeats trained together (`on_epoch` of
+    `evaluate_set` / `evaluate_whole`), then each repeat's final test accuracy and their mean."""
 
     def __init__(self, logdir: str | Path) -> None:
         self.w = writer(logdir)
 
-    def epoch(self, model: str, runs: list[int], epoch: int, loss: float) -> None:
+    def epoch(self, model: str, repeats: list[int], epoch: int, loss: float) -> None:
         if self.w is not None:
-            which = f"run{runs[0]}" if len(runs) == 1 else f"runs{runs[0]}-{runs[-1]}"
+            which = f"repeat{repeats[0]}" if len(repeats) == 1 else f"repeats{repeats[0]}-{repeats[-1]}"
             self.w.add_scalar(f"eval/{model}/train_loss/{which}", loss, epoch)
 
-    def final(self, report: dict) -> None:
+    def final(self, result: dict) -> None:
+        """The accuracies of an evaluation (eval.json's), then the event file is closed."""
         if self.w is None:
             return
-        for model, r in report["models"].items():
+        for model, r in result["models"].items():
             for i, acc in enumerate(r["runs"]):
                 self.w.add_scalar(f"eval/{model}/accuracy", acc, i)
             self.w.add_scalar(f"eval/{model}/mean_accuracy", r["mean"], 0)
             self.w.add_scalar(f"eval/{model}/std_accuracy", r["std"], 0)
-        self.w.add_text("eval/config", str(report["config"]), 0)
+        self.w.add_text("eval/config", str(result["config"]), 0)
         self.w.close()
-
-
-def log_evaluation(logdir: str | Path, report: dict) -> None:
-    """A finished evaluation's final accuracies (no per-epoch losses)."""
-    EvalLog(logdir).final(report)

@@ -1,14 +1,14 @@
 """N fresh models trained at once on a small set, and tested: the engine under the evaluation
 protocol (`evaluate.py`) and the coresets' embedding network (`coreset.py`).
 
-The N runs can train *together* (`batched`): their parameters are stacked and the model runs under
-`torch.vmap` (which turns each convolution into one grouped convolution), so one optimiser step
-updates every run; by default on CUDA only, as on a CPU it measured no faster (see `use_batched`).
-Run r draws its initial weights, its batch order and its augmentations from seeds derived from
-(seed, r) alone, and the batched and the sequential paths consume them in the same order through
-one training loop (`_fit`), so both give the same per-run results (to float tolerance). Batch-norm
-models work in the batched path too: their running statistics are stacked buffers updated in place
-under vmap.
+The N repeats (fresh models of one architecture) can train *together* (`batched`): their
+parameters are stacked and the model runs under `torch.vmap` (which turns each convolution into one
+grouped convolution), so one optimiser step updates every repeat; by default on CUDA only, as on a
+CPU it measured no faster (see `use_batched`). Repeat r draws its initial weights, its batch order
+and its augmentations from seeds derived from (seed, r) alone, and the batched and the sequential
+paths consume them in the same order through one training loop (`_fit`), so both give the same
+per-repeat results (to float tolerance). Batch-norm models work in the batched path too: their
+running statistics are stacked buffers updated in place under vmap.
 """
 
 from __future__ import annotations
@@ -31,30 +31,30 @@ from atomdd.parallel import chunks
 from atomdd.settings import TrainConfig
 
 
-def run_seed(seed: int, run: int, purpose: str) -> int:
-    """A 63-bit seed for one purpose of one run, independent of every other run and of the path."""
-    return derive_seed("eval", seed, run, purpose)
+def repeat_seed(seed: int, repeat: int, purpose: str) -> int:
+    """A 63-bit seed for one purpose of one repeat, independent of every other repeat and of the path."""
+    return derive_seed("eval", seed, repeat, purpose)
 
 
 def init_models(
-    model: str | ModelRef, channels: int, num_classes: int, image_size: int, runs: Sequence[int], seed: int
+    model: str | ModelRef, channels: int, num_classes: int, image_size: int, repeats: Sequence[int], seed: int
 ) -> list[FeatureModel]:
-    """Fresh models, run r initialised from (seed, r) on the CPU: identical on every device. Options
+    """Fresh models, repeat r initialised from (seed, r) on the CPU: identical on every device. Options
     not given take the registry's defaults for the image size (ConvNet: depth 4 from 64 px on, the
     published evaluation network)."""
     ref = ModelRef.parse(model)  # an unknown name or option is an error before any work
     options = ref.options_for(image_size)
     return [
-        seeded_model(run_seed(seed, r, "init"), ref.name, channels, num_classes, image_size, **options)
-        for r in runs
+        seeded_model(repeat_seed(seed, r, "init"), ref.name, channels, num_classes, image_size, **options)
+        for r in repeats
     ]
 
 
-class _RunStream:
-    """The random choices of one run (batch order, augmentations), drawn in protocol order."""
+class _RepeatStream:
+    """The random choices of one repeat (batch order, augmentations), drawn in protocol order."""
 
-    def __init__(self, seed: int, run: int, dsa: DSAConfig, size: tuple[int, int]) -> None:
-        self.gen = torch.Generator().manual_seed(run_seed(seed, run, "train"))
+    def __init__(self, seed: int, repeat: int, dsa: DSAConfig, size: tuple[int, int]) -> None:
+        self.gen = torch.Generator().manual_seed(repeat_seed(seed, repeat, "train"))
         self.dsa = dsa if dsa.ops() else None
         self.size = size
 
@@ -80,7 +80,7 @@ def _lr(config: TrainConfig, epoch: int) -> float:
 
 
 def use_batched(config: TrainConfig, device: torch.device) -> bool:
-    """The path a run takes: `config.batched`, or by default batched on CUDA only.
+    """The path the repeats take: `config.batched`, or by default batched on CUDA only.
 
     On the CPU measured (benchmarks/eval_speed.py: 2-core AVX2 EPYC) the sequential path was
     1.1–2× faster: one model's step already runs at over half the core's fp32 matmul rate, oneDNN's
@@ -116,7 +116,7 @@ class _Bf16Linear(nn.Linear):
 
 
 class _One:
-    """One model, as the training loop and the test pass see a group of runs (R = 1)."""
+    """One model, as the training loop and the test pass see a group of repeats (R = 1)."""
 
     def __init__(self, model: nn.Module, precision: str) -> None:
         self.model, self.precision = model, precision
@@ -141,7 +141,7 @@ class _One:
 
 
 class _Stack:
-    """R copies of one architecture as stacked tensors, called under vmap (run r = slice r)."""
+    """R copies of one architecture as stacked tensors, called under vmap (repeat r = slice r)."""
 
     def __init__(self, models: Sequence[nn.Module], precision: str = "fp32") -> None:
         self.models, self.precision = list(models), precision
@@ -159,7 +159,7 @@ class _Stack:
         return functional_call(self.base, (params, buffers), (x,))
 
     def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """Logits R×B×K of R×B×… inputs (one batch per run), or of one B×… batch for all runs."""
+        """Logits R×B×K of R×B×… inputs (one batch per repeat), or of one B×… batch for all of them."""
         return torch.vmap(self._call, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -175,7 +175,7 @@ class _Stack:
         with _autocast(device, self.precision):
             logits = self(xb.view(r, b, *xb.shape[1:]))
         loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none")
-        return loss.view(r, b).mean(1).sum()  # each run's loss is its own batch mean
+        return loss.view(r, b).mean(1).sum()  # each repeat's loss is its own batch mean
 
     def predict(self, xb: torch.Tensor, device: torch.device) -> torch.Tensor:
         with _autocast(device, self.precision):
@@ -200,12 +200,12 @@ def train_models(
     labels: torch.Tensor,
     num_classes: int,
     config: TrainConfig = TrainConfig(),
-    runs: Sequence[int] | None = None,
+    repeats: Sequence[int] | None = None,
     on_epoch: Callable[[list[int], int, torch.Tensor], None] | None = None,
 ) -> list[FeatureModel]:
-    """Train `config.runs` fresh models (or the given run numbers) on model-space `images`.
-    `on_epoch(runs, epoch, loss)`, if given, is called after every epoch (counted from 1) of every
-    group of runs trained together, with their mean training loss as a 0-d tensor (read it only
+    """Train `config.repeats` fresh models (or the given repeat numbers) on model-space `images`.
+    `on_epoch(repeats, epoch, loss)`, if given, is called after every epoch (counted from 1) of
+    every group of repeats trained together, with their mean training loss as a 0-d tensor (read it only
     when needed: reading it waits for the device).
 
     The precision is used as given (resolve it first with `hardware.resolve_precision`, as
@@ -213,29 +213,29 @@ def train_models(
     """
     device = resolve_device(config.device)
     x, y = images.to(device, torch.float32), labels.to(device)
-    runs = list(range(config.runs)) if runs is None else list(runs)
+    repeats = list(range(config.repeats)) if repeats is None else list(repeats)
     size = (x.shape[2], x.shape[3])
-    models = [m.to(device) for m in init_models(name, x.shape[1], num_classes, size[0], runs, config.seed)]
+    models = [m.to(device) for m in init_models(name, x.shape[1], num_classes, size[0], repeats, config.seed)]
     dsa = DSAConfig(strategy=config.dsa)
-    streams = [_RunStream(config.seed, r, dsa, size) for r in runs]
+    streams = [_RepeatStream(config.seed, r, dsa, size) for r in repeats]
     batched = use_batched(config, device)
-    for part in _stacks(len(runs), config, batched):
+    for part in _stacks(len(repeats), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        report = partial(on_epoch, [runs[i] for i in part]) if on_epoch is not None else None
-        _fit(group, [streams[i] for i in part], x, y, config, device, report)
+        hook = partial(on_epoch, [repeats[i] for i in part]) if on_epoch is not None else None
+        _fit(group, [streams[i] for i in part], x, y, config, device, hook)
     return models
 
 
 def _fit(
     group: _One | _Stack,
-    streams: list[_RunStream],
+    streams: list[_RepeatStream],
     x: torch.Tensor,
     y: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
 ) -> None:
-    """The training loop of a group of runs: the schedule, the batches and the augmentations."""
+    """The training loop of a group of repeats: the schedule, the batches and the augmentations."""
     opt = torch.optim.SGD(
         group.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -257,7 +257,7 @@ def _fit(
             opt.step()
             if on_epoch is not None:
                 total, batches = total + loss.detach(), batches + 1
-        if on_epoch is not None:  # the group's loss sums its runs' batch means
+        if on_epoch is not None:  # the group's loss sums its repeats' batch means
             on_epoch(epoch + 1, total / (max(batches, 1) * len(streams)))
     group.finish()
 

@@ -4,16 +4,15 @@ builds its flags from `DistillConfig` without loading it."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomdd.config import apply_overrides, load_config_file
-from atomdd.errors import AtomddError
+from atomdd.config import coerce, load_config_file
+from atomdd.errors import AtomddError, refuse
 from atomdd.io import derive_seed
 from atomdd.methods import get_method
-from atomdd.settings import DSA_DEFAULT, MatchConfig, dsa_ops
+from atomdd.settings import DSA_DEFAULT, PRECISIONS, MatchConfig, dsa_problem, not_finite
 
 if TYPE_CHECKING:
     from atomdd.models import ModelRef
@@ -39,6 +38,18 @@ class RunConfig:
     log_every: int = 10
     data_root: str | None = None
     download: bool = False
+
+    def __post_init__(self) -> None:
+        refuse("run setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        every = ("checkpoint_every", "log_every")
+        bad = [f"{k}={getattr(self, k)} (must be ≥ 1)" for k in every if getattr(self, k) < 1]
+        if self.chunk_images < 0:
+            bad.append("chunk_images must be ≥ 0 (0 = automatic)")
+        if self.precision not in PRECISIONS:
+            bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
+        return bad
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,33 @@ class DistillConfig:
     bn_batch: str = "class"
     match: MatchConfig = field(default_factory=MatchConfig)  # the loss (defaults: ATOM's)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        refuse("distillation setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        """What is wrong with the top-level settings (the sections check their own)."""
+        if bad := not_finite(self, ("lr_img", "momentum")):
+            return bad
+        if self.ipc < 1:
+            bad.append(f"ipc must be ≥ 1 (images per class), got {self.ipc}")
+        if self.iterations < 0:
+            bad.append("iterations must be ≥ 0")
+        if self.init not in ("real", "noise"):
+            bad.append(f"init must be 'real' or 'noise', got {self.init!r}")
+        if self.lr_img <= 0 or self.batch_real < 1:
+            bad.append("lr_img must be > 0, and batch_real ≥ 1")
+        if self.bn_batch not in BN_BATCHES:
+            bad.append(f"bn_batch={self.bn_batch!r}: choose one of {', '.join(BN_BATCHES)}")
+        if self.zca_refit and not self.zca:
+            bad.append("zca_refit whitens the initial images again, so it needs zca=true")
+        if problem := dsa_problem(self.dsa):
+            bad.append(problem)
+        try:
+            self.model_ref()  # a known model with known options
+        except AtomddError as e:
+            bad.append(str(e))
+        return bad
 
     def model_ref(self) -> ModelRef:
         """`model` as a reference: a name, or a name with options (`convnet(depth=2,pool=maxpool)`)."""
@@ -99,7 +137,7 @@ class DistillConfig:
             defaults = get_spec(ModelRef.parse(flat.get("model", "convnet")).name).options
             legacy = {k: v for k, v in legacy.items() if k in defaults and defaults[k] != v}
             flat["model"] = _with_options(flat.get("model", "convnet"), legacy)
-        return override(cls(), flat)
+        return layered(flat)
 
 
 _SECTIONS = ("match", "run")
@@ -125,24 +163,27 @@ def _with_options(model: str, options: dict[str, Any]) -> str:
     return str(ModelRef(ref.name, tuple((dict(ref.options) | options).items())))
 
 
-def override(cfg: DistillConfig, values: dict[str, Any], what: str = "config key") -> DistillConfig:
-    """`cfg` with flat `values` applied, each to its section (the top level, `match`, `run`), and
-    ConvNet's flat options (depth … pool) folded into `model`; an unknown key names the valid ones."""
-    sections = {s: {f.name for f in dataclasses.fields(getattr(cfg, s))} for s in _SECTIONS}
-    top = {f.name for f in dataclasses.fields(cfg)} - set(_SECTIONS)
-    valid = [*sorted(top), *MODEL_KEYS, *(k for s in _SECTIONS for k in sorted(sections[s]))]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
-    cfg = apply_overrides(cfg, {k: v for k, v in values.items() if k in top}, what)
-    for s in _SECTIONS:
-        mine = {k: v for k, v in values.items() if k in sections[s]}
-        if mine:
-            cfg = dataclasses.replace(cfg, **{s: apply_overrides(getattr(cfg, s), mine, what)})
-    folded = {k: v for k, v in values.items() if k in MODEL_KEYS}
-    if folded:
-        cfg = dataclasses.replace(cfg, model=_with_options(cfg.model, folded))
-    return cfg
+def layered(*layers: dict[str, Any], what: str = "config key") -> DistillConfig:
+    """A config from flat settings, each layer over the ones before (a preset, a config file,
+    flags): each key goes to its section (the top level, `match`, `run`), ConvNet's flat options
+    (depth … pool) fold into the `model` of the layers so far, and an unknown key names the valid
+    ones. Made and checked once, from the last layer: no half-made config is judged."""
+    sections = {"match": MatchConfig, "run": RunConfig}
+    names = {s: {f.name for f in dataclasses.fields(c)} for s, c in sections.items()}
+    top = {f.name for f in dataclasses.fields(DistillConfig)} - set(_SECTIONS)
+    valid = [*sorted(top), *MODEL_KEYS, *(k for s in _SECTIONS for k in sorted(names[s]))]
+    flat: dict[str, Any] = {}
+    for values in layers:
+        if unknown := sorted(set(values) - set(valid)):
+            raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(valid)}")
+        flat |= {k: v for k, v in values.items() if k not in MODEL_KEYS}
+        if folded := {k: v for k, v in values.items() if k in MODEL_KEYS}:
+            flat["model"] = _with_options(flat.get("model", DistillConfig.model), folded)
+    parts = {
+        s: coerce(c, {k: v for k, v in flat.items() if k in names[s]}, what) for s, c in sections.items()
+    }
+    mine = coerce(DistillConfig, {k: v for k, v in flat.items() if k in top}, what)
+    return DistillConfig(**mine, **{s: c(**parts[s]) for s, c in sections.items()})
 
 
 # Published settings (DataDAM's table; ATOM follows DM/DataDAM): (ipc → image lr), real batch,
@@ -195,33 +236,9 @@ def make_config(
             raise AtomddError(f"{key}={value!r}: expected a name")
     for key in ("dataset", "ipc", "method"):
         file_values.pop(key, None)
-    cfg = override(DistillConfig(), preset(dataset, ipc, method))
-    cfg = override(cfg, file_values)
-    cfg = override(cfg, {k: v for k, v in flags.items() if v is not None})
-    validate(cfg)
+    given = {k: v for k, v in flags.items() if v is not None}
+    cfg = layered(preset(dataset, ipc, method), file_values, given)
     return dataclasses.replace(cfg, model=str(cfg.model_ref()))  # one spelling per model
-
-
-def validate(cfg: DistillConfig) -> None:
-    numbers = {k: v for k, v in cfg.flat().items() if isinstance(v, float)}
-    if bad := [f"{k}={v}" for k, v in numbers.items() if not math.isfinite(v)]:
-        raise AtomddError(f"{', '.join(bad)}: settings must be finite numbers")
-    if cfg.ipc < 1:
-        raise AtomddError(f"ipc must be ≥ 1 (images per class), got {cfg.ipc}")
-    if cfg.iterations < 0:
-        raise AtomddError("iterations must be ≥ 0")
-    if cfg.init not in ("real", "noise"):
-        raise AtomddError(f"init must be 'real' or 'noise', got {cfg.init!r}")
-    if cfg.lr_img <= 0 or cfg.batch_real < 1 or cfg.run.checkpoint_every < 1 or cfg.run.log_every < 1:
-        raise AtomddError("lr_img must be > 0, and batch_real, checkpoint_every, log_every ≥ 1")
-    if cfg.run.chunk_images < 0:
-        raise AtomddError("chunk_images must be ≥ 0 (0 = automatic)")
-    if cfg.bn_batch not in BN_BATCHES:
-        raise AtomddError(f"bn_batch={cfg.bn_batch!r}: choose one of {', '.join(BN_BATCHES)}")
-    if cfg.zca_refit and not cfg.zca:
-        raise AtomddError("zca_refit whitens the initial images again, so it needs zca=true")
-    cfg.model_ref()
-    dsa_ops(cfg.dsa)
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:

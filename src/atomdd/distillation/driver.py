@@ -1,5 +1,6 @@
-"""The distillation driver: the state of one run (synthetic pixels, optimiser, step), its loop and
-checkpoints, over the pure step in `step.py`; every file goes through `folder.RunFolder`.
+"""The distillation driver: the state of one run (synthetic pixels, optimiser, steps done), its step
+and loop, checkpoints and resume, over the pure step in `step.py`; every file goes through
+`folders.run.RunFolder`.
 
 Under torchrun each rank holds a contiguous share of the classes (`parallel.share`): their real
 images and synthetic pixels. Every rank draws the same network from the per-step seed, so no
@@ -8,43 +9,53 @@ rank logs the same loss and stops at the same step; rank 0 gathers the pixels fo
 the set, and fits the ZCA, which it broadcasts. A checkpoint holds the whole set, so a run resumes
 on any number of ranks.
 
-Stopping cleanly on a signal is the entry point's business: pass `stop` (e.g.
-`signals.stop_on_signals()`'s flag) and the loop checkpoints and raises `Interrupted` once it is set.
+What the run shows and draws is the caller's: `on_log` receives the loss every `log_every` steps
+(TensorBoard plugs in there), `on_saved` is called once the set is saved and before run.json says
+"done" (the figures are drawn there; `atomdd.api.distill` passes both). Stopping cleanly on a signal
+is the entry point's business too: pass `stop` (e.g. `signals.stop_on_signals()`'s flag) and the
+loop checkpoints and raises `Interrupted` once it is set.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
 
 from atomdd import parallel, peers
 from atomdd.data import Dataset, load_dataset
 from atomdd.distillation import step as steps
-from atomdd.distillation.config import RESUMABLE, DistillConfig, make_config
-from atomdd.distillation.folder import CHECKPOINT, RUN_FILE, RunFolder, loss_summary
+from atomdd.distillation.config import RESUMABLE, DistillConfig
 from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.folders.run import RunFolder
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
 from atomdd.models import FeatureModel
+from atomdd.progress import Progress
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 
-__all__ = ["CHECKPOINT", "RUN_FILE", "Distiller", "distill"]
+__all__ = ["Distiller", "LogHook", "SavedHook"]
+
+# on_log(step, loss, terms, current): every `log_every` steps and at the last, on every rank, with
+# the loss and its weighted terms summed over the ranks; `current()` gives the set as it stands
+# (None under several ranks, where gathering the set is a collective every rank would have to join)
+LogHook = Callable[[int, float, dict[str, float], Callable[[], SyntheticSet] | None], None]
+# on_saved(folder, data): on the main process, once the set is saved in the run folder and before
+# run.json says "done", so a kill meanwhile leaves the run resumable (the caller's figures)
+SavedHook = Callable[[Path, Dataset], None]
 
 
 class Distiller:
-    """Holds the state of one run: data on the device, synthetic pixels, optimiser, step."""
+    """Holds the state of one run: data on the device, synthetic pixels, optimiser, steps done."""
 
     def __init__(self, cfg: DistillConfig, data: Dataset | None = None) -> None:
         self.cfg = cfg
@@ -62,7 +73,8 @@ class Distiller:
             init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
         self.syn = torch.nn.Parameter(init)
         self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.step = 0
+        self.steps_done = 0
+        self.folder: RunFolder | None = None  # the run's folder, while `run` keeps one
         self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
         self._t0: float | None = None  # when this process's part of the run started
         self.rank_stats: list[dict] | None = None  # each rank's real images, pixels, memory (at the end)
@@ -78,8 +90,8 @@ class Distiller:
         return steps.loss_and_grad(self.task, self.syn, step)
 
     # --- checkpoints ----------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The whole run's state (gathered from every rank; only the main process's is complete)."""
+    def state(self) -> dict[str, torch.Tensor]:
+        """The whole run's tensors (gathered from every rank; only the main process's are complete)."""
         syn = self.shards.gather(self.syn, "the checkpoint's pixels gather")
         tensors = {
             "syn": (syn if syn is not None else self.syn).detach().cpu(),
@@ -91,40 +103,29 @@ class Distiller:
             tensors["momentum"] = (whole if whole is not None else buf).detach().cpu()
         if self.device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        meta = {
-            "step": str(self.step),
-            "wall_seconds": repr(self.wall_seconds()),
-            "config": json.dumps(asdict(self.cfg)),
-            "dataset_hash": self.data.content_hash,
-        }
-        return tensors, meta
+        return tensors
 
-    def save_checkpoint(self, out: Path) -> None:
-        RunFolder(out).checkpoint(*self.state())
+    def save_checkpoint(self, out: str | Path) -> None:
+        tensors = self.state()
+        RunFolder(out).checkpoint(
+            tensors, self.steps_done, self.wall_seconds(), asdict(self.cfg), self.data.content_hash
+        )
 
-    def load_checkpoint(self, out: Path) -> None:
-        path = out / CHECKPOINT
-        if not path.exists():
-            raise AtomddError(f"--resume: no checkpoint at {path}; run without --resume to start fresh")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-            saved_config = json.loads(meta["config"])
-            step = int(meta["step"])
-            wall = float(meta.get("wall_seconds", "0"))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
-            raise AtomddError(f"checkpoint {path} is corrupt or not an atomdd checkpoint: {e}") from None
-        saved = DistillConfig.from_dict(saved_config).flat()  # also a checkpoint of the flat format
+    def load_checkpoint(self, out: str | Path) -> None:
+        saved = RunFolder(out).read_checkpoint()
+        then = DistillConfig.from_dict(saved.config).flat()  # also a checkpoint of the flat format
         mine = self.cfg.flat()
-        differ = {k: (saved.get(k), v) for k, v in mine.items() if k not in RESUMABLE and saved.get(k) != v}
+        differ = {k: (then.get(k), v) for k, v in mine.items() if k not in RESUMABLE and then.get(k) != v}
         if differ:
             lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
-            raise AtomddError(f"checkpoint {path} was made with another config ({lines}); use another --out")
-        if meta.get("dataset_hash") != self.data.content_hash:
             raise AtomddError(
-                f"checkpoint {path} was made on different {self.cfg.dataset} data (hash differs)"
+                f"checkpoint {saved.path} was made with another config ({lines}); use another --out"
             )
+        if saved.data_hash != self.data.content_hash:
+            raise AtomddError(
+                f"checkpoint {saved.path} was made on different {self.cfg.dataset} data (hash differs)"
+            )
+        tensors = saved.tensors
         rows = self.shards.rows()  # this rank's share of the whole set, whatever the ranks were then
         with torch.no_grad():
             self.syn.copy_(tensors["syn"][rows].to(self.device))
@@ -133,103 +134,115 @@ class Distiller:
         torch.set_rng_state(tensors["cpu_rng"])
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
-        self.step = step
-        self.wall_before = wall if math.isfinite(wall) and wall >= 0 else 0.0
+        self.steps_done = saved.step
+        self.wall_before = saved.wall_seconds
 
     def wall_seconds(self) -> float:
         """Seconds of work in this run so far, over every resume."""
         return self.wall_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
-    # --- the loop -------------------------------------------------------------------------
+    # --- the step and the loop ----------------------------------------------------------------
+    def step(self, stop: object = None) -> tuple[float, dict[str, Any], bool]:
+        """Take the run's next step, exactly as `run` takes it: the gradient of the step's loss
+        into the pixels, the loss and its terms summed over the ranks (one all-reduce, which also
+        asks every rank whether `stop` is set), a non-finite loss refused, the optimiser's step,
+        the pixels projected back onto images (`clip`), one more step done. Returns the loss, its
+        terms (tensors in one process, floats under several) and whether a rank is stopping."""
+        self.opt.zero_grad(set_to_none=True)
+        loss, terms = self.loss_and_grad(self.steps_done)
+        value, terms, stopping = self.shards.reduce(loss, terms, stop, self.steps_done)
+        if not math.isfinite(value):
+            kept = ""
+            if self.folder is not None and self.folder.has_checkpoint():
+                kept = f"; the last good checkpoint is kept in {self.folder.path}"
+            raise AtomddError(
+                f"the loss became {value} at step {self.steps_done}{kept}. Lower lr_img (now "
+                f"{self.cfg.lr_img}) or check the data for NaNs"
+            )
+        self.opt.step()
+        if self.cfg.clip:
+            self.project()
+        self.steps_done += 1
+        return value, terms, stopping
+
     def run(
         self,
-        out: Path | None = None,
+        out: str | Path | None = None,
         resume: bool | str = False,
         quiet: bool = True,
         stop: object = None,
         overwrite: bool = False,
-        tensorboard: str | Path | None = None,
+        on_log: LogHook | None = None,
+        on_saved: SavedHook | None = None,
     ) -> SyntheticSet:
         """Run to `cfg.iterations` steps; with `out`, keep the run folder (resume from it with
         `resume`; "auto": resume where there is a checkpoint, else start). A truthy `stop` (checked
         after every step) checkpoints and raises `Interrupted`. With `out`, an error leaves run.json
         "failed" or "interrupted" and why. A folder holding another set or run is refused unless
-        `overwrite` (which removes the old one's files). `tensorboard`: a folder for TensorBoard
-        event files (loss, terms, the grid now and then)."""
+        `overwrite` (which removes the old one's files). `on_log` and `on_saved`: the hooks of the
+        module's docstring."""
         self._t0 = None
-        tb = None
-        if tensorboard is not None:
-            from atomdd.tblog import DistillLog
-
-            tb = DistillLog(tensorboard)
+        self.folder = RunFolder(out) if out is not None else None
         try:
-            return self._run(out, resume, quiet, stop, overwrite, tb)
+            return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
         except BaseException as e:
             peers.report_failure(e)  # for the ranks waiting on this one to name it
-            self._record_failure(out, e)
+            self._record_failure(e)
             raise
-        finally:
-            if tb is not None:
-                tb.close()
 
-    def _record_failure(self, out: Path | None, error: BaseException) -> None:
-        if out is None or self._t0 is None:  # stopped before this run wrote its run.json
+    def _record_failure(self, error: BaseException) -> None:
+        if self.folder is None or self._t0 is None:  # stopped before this run wrote its run.json
             return
         status = "interrupted" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "failed"
         try:
-            record = self._record(status, time.perf_counter() - self._t0, Path(out))
-            RunFolder(out).record(record | {"error": str(error) or type(error).__name__})
+            record = self._record(status, time.perf_counter() - self._t0)
+            self.folder.record(record | {"error": str(error) or type(error).__name__})
         except Exception:  # noqa: BLE001  (never hide the error being reported)
             pass
 
     def _run(
-        self, out: Path | None, resume: bool | str, quiet: bool, stop: object, overwrite: bool, tb: Any
+        self,
+        resume: bool | str,
+        quiet: bool,
+        stop: object,
+        overwrite: bool,
+        on_log: LogHook | None,
+        on_saved: SavedHook | None,
     ) -> SyntheticSet:
-        cfg = self.cfg
-        folder = RunFolder(out) if out is not None else None
+        cfg, folder = self.cfg, self.folder
         if resume == "auto":  # continue a run that has a checkpoint, else start one
-            resume = folder is not None and (folder.path / CHECKPOINT).exists()
+            resume = folder is not None and folder.has_checkpoint()
         if folder is not None:
             if resume:
                 self.load_checkpoint(folder.path)
-                folder.truncate_metrics(self.step)
+                folder.truncate_metrics(self.steps_done)
             else:
                 folder.start(overwrite)
-            folder.record(self._record("running", 0.0, folder.path))
-        start, t0 = self.step, time.perf_counter()
+            folder.record(self._record("running", 0.0))
+        start, t0 = self.steps_done, time.perf_counter()
         self._t0 = t0
-        bar = _progress(start, cfg.iterations, quiet or not parallel.is_main_process())
-        while self.step < cfg.iterations:
-            self.opt.zero_grad(set_to_none=True)
-            loss, terms = self.loss_and_grad(self.step)
-            value, terms, stopping = self.shards.reduce(loss, terms, stop, self.step)
-            if not math.isfinite(value):
-                has_checkpoint = folder is not None and (folder.path / CHECKPOINT).exists()
-                kept = f"; the last good checkpoint is kept in {out}" if has_checkpoint else ""
-                raise AtomddError(
-                    f"the loss became {value} at step {self.step}{kept}. Lower lr_img (now {cfg.lr_img}) "
-                    "or check the data for NaNs"
-                )
-            self.opt.step()
-            if cfg.clip:
-                self.project()
-            self.step += 1
-            bar.update(1)
-            if self.step % cfg.run.log_every == 0 or self.step == cfg.iterations:
-                bar.set_postfix(loss=f"{value:.4g}")
-                if tb is not None:
-                    tb.step(self.step, value, terms, make_set=self.result if self.shards.world == 1 else None)
+        shown = not quiet and parallel.is_main_process()
+        bar = Progress("distill", cfg.iterations, unit="step", done=start, shown=shown)
+        loss = ""
+        while self.steps_done < cfg.iterations:
+            value, terms, stopping = self.step(stop)
+            n = self.steps_done
+            if n % cfg.run.log_every == 0 or n == cfg.iterations:
+                terms = {k: float(v) for k, v in terms.items()}
+                loss = f", loss {value:.4g}"
+                if on_log is not None:
+                    on_log(n, value, terms, self.result if self.shards.world == 1 else None)
                 if folder is not None:
-                    row = {"step": self.step, "loss": value, "seconds": self.wall_seconds()}
-                    folder.log(row | {k: float(v) for k, v in terms.items()})
-            if folder is not None and (self.step % cfg.run.checkpoint_every == 0 or stopping):
+                    folder.log({"step": n, "loss": value, "seconds": self.wall_seconds()} | terms)
+            bar.advance(1, f"step {n}/{cfg.iterations}{loss}")
+            if folder is not None and (n % cfg.run.checkpoint_every == 0 or stopping):
                 self.save_checkpoint(folder.path)
             if stopping:
                 bar.close()
                 raise Interrupted(
-                    f"interrupted at step {self.step}; checkpoint saved in {out}; continue with --resume"
-                    if out
-                    else f"interrupted at step {self.step}",
+                    f"interrupted at step {n}; checkpoint saved in {folder.path}; continue with --resume"
+                    if folder is not None
+                    else f"interrupted at step {n}",
                     getattr(stop, "signum", 2),  # 2: SIGINT
                 )
         bar.close()
@@ -241,13 +254,12 @@ class Distiller:
             "peak_memory_mb": _peak_memory_mb(self.device),
         }
         self.rank_stats = parallel.gather_objects(mine, "the per-rank statistics gather")
-        if tb is not None:
-            tb.image(self.step, result)
         if folder is not None:
             self.save_checkpoint(folder.path)
             folder.save_set(result)
-            folder.figures(self.data)  # drawn from the folder's run.json ("running") and set
-            folder.record(self._record("done", seconds, folder.path, steps_run=self.step - start))  # last
+            if on_saved is not None and folder.main:
+                on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
+            folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
         return result
 
     @torch.no_grad()
@@ -261,14 +273,14 @@ class Distiller:
             "method": self.cfg.method,
             "ipc": self.cfg.ipc,
             "seed": self.cfg.seed,
-            "steps": self.step,
+            "steps": self.steps_done,
             "dataset_hash": self.data.content_hash,
             "config": asdict(self.cfg),
         }
         syn = self.shards.gather(self.syn, "the set's gather", everywhere=True)
         return SyntheticSet.of(syn.cpu().clone(), self.labels.clone(), self.data, self.prep, meta)
 
-    def _record(self, status: str, seconds: float, out: Path, steps_run: int = 0) -> dict[str, Any]:
+    def _record(self, status: str, seconds: float, steps_run: int = 0) -> dict[str, Any]:
         return {
             "status": status,
             "config": asdict(self.cfg),
@@ -280,11 +292,11 @@ class Distiller:
             },
             "versions": versions(),
             "dataset": self.data.summary(),
-            "step": self.step,
+            "step": self.steps_done,
             "wall_seconds": self.wall_before + seconds,  # over every resume
             "seconds_this_process": seconds,
             "seconds_per_step": seconds / steps_run if steps_run else None,
-            "loss": loss_summary(out),
+            "loss": self.folder.loss_summary() if self.folder is not None else {},
             "peak_memory_mb": _peak_memory_mb(self.device),
             "ranks": {
                 "world_size": self.shards.world,
@@ -300,47 +312,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _progress(start: int, total: int, quiet: bool):
-    from tqdm import tqdm
-
-    interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s, not every step
-    return tqdm(
-        initial=start,
-        total=total,
-        disable=quiet,
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-        mininterval=interval,
-    )
-
-
-def distill(
-    dataset: str | None = None,
-    ipc: int | None = None,
-    method: str | None = None,
-    out: str | Path | None = None,
-    resume: bool | str = False,
-    quiet: bool = True,
-    config_file: str | Path | None = None,
-    stop: object = None,
-    overwrite: bool = False,
-    tensorboard: str | Path | None = None,
-    **overrides: Any,
-) -> SyntheticSet:
-    """Distil `dataset` (default digits) to `ipc` (10) images per class with `method` (atom).
-
-    `overrides` are any `DistillConfig` fields (e.g. iterations=1000, lr_img=1.0, p_spatial=2).
-    With `out`, writes synthetic.safetensors, run.json, metrics.jsonl, grid.png, attention.png and a
-    checkpoint there; `resume=True` continues from that checkpoint (`resume="auto"`: continues
-    if there is one, else starts); `overwrite=True` replaces another
-    set or run found there (else refused). A truthy `stop` (e.g. the flag of
-    `signals.stop_on_signals()`) ends the run after the current step, checkpointed (`Interrupted`).
-    `tensorboard`: a folder for TensorBoard event files (needs the `tensorboard` extra).
-    """
-    cfg = make_config(dataset, ipc, method, config_file, **overrides)
-    return Distiller(cfg).run(
-        out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite, tensorboard=tensorboard
-    )

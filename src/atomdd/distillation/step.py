@@ -18,7 +18,7 @@ import torch
 from atomdd.augment import DSAConfig, draw
 from atomdd.data import Dataset
 from atomdd.data.transforms import Preprocess
-from atomdd.distillation.config import DistillConfig, step_seed, validate
+from atomdd.distillation.config import DistillConfig, step_seed
 from atomdd.errors import AtomddError
 from atomdd.matching import class_statistics, matching_loss
 from atomdd.models import FeatureModel, seeded_model
@@ -78,7 +78,6 @@ class Task:
         precision: str,
         own: range | None = None,
     ) -> Task:
-        validate(cfg)
         counts = torch.bincount(data.train_labels, minlength=data.num_classes)
         for c, n in enumerate(counts.tolist()):
             if n == 0:

@@ -1,6 +1,6 @@
-"""Run folders read back: a distillation's run.json, an evaluation's eval.json or a coreset's set
-file, grids of them (`ipc<N>/<method>-seed<S>/`, as `jobs.py` makes them), and the order methods
-are shown in. What the report's tables (`reporting.py`) and figures (`plots.py`) are made from."""
+"""Folders read back: a distillation's run.json, an evaluation's eval.json, a coreset's set file,
+and grids of them (`ipc<N>/<method>-seed<S>/`, as `atomdd grid` makes them). What the report's
+tables and figures are made from; JSON and file names only, no torch."""
 
 from __future__ import annotations
 
@@ -10,19 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomdd.errors import AtomddError
-
-RUN_FILES = ("run.json", "eval.json", "synthetic.safetensors")
-ORDER = ("random", "herding", "kcenter", "dm", "datadam", "atom-channel", "atom")
-
-
-def method_order(label: str) -> tuple[int, str]:
-    """The published tables' order: coresets, DM, DataDAM, ATOM; other labels after, by name."""
-    return (ORDER.index(label) if label in ORDER else len(ORDER), label)
+from atomdd.folders.layout import EVAL_FILE, GRID_MEMBERS, NAS_SUMMARY, RECORDS, RUN_FILE, member_parts
 
 
 @dataclass
-class Run:
-    folder: Path
+class Folder:
+    """One folder of results: a distillation run, a coreset or a whole-data evaluation."""
+
+    path: Path
     label: str  # the method as its grid names it (folder name), else the run's method
     group: str  # the grid it belongs to, or "runs"
     run: dict  # run.json ({} for a coreset)
@@ -42,15 +37,17 @@ class Run:
         """The set's seed: run.json's, else the grid folder's `-seed<N>`, else 0."""
         if "seed" in self.run.get("config", {}):
             return int(self.run["config"]["seed"])
-        suffix = self.folder.name.rpartition("-seed")[2]
-        return int(suffix) if suffix.isdigit() else 0
+        seed = member_parts(self.path)[2]
+        return seed if seed is not None else 0
 
 
 @dataclass
 class Group:
+    """A grid's folders, or the loose ones given (`folder` None)."""
+
     name: str
     folder: Path | None
-    runs: list[Run] = field(default_factory=list)
+    members: list[Folder] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict:
@@ -60,22 +57,23 @@ def _read_json(path: Path) -> dict:
         raise AtomddError(f"{path} is not readable JSON: {e}") from None
 
 
-def is_run(folder: Path) -> bool:
-    return any((folder / f).exists() for f in RUN_FILES)
+def holds_results(folder: Path) -> bool:
+    return any((folder / f).exists() for f in RECORDS)
 
 
-def load_run(folder: Path, group: str, label: str | None = None) -> Run:
-    run = _read_json(folder / "run.json") if (folder / "run.json").exists() else {}
-    ev = _read_json(folder / "eval.json") if (folder / "eval.json").exists() else None
+def read_folder(folder: Path, group: str, label: str | None = None) -> Folder:
+    run = _read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
+    ev = _read_json(folder / EVAL_FILE) if (folder / EVAL_FILE).exists() else None
     if label is None and (ev or {}).get("set", {}).get("kind") == "whole":
         label = "whole dataset"  # `atomdd evaluate --whole`: the upper bound, in the IPC 0 column
     if label is None:
         label = run.get("config", {}).get("method") or (ev or {}).get("set", {}).get("method") or folder.name
-    return Run(folder, label, group, run, ev)
+    return Folder(folder, label, group, run, ev)
 
 
 def gather(paths: Sequence[str | Path]) -> tuple[list[Group], list[Path]]:
-    """The groups of runs (each grid one group, loose runs one more) and the folders with nas.json."""
+    """The groups of folders (each grid one group, loose folders one more) and the folders with
+    an architecture search's nas.json."""
     groups: list[Group] = []
     loose = Group("runs", None)
     nas: list[Path] = []
@@ -83,21 +81,21 @@ def gather(paths: Sequence[str | Path]) -> tuple[list[Group], list[Path]]:
         if not p.is_dir():
             raise AtomddError(f"{p} is not a folder: give run folders, grids or folders with nas.json")
         found = False
-        if (p / "nas.json").exists():
+        if (p / NAS_SUMMARY).exists():
             nas.append(p)
             found = True
-        members = [f for f in sorted(p.glob("ipc*/*-seed*")) if f.is_dir() and is_run(f)]
+        members = [f for f in sorted(p.glob(GRID_MEMBERS)) if f.is_dir() and holds_results(f)]
         if members:
             grid = Group(p.name, p)
-            grid.runs = [load_run(f, p.name, f.name.rpartition("-seed")[0]) for f in members]
+            grid.members = [read_folder(f, p.name, member_parts(f)[0]) for f in members]
             groups.append(grid)
-        elif is_run(p):
-            loose.runs.append(load_run(p, "runs"))
+        elif holds_results(p):
+            loose.members.append(read_folder(p, "runs"))
         elif not found:
             raise AtomddError(
-                f"{p} is no run: it holds none of {', '.join(RUN_FILES)}, no ipc*/<method>-seed* run "
+                f"{p} is no run: it holds none of {', '.join(RECORDS)}, no ipc*/<method>-seed* run "
                 "folders (a grid) and no nas.json"
             )
-    if loose.runs:
+    if loose.members:
         groups.append(loose)
     return groups, nas

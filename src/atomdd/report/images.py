@@ -1,8 +1,11 @@
-"""Pictures and tables: the synthetic images, and the attention maps that drive the method.
+"""Pictures of sets: PNG grids (a row per class, class names on the rows; ZCA sets contrast-stretched
+for display), `atomdd show`, and the attention maps that drive the method.
 
-Figures of a run are drawn from its folder (run.json, the set file, and the dataset it names), never
+A run's figures are drawn from its folder (run.json, the set file, and the dataset it names), never
 from a live run, so any finished run can be drawn again. Matplotlib is used through its
-object-oriented API (`Figure`): the library never selects a backend.
+object-oriented API (`Figure`): the library never selects a backend. This is the one module of
+`report/` that needs torch (a set's pixels, a network's attention); the report imports it only
+where a set has no grid.png to copy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from PIL import Image
 from atomdd.data import Dataset, as_dataset
 from atomdd.distillation.config import DistillConfig
 from atomdd.distillation.step import network
+from atomdd.folders.layout import ATTENTION_PNG, GRID_PNG, RUN_FILE, SHOW_PNG, safe_name
 from atomdd.io import atomic_path
 from atomdd.matching import channel_attention, spatial_attention
 from atomdd.models import FeatureModel
@@ -106,7 +110,7 @@ def show(path: str | Path, out: str | Path | None = None, klass: str | int | Non
     names = list(syn.classes) or [str(c) for c in range(int(syn.labels.max()) + 1)]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     if klass is None:
-        target = Path(out) if out else folder / "show.png"
+        target = Path(out) if out else folder / SHOW_PNG
         return save_grid(images, syn.labels, target, class_names=names)
     k = names.index(str(klass)) if str(klass) in names else int(klass) if str(klass).isdigit() else -1
     if not 0 <= k < len(names) or not (syn.labels == k).any():
@@ -115,14 +119,10 @@ def show(path: str | Path, out: str | Path | None = None, klass: str | int | Non
     n = int(pick.sum())
     per_row = min(n, 5)
     rows = torch.arange(n) // per_row  # several rows of the one class; the name on each
-    target = Path(out) if out else folder / f"show-{_safe(names[k])}.png"
+    target = Path(out) if out else folder / f"show-{safe_name(names[k])}.png"
     return save_grid(
         images[pick], rows, target, max_per_class=per_row, class_names=[names[k]] * len(rows), size=192
     )
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 @torch.no_grad()
@@ -181,140 +181,15 @@ def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown
     the distillation run in `out`: step 0's network, up to 64 real images per class (the first of
     each class) and the synthetic ones. `data`: the run's dataset if already loaded."""
     out = Path(out)
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / RUN_FILE).read_text())
     cfg = DistillConfig.from_dict(run["config"])
     result = load_synthetic(out)
     prep = result.preprocess()
     images, _ = display_images(result)
-    save_grid(images, result.labels, out / "grid.png", class_names=result.classes)
+    save_grid(images, result.labels, out / GRID_PNG, class_names=result.classes)
     data = as_dataset(data if data is not None else cfg.dataset, cfg.run.data_root)
     k = min(classes_shown, data.num_classes)
     net = network(cfg, data.channels, data.num_classes, data.image_size, 0, torch.device("cpu"))
     real = [prep(data.train_images[idx[:64]]) for idx in data.class_indices()[:k]]
     syn = [result.images[result.labels == c] for c in range(k)]
-    save_attention(net, real, syn, list(data.classes[:k]), cfg.match, out / "attention.png")
-
-
-# --- tables ----------------------------------------------------------------------------------------
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A markdown table: one header row, its rule, one line per row (cells as `str` gives them)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def eval_table(report: dict[str, Any]) -> str:
-    """The model × accuracy table of an evaluation report (eval.json), with a title line."""
-    first = report["config"].get("test_limit", 0)
-    header = [
-        "model",
-        "accuracy (%)",
-        *([f"first {first} test images (%)"] if first else []),
-        "runs",
-        "seconds",
-    ]
-    rows = []
-    for name, r in report["models"].items():
-        extra = [f"{r['first']['mean']:.2f} ± {r['first']['std']:.2f}"] if first else []
-        rows.append(
-            [name, f"{r['mean']:.2f} ± {r['std']:.2f}", *extra, len(r["runs"]), f"{r['seconds']:.1f}"]
-        )
-    s = report.get("set", {})
-    what = f"{s.get('kind', '?')} set of {s.get('images', '?')} images"
-    title = f"{report.get('dataset', '?')}, {what}, {report['config']['epochs']} epochs"
-    return title + "\n" + markdown_table(header, rows)
-
-
-def grid_table(results: dict[str, dict[int, dict]], budget: Any, against: str) -> str:
-    """The table of a grid (`jobs.collect`): accuracy and paired difference per IPC, a row per method."""
-    title = [
-        f"{budget.dataset}, {budget.steps} distillation steps, {budget.epochs} epochs × {budget.runs} "
-        "models: test accuracy % (mean ± std over all models of all seeds; n = seeds)",
-        f"Δ: paired difference to {against} over the (seed, run) pairs both have: mean ± std over runs "
-        "/ ± std of the per-seed mean differences, and how many runs / seeds are ahead",
-    ]
-    ipcs = sorted({i for by_ipc in results.values() for i in by_ipc})
-    lim = budget.test_limit
-    header = ["method"]
-    for i in ipcs:
-        header += [f"IPC {i}", f"Δ IPC {i}", *([f"IPC {i}, first {lim}"] if lim else [])]
-    rows = []
-    for spec, by_ipc in results.items():
-        cells = [spec]
-        for i in ipcs:
-            r = by_ipc.get(i)
-            d = r and r.get("paired")
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} (n={len(r['seeds'])})" if r else "–")
-            cells.append(
-                f"{d['mean']:+.2f} ± {d['std']:.2f} / ± {d['seed_std']:.2f} "
-                f"({d['wins']}/{d['n']} runs, {d['seed_wins']}/{d['seeds']} seeds)"
-                if d
-                else "–"
-            )
-            if lim:
-                has = r and r["first_mean"] is not None
-                cells.append(f"{r['first_mean']:.1f} ± {r['first_std']:.1f}" if has else "–")
-        rows.append(cells)
-    return "\n".join(title) + "\n" + markdown_table(header, rows)
-
-
-# --- architecture search (nas.json) -----------------------------------------------------------------
-
-
-def _cell(value: Any, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def nas_table(report: dict[str, Any]) -> str:
-    """The published layout: a column per proxy and the whole dataset; the true accuracy of the
-    architecture each ranks first, rank correlations with the truth, time and images stored."""
-    proxies = report["proxies"]
-    s = report["settings"]
-    rows = [
-        ["best arch. true accuracy (%)", *[_cell(p["best_true_accuracy"], ".2f") for p in proxies.values()]],
-        ["Spearman, whole space", *[_cell(p["spearman_all"], ".2f") for p in proxies.values()]],
-        ["Spearman, top 20 %", *[_cell(p["spearman_top20"], ".2f") for p in proxies.values()]],
-        ["Kendall, whole space", *[_cell(p["kendall_all"], ".2f") for p in proxies.values()]],
-        ["Kendall, top 20 %", *[_cell(p["kendall_top20"], ".2f") for p in proxies.values()]],
-        ["time (min)", *[_cell(p["minutes"], ".1f") for p in proxies.values()]],
-        ["images stored", *[_cell(p["images"], "d") for p in proxies.values()]],
-    ]
-    header = ["", *[("whole dataset" if k == "whole" else k) for k in proxies]]
-    n = max((p["architectures"] for p in proxies.values()), default=0)
-    title = (
-        f"{s['dataset']}, space {s['space_name']}: {n} architectures ({len(report['skipped'])} skipped), "
-        f"seeds {', '.join(map(str, s['seeds']))}; proxy {s['epochs']} epochs, early stop "
-        f"{s['early_epochs']}, whole dataset {s['truth_epochs']}"
-    )
-    lines = [title, markdown_table(header, rows)]
-    lines += [f"skipped {k['arch']}: {k['reason']}" for k in report["skipped"]]
-    return "\n".join(lines)
-
-
-def save_nas_plot(report: dict[str, Any], path: str | Path) -> Path:
-    """Proxy accuracy against true accuracy, one colour per proxy (its own Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    truth = report["proxies"].get("whole", {}).get("accuracy", {})
-    for label, p in report["proxies"].items():
-        if label == "whole":
-            continue
-        archs = [a for a in p["accuracy"] if a in truth]
-        rho = _cell(p["spearman_all"], ".2f")
-        ax.scatter(
-            [truth[a] for a in archs], [p["accuracy"][a] for a in archs], s=14, label=f"{label} (ρ {rho})"
-        )
-    ax.set_xlabel("accuracy trained on the whole data (%)")
-    ax.set_ylabel("accuracy trained on the proxy (%)")
-    ax.set_title(f"{report['settings']['dataset']}: architecture search proxies", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)
+    save_attention(net, real, syn, list(data.classes[:k]), cfg.match, out / ATTENTION_PNG)

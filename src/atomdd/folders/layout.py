@@ -1,24 +1,75 @@
-"""What an output folder already holds, and the refusal to replace a different set or run there.
+"""The on-disk contract: every file name a run, set, evaluation, grid or search folder holds, in one
+place, and the rule for replacing what a folder already holds (`--overwrite`). No torch.
+
+- a **set** folder: `synthetic.safetensors` (`atomdd coreset`, or a distillation's result);
+- a **run** folder (a distillation) adds `run.json` (its record; "done" is written last),
+  `metrics.jsonl` (the loss every `log_every` steps), `checkpoint.safetensors`, and the figures
+  `grid.png` and `attention.png`;
+- an **evaluation** adds `eval.jsonl` (one line per trained model, reused on rerun) and `eval.json`
+  (the results by protocol and model), beside the set it evaluated or in a folder of its own;
+- a **grid** is a folder of set folders named `ipc<IPC>/<method>-seed<SEED>/` and `accuracy.json`
+  (its table's numbers);
+- an architecture **search** writes `settings.json`, `results.jsonl`, `nas.json`, `nas.png` and a
+  `truth/` cache of whole-data results.
 
 `atomdd coreset --out F` and `atomdd distill --out F` write a set (and a distillation its run files)
 into F. A folder that holds another set or run is not replaced unless the caller says so
 (`--overwrite`); then every file that described the old one goes, so none describes the new one
-wrongly (issue 17: 2).
+wrongly (issue 17: 2). docs/formats.md describes what each file holds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from atomdd.errors import AtomddError
 
-SET_FILE = "synthetic.safetensors"  # sets.FILENAME
+SET_FILE = "synthetic.safetensors"
 RUN_FILE = "run.json"
+METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
+GRID_PNG = "grid.png"
+ATTENTION_PNG = "attention.png"
+SHOW_PNG = "show.png"  # `atomdd show`'s default, beside the set
+EVAL_FILE = "eval.json"
+EVAL_ROWS = "eval.jsonl"
+# an architecture search's folder
+NAS_SETTINGS, NAS_RESULTS, NAS_SUMMARY, NAS_PLOT, NAS_TRUTH = (
+    "settings.json",
+    "results.jsonl",
+    "nas.json",
+    "nas.png",
+    "truth",
+)
 # the files that describe the set or run in a folder (a run's record, log, figures; an evaluation)
-DESCRIBING = (RUN_FILE, "metrics.jsonl", CHECKPOINT, "grid.png", "attention.png", "eval.json", "eval.jsonl")
+DESCRIBING = (RUN_FILE, METRICS, CHECKPOINT, GRID_PNG, ATTENTION_PNG, EVAL_FILE, EVAL_ROWS)
+# what makes a folder a run, a set or an evaluation to read back (`folders.read`)
+RECORDS = (RUN_FILE, EVAL_FILE, SET_FILE)
+
+# a grid's member folders: ipc<IPC>/<label>-seed<SEED>; beside them, the numbers of its table
+GRID_MEMBERS = "ipc*/*-seed*"
+GRID_SUMMARY = "accuracy.json"
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file name: every run of other characters than letters, digits, `.`, `_` and `-`
+    one `_` (a grid's method spec `atom[embedding=0.01]` → `atom_embedding_0.01`)."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+def grid_member(grid: str | Path, spec: str, ipc: int, seed: int) -> Path:
+    """The folder of one (method spec, IPC, seed) of a grid."""
+    return Path(grid) / f"ipc{ipc}" / f"{safe_name(spec)}-seed{seed}"
+
+
+def member_parts(folder: Path) -> tuple[str, int | None, int | None]:
+    """(label, IPC, seed) a grid member's path names; None where a number does not parse."""
+    label, _, seed = folder.name.rpartition("-seed")
+    ipc = folder.parent.name.removeprefix("ipc")
+    return label, int(ipc) if ipc.isdigit() else None, int(seed) if seed.isdigit() else None
 
 
 def set_meta(folder: Path) -> dict[str, Any] | None:
