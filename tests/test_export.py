@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from atomdd.distillation.driver import distill
+from atomdd.api import distill
 from atomdd.errors import AtomddError
 from atomdd.export import export
 from atomdd.sets import SyntheticSet, load_peer_set, load_synthetic
