@@ -103,17 +103,72 @@ def test_config_errors():
 
 
 def test_the_distance_is_the_published_squared_l2_and_its_registry_is_the_seam(monkeypatch):
-    """The loss takes its distance between class means from `distances.DISTANCES`, by the name
-    `MatchConfig.distance` gives: the default is every published method's squared L2, and a
-    distance added there is used by the loss and refused nowhere (docs/architecture.md)."""
+    """The loss takes the embedding term's distance from `distances.DISTANCES`, by the name
+    `MatchConfig.distance` gives: the default is every published method's squared L2 of the class
+    means, and a distance added there is used by the loss and refused nowhere (docs/architecture.md)."""
     from atomdd import distances
 
-    syn, real = [torch.randn(4, 7)], [torch.randn(4, 7)]
+    syn, real = [torch.randn(4, 3, 7)], [torch.randn(4, 5, 7)]  # K × n × D samples
     cfg = MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=2.0)
     loss, terms = matching_loss(syn, real, 1, cfg)
-    assert cfg.distance == "squared-l2" and torch.equal(loss, 2.0 * 1.0 * (syn[0] - real[0]).pow(2).sum())
-    with pytest.raises(AtomddError, match="unknown distance 'cosine'; valid distances: squared-l2"):
+    means = (syn[0].mean(1) - real[0].mean(1)).pow(2).sum()  # the means-only loss, as it always was
+    assert cfg.distance == "squared-l2" and torch.equal(loss, 2.0 * 1.0 * means)
+    with pytest.raises(AtomddError, match="unknown distance 'cosine'; valid distances: cf, mean-cov, mmd, squared-l2"):
         MatchConfig(distance="cosine")
-    monkeypatch.setitem(distances.DISTANCES, "l1", lambda s, r: (s - r).abs().sum())
+    monkeypatch.setitem(distances.DISTANCES, "l1", lambda s, r, seed: (s.mean(1) - r.mean(1)).abs().sum())
     loss, _ = matching_loss(syn, real, 1, replace(cfg, distance="l1"))
-    assert torch.equal(loss, 2.0 * (syn[0] - real[0]).abs().sum())
+    assert torch.equal(loss, 2.0 * (syn[0].mean(1) - real[0].mean(1)).abs().sum())
+
+
+def test_only_the_embedding_term_takes_the_chosen_distance(monkeypatch):
+    """`term_distance` decides it in one place: attention terms keep squared L2 of their means."""
+    from atomdd import distances
+    from atomdd.matching import term_distance
+
+    cfg = replace(get_method("atom").match, distance="mmd")
+    assert [term_distance(n, cfg) for n, _ in term_weights(3, cfg)] == ["squared-l2"] * 4 + ["mmd"]
+    seen = []
+    monkeypatch.setitem(distances.DISTANCES, "mmd", lambda s, r, seed: seen.append(s.shape) or s.sum() * 0)
+    stats = [torch.randn(2, 3, d) for d in (5, 6, 5, 6, 9)]
+    matching_loss(stats, stats, 3, cfg)
+    assert seen == [(2, 3, 9)]  # the embedding's samples only
+
+
+@pytest.mark.parametrize("name", sorted(__import__("atomdd.distances").distances.DISTANCES))
+def test_each_distance_is_zero_for_identical_samples_and_has_a_gradient(name):
+    from atomdd.distances import DISTANCES
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(3, 8, 16, generator=g)
+    same = real.clone().requires_grad_()
+    distance = DISTANCES[name]
+    assert distance(same, real, 1).item() == pytest.approx(0.0, abs=1e-6)
+    syn = torch.randn(3, 4, 16, generator=g).requires_grad_()
+    value = distance(syn, real, 1)
+    assert value.ndim == 0 and value.item() > 0
+    value.backward()
+    assert torch.isfinite(syn.grad).all() and syn.grad.abs().sum() > 0
+
+
+def test_distribution_distances_see_the_spread_that_means_miss():
+    """Samples with the class's mean but another spread: squared L2 sees nothing; the covariance,
+    the kernel MMD and the characteristic function do. mean-cov's covariance term is DSDM's
+    50 · ‖Σ_s − Σ_r‖²_F / D (computed here the direct way, D×D); cf's frequencies come from the seed."""
+    from atomdd.distances import DISTANCES
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 10, 6, generator=g)
+    real = torch.cat([base, -base], 1)  # every class centred at 0
+    syn = 3 * real[:, ::2]  # centred too (pairs ±x kept), three times the spread
+    assert DISTANCES["squared-l2"](syn, real, 0).item() == pytest.approx(0.0, abs=1e-10)
+    for name in ("mean-cov", "mmd", "cf"):
+        assert DISTANCES[name](syn, real, 0).item() > 1e-3, name
+
+    def cov(x):
+        c = x - x.mean(1, keepdim=True)
+        return c.transpose(1, 2) @ c / (x.shape[1] - 1)
+
+    direct = 50 * (cov(syn) - cov(real)).pow(2).sum() / 6
+    assert DISTANCES["mean-cov"](syn, real, 0).item() == pytest.approx(direct.item(), rel=1e-4)
+    cf = DISTANCES["cf"]
+    assert torch.equal(cf(syn, real, 5), cf(syn, real, 5)) and not torch.equal(cf(syn, real, 5), cf(syn, real, 6))

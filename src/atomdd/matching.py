@@ -6,10 +6,11 @@ ATOM, its channel-only variant, DataDAM and DM are one loss with different weigh
                       + λ‖ē(T_k) − ē(S_k)‖² ]
 
 where ā is the class mean of per-sample, L2-normalised attention vectors and ē the class mean of
-the embedding; ‖·‖² is the distance `MatchConfig.distance` names (`distances.py`; the published
-methods' squared L2 by default). The loss only needs per-class means of the real batch, so
-`class_statistics` of the real images is computed once without autograd and the synthetic side is
-compared against it.
+the embedding. `class_statistics` gives each matched quantity per class as samples (K × n × D), the
+real side computed once without autograd; a distance (`distances.py`) compares them, and
+`term_distance` decides which: the embedding term takes the distance `MatchConfig.distance` names
+(the published methods' squared L2 of the means by default; a distribution distance such as
+`mmd` compares the samples), the attention terms always their means by squared L2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from atomdd.distances import DISTANCES
+from atomdd.distances import DEFAULT, DISTANCES
 from atomdd.models import Features
 from atomdd.settings import MatchConfig
 
@@ -76,11 +77,12 @@ def channel_attention(f: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
-    """Per-class means (K×D each) of every matched quantity; samples are class-major, equal counts."""
+    """Every matched quantity per class, as samples (K × n × D each); the images are class-major,
+    n of each class."""
     k = num_classes
 
-    def means(v: torch.Tensor) -> torch.Tensor:
-        return v.reshape(k, v.shape[0] // k, -1).mean(1)
+    def per_class(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(k, v.shape[0] // k, -1)
 
     wanted = [(SPATIAL, cfg.p_spatial)] * bool(cfg.spatial) + [(CHANNEL, cfg.p_channel)] * bool(cfg.channel)
     stats = []
@@ -90,9 +92,9 @@ def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> lis
             sums = power_sums(f, cfg.p_spatial, [dims for dims, _ in wanted])
         else:
             sums = [power_sums(f, p, [dims])[0] for dims, p in wanted]
-        stats += [means(F.normalize(s.flatten(1), dim=1)) for s in sums]
+        stats += [per_class(F.normalize(s.flatten(1), dim=1)) for s in sums]
     if cfg.embedding:
-        stats.append(means(feats.embedding.float()))
+        stats.append(per_class(feats.embedding.float()))
     return stats
 
 
@@ -109,15 +111,27 @@ def term_weights(num_blocks: int, cfg: MatchConfig) -> list[tuple[str, float]]:
     return out
 
 
+def term_distance(name: str, cfg: MatchConfig) -> str:
+    """The distance a term is compared by, decided here alone: the embedding term's is
+    `cfg.distance` (where the published codes put their distribution distances: DSDM, M3D, NCFM
+    match the final features); an attention term's is always squared L2 of the class means,
+    what ATOM and DataDAM define (an attention map is an L2-normalised profile, matched on average)."""
+    return cfg.distance if name == "embedding" else DEFAULT
+
+
 def matching_loss(
-    syn_stats: list[torch.Tensor], real_stats: list[torch.Tensor], num_blocks: int, cfg: MatchConfig
+    syn_stats: list[torch.Tensor],
+    real_stats: list[torch.Tensor],
+    num_blocks: int,
+    cfg: MatchConfig,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The total loss (summed over classes) and each term's weighted value, for logging."""
+    """The total loss (summed over classes) and each term's weighted value, for logging. `seed`:
+    the step's seed of a distance that draws (`distances.cf`)."""
     total = syn_stats[0].new_zeros(())
     terms = {}
-    distance = DISTANCES[cfg.distance]
     for (name, w), s, r in zip(term_weights(num_blocks, cfg), syn_stats, real_stats, strict=True):
-        term = cfg.scale * w * distance(s, r)
+        term = cfg.scale * w * DISTANCES[term_distance(name, cfg)](s, r, seed)
         terms[name] = term.detach()
         total = total + term
     return total, terms
