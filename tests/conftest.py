@@ -35,3 +35,14 @@ def real_mnist(data_root: Path) -> Path:
     if not (data_root / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {data_root} (set ATOMDD_TEST_DATA)")
     return data_root
+
+
+@pytest.fixture(scope="session")
+def digits_pool(tmp_path_factory) -> Path:
+    """A small pool of trained networks on digits (2 ConvNets of width 16 × 3 epochs, snapshots at
+    epochs 2 and 3), the backbone the tests' fast runs use; without ZCA, as digits' preset."""
+    from atomdd.pool import build
+    from atomdd.settings import PoolSettings
+
+    settings = PoolSettings("digits", "convnet(width=16)", members=2, epochs=3, snapshot_every=2)
+    return build(settings, tmp_path_factory.mktemp("pool") / "digits")[0]

@@ -30,6 +30,14 @@ def distill(job: dict) -> dict:
         return out
 
     steps.Task.class_chunks = recording
+    picks: dict[int, list] = {}  # with a pool: the (member, snapshot, l) of each step this rank took
+    pool_pick = steps.pool_pick
+
+    def picking(seed, step, pool):
+        picks[step] = list(pool_pick(seed, step, pool))
+        return pool_pick(seed, step, pool)
+
+    steps.pool_pick = picking
     fail = job.get("fail")
     if fail and fail["rank"] == int(os.environ.get("RANK", "0")):
         loss_and_grad = steps.loss_and_grad
@@ -68,6 +76,7 @@ def distill(job: dict) -> dict:
         "pixels": len(d.syn),
         "set": result.images.flatten().tolist(),
         "labels": result.labels.tolist(),
+        "picks": {step: pick for step, pick in picks.items() if step < d.steps_done},
     }
 
 

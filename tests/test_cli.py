@@ -44,12 +44,34 @@ def test_datasets_lists_and_describes(capsys, tmp_path):
         (["distill", "--dataset", "mnist", "--data-root", "{tmp}", "--out", "{tmp}/x"], "MNIST"),
         (["distill", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/x"], "config file not found"),
         (["distill", "--resume", "--out", "{tmp}/x"], "no checkpoint"),
+        (
+            ["distill", "--method", "dm-plus", "--data-root", "{tmp}", "--out", "{tmp}/x"],
+            "atomdd pool --dataset",
+        ),
+        (["distill", "--calib", "1", "--out", "{tmp}/x"], "calib=1.0 needs a pool"),
+        (["distill", "--factor", "3", "--out", "{tmp}/x"], "factor=3 does not divide"),
+        (["pool", "--dataset", "digits", "--members", "0", "--out", "{tmp}/p"], "members=0 (at least 1)"),
+        (["evaluate", "--whole", "--dataset", "digits", "--cutmix", "2"], "cutmix=2.0 (a probability"),
+        (["evaluate", "--whole", "--dataset", "digits", "--teacher", "{tmp}"], "no pool in"),
     ],
 )
 def test_bad_input_is_a_clear_error_with_exit_code_2(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+def test_pool_builds_a_pool_a_run_then_uses(capsys, tmp_path):
+    argv = ["pool", "--dataset", "digits", "--model", "convnet(width=8)", "--members", "1", "--epochs", "1"]
+    code, out, _ = run_cli(capsys, *argv, "--out", str(tmp_path / "pool"), "--quiet")
+    assert code == 0 and f"pool of 1 convnet(width=8) networks in {tmp_path / 'pool'}" in out
+    code, out, err = run_cli(
+        capsys, "distill", "--dataset", "digits", "--ipc", "1", "--method", "dm", "--model", "convnet(width=8)",
+        "--iterations", "1", "--pool-dir", str(tmp_path / "pool"), "--pool-interp", "--calib", "1",
+        "--factor", "2", "--out", str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["factor"] == 2
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):

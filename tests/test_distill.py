@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from atomdd.api import distill
+from atomdd.distillation import step as steps
 from atomdd.distillation.config import DistillConfig, make_config
 from atomdd.distillation.driver import Distiller
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.folders.layout import CHECKPOINT
 from atomdd.methods import METHODS
-from atomdd.sets import load_synthetic
+from atomdd.sets import encode, load_synthetic
 from atomdd.signals import stop_on_signals
 
 # Small but real: digits (8×8), a narrow ConvNet, few steps.
@@ -68,6 +69,36 @@ def test_resume_is_bit_identical(tmp_path):
     assert torch.equal(full.images, resumed.images)
     rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
+
+
+def test_resume_is_bit_identical_with_every_option_on(tmp_path, digits_pool):
+    """Factor images, the pool with interpolation, calibration and the cf distance (whose
+    frequencies are drawn per step) are pure in (seed, step) too."""
+    options = dict(factor=2, pool_dir=str(digits_pool), pool_interp=True, calib=1.0, distance="cf")
+    cfg = FAST | options | dict(iterations=4, checkpoint_every=2)
+    full = distill("digits", 1, "atom", out=tmp_path / "full", **cfg)
+    part = tmp_path / "part"
+    distill("digits", 1, "atom", out=part, **cfg | {"iterations": 2})
+    resumed = distill("digits", 1, "atom", out=part, resume=True, **cfg)
+    assert torch.equal(full.images, resumed.images) and resumed.factor == 2
+    logged = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert {"calib", "embedding", "spatial0"} <= set(logged[-1])
+    record = json.loads((part / "run.json").read_text())["resolved"]["pool"]
+    assert record["folder"] == str(digits_pool) and len(record["weights_sha256"]) == 64
+
+
+def test_factor_images_start_from_real_images_downscaled_and_tiled(digits):
+    """Each stored image holds factor² real images of its class, each the 2×2 means of one, and a
+    class's statistics see ipc · factor² decoded images."""
+    d = Distiller(config(ipc=1, factor=2))
+    stored = d.syn.detach()
+    assert stored.shape == (10, 1, 8, 8) and d.task.per_class == 4
+    gen = steps.generator(d.cfg.seed, -1, "init")
+    picks = [idx[torch.randperm(len(idx), generator=gen)[:4]] for idx in digits.class_indices()]
+    real = d.prep(digits.train_images[torch.cat(picks)])
+    torch.testing.assert_close(stored, encode(real, 2))
+    with pytest.raises(AtomddError, match="factor=3 does not divide the 8×8 images"):
+        Distiller(config(ipc=1, factor=3))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -297,3 +297,82 @@ def test_model_references_key_the_report(small_set, digits):
     assert report["models"][key]["options"] == {"depth": 2, "norm": "batchnorm", "pool": "maxpool"}
     with pytest.raises(AtomddError, match=r"unknown option\(s\) \['dpth'\]"):
         ev.evaluate_set(small_set, ["convnet(dpth=2)"], FAST, dataset=digits)
+
+
+def test_a_factor_2_set_at_ipc_1_trains_on_4_images_a_class(digits, monkeypatch):
+    """Stored: one image a class (what the per-class count checks); trained on: its 2×2 tiles
+    decoded, 4 a class; kept apart from the same pixels read as a factor-1 set."""
+    stored = select(digits, 1, "random", seed=0)
+    factor = replace(stored, factor=2)
+    seen, honest = [], train.train_models
+
+    def recording(name, images, labels, *args, **kwargs):
+        seen.append((images.shape, labels.bincount().tolist()))
+        return honest(name, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "train_models", recording)
+    cfg = replace(FAST, repeats=1, epochs=1)
+    report = ev.evaluate_set(factor, ("mlp",), cfg, dataset=digits)
+    assert seen == [((40, 1, 8, 8), [4] * 10)]
+    assert report["set"] | {"method": None} == {
+        "kind": "synthetic", "images": 10, "ipc": 1, "factor": 2, "decoded_images": 40, "method": None,
+    }  # fmt: skip
+    key = ev.set_id(stored.images, stored.labels, extra=json.dumps(stored.preprocess_meta))
+    assert key != ev.set_id(
+        stored.images, stored.labels, extra=json.dumps(stored.preprocess_meta) + ",factor=2"
+    )
+
+
+def test_old_protocol_keys_are_unchanged_and_the_evaluation_options_are_kept_apart(
+    small_set, digits, tmp_path
+):
+    """A hard-label key is what it always was (this one is from a CIFAR-10 grid's eval.json), so
+    rows written before the options existed are reused; CutMix and a teacher enter the key only
+    when on, so their results never mix with the hard-label ones."""
+    from dataclasses import asdict
+
+    from atomdd.folders.evals import protocol_key, repeat_protocol_key
+
+    written = (
+        "epochs=300,lr=0.01,momentum=0.9,weight_decay=0.0005,batch_size=256,lr_decay=0.1,decay_at=0.5,"
+        "dsa=color_crop_cutout_flip_scale_rotate,seed=0,precision=fp32,test_limit=1000,runs=5"
+    )
+    assert protocol_key(asdict(EvalConfig(epochs=300, test_limit=1000)), "fp32") == written
+    cfg = replace(FAST, repeats=1, epochs=1)
+    old_key = repeat_protocol_key(asdict(cfg), "fp32")
+    assert "cutmix" not in old_key and repeat_protocol_key(asdict(replace(cfg, cutmix=0.5)), "fp32") == (
+        old_key + ",cutmix=0.5"
+    )
+    row = {"set": ev.set_id(small_set.images, small_set.labels, extra=json.dumps(small_set.preprocess_meta))}
+    row |= {"protocol": old_key, "model": "mlp", "run": 0, "accuracy": 12.5, "first": None, "seconds": 1.0}
+    (tmp_path / "eval.jsonl").write_text(json.dumps(row) + "\n")  # a row as written before the options
+    reused = ev.evaluate_set(small_set, ("mlp",), cfg, out_dir=tmp_path, dataset=digits)
+    assert reused["models"]["mlp"]["runs"] == [12.5]  # not trained again
+    mixed = ev.evaluate_set(small_set, ("mlp",), replace(cfg, cutmix=0.5), out_dir=tmp_path, dataset=digits)
+    assert mixed["models"]["mlp"]["runs"] != [12.5]
+    saved = json.loads((tmp_path / EVAL_FILE).read_text())
+    assert sorted(saved["results"]) == sorted([f"{old_key},runs=1", f"{old_key},cutmix=0.5,runs=1"])
+
+
+def test_a_teacher_s_soft_labels_are_an_evaluation_of_their_own(small_set, digits, digits_pool, tmp_path):
+    cfg = replace(FAST, repeats=1, epochs=2)
+    hard = ev.evaluate_set(small_set, ("convnet(width=16)",), cfg, out_dir=tmp_path, dataset=digits)
+    soft = ev.evaluate_set(
+        small_set,
+        ("convnet(width=16)",),
+        replace(cfg, teacher=str(digits_pool)),
+        out_dir=tmp_path,
+        dataset=digits,
+    )
+    assert (
+        soft["config"]["teacher"].startswith(f"{digits_pool.resolve()}@")
+        and len(soft["config"]["teacher"]) > 17
+    )
+    assert soft["models"] != hard["models"]
+    saved = json.loads((tmp_path / EVAL_FILE).read_text())
+    assert len(saved["results"]) == 2 and f"teacher={soft['config']['teacher']}" in saved["protocol"]
+    zca_set = select(digits, 5, "random", seed=0, zca=True)
+    with pytest.raises(AtomddError, match="trained on unwhitened images, this evaluation uses ZCA-whitened"):
+        ev.evaluate_set(zca_set, ("mlp",), replace(cfg, teacher=str(digits_pool)), dataset=digits)
+    with pytest.raises(AtomddError, match="teacher_temperature .* needs teacher"):
+        EvalConfig(teacher_temperature=2.0)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from atomdd.api import distill
 from atomdd.errors import AtomddError
-from atomdd.export import export
+from atomdd.export import SetDataset, export
 from atomdd.sets import SyntheticSet, load_peer_set, load_synthetic
 
 FAST = dict(width=16, batch_real=16, iterations=20)
@@ -43,6 +43,20 @@ def test_peer_pt_round_trip(digits_set, tmp_path):
     path = export(syn, "pt", tmp_path / "set.pt")
     back = load_peer_set(path, "digits")
     assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels)
+
+
+def test_a_factor_set_leaves_as_its_decoded_images(digits_set, tmp_path):
+    """The view and every export hold what a model trains on: each stored image's tiles decoded."""
+    from dataclasses import replace
+
+    syn = replace(load_synthetic(digits_set), factor=2)
+    images, labels = syn.decoded()
+    view = SetDataset(syn)
+    assert len(view) == 80 and torch.equal(view[5][0], images[5]) and int(view[5][1]) == int(labels[5])
+    back = load_peer_set(export(syn, "pt", tmp_path / "set.pt"), "digits")
+    assert torch.equal(back.images, images) and torch.equal(back.labels, labels)
+    record = json.loads((export(syn, "imagefolder", tmp_path / "png") / "set.json").read_text())
+    assert [r["label"] for r in record["images"]] == labels.tolist()
 
 
 def test_image_folder_holds_what_a_person_sees(digits_set, tmp_path):

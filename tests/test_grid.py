@@ -84,3 +84,34 @@ def test_the_command_makes_a_grid_and_tabulates_it(tmp_path, capsys, one_thread)
     # the flag's old name still works, and says so
     assert main(["grid", "--only-table", *argv[1:-4], "--runs", "2", "--out", str(tmp_path)]) == 0
     assert "--runs is now --repeats" in capsys.readouterr().err
+
+
+def test_specs_switch_the_engine_options_on_and_a_folder_keeps_its_own(tmp_path, digits_pool, one_thread):
+    """`dm[factor=2]`, `atom[pool_dir=…,pool_interp=true,calib=1]` parse and run; a folder made with
+    other options than its spec now says is refused; a CutMix evaluation is not the grid's result."""
+    from dataclasses import replace
+
+    from atomdd.evaluate import evaluate_set
+    from atomdd.settings import EvalConfig
+
+    specs = [f"dm[{SMALL},factor=2]", f"atom[{SMALL},pool_dir={digits_pool},pool_interp=true,calib=1]"]
+    grid.GridSettings(methods=tuple(specs))  # every spec checked up front
+    budget = replace(BUDGET, repeats=1)
+    for spec in specs:
+        folder = grid_member(tmp_path, spec, 1, 0)
+        syn = grid.make_set(spec, 1, 0, budget, folder)
+        assert grid.evaluate_job(syn, folder, budget)["set"]["images"] == 10
+    made = json.loads((grid_member(tmp_path, specs[1], 1, 0) / RUN_FILE).read_text())
+    assert made["config"]["pool_interp"] is True and made["resolved"]["pool"]["folder"] == str(digits_pool)
+    folder = grid_member(tmp_path, specs[0], 1, 0)
+    assert json.loads((folder / "eval.json").read_text())["set"]["decoded_images"] == 40
+    with pytest.raises(AtomddError, match="'factor': \\(2, 1\\)"):  # made with factor 2, the spec says 1
+        grid.make_set(f"dm[{SMALL}]", 1, 0, budget, folder)
+    assert grid.finished(folder, budget) is not None
+    evaluate_set(
+        grid.make_set(specs[0], 1, 0, budget, folder),
+        ["convnet"],
+        EvalConfig(epochs=1, repeats=1, cutmix=0.5),
+        out_dir=folder,
+    )
+    assert grid.finished(folder, budget) is None  # the latest evaluation there is not hard-label

@@ -82,6 +82,8 @@ def test_presets_differ_exactly_in_their_terms():
         "atom-code": {"spatial", "channel", "embedding"},
         "datadam-code": {"spatial", "embedding"},
         "dm-code": {"embedding"},
+        "dm-plus": {"embedding"},  # and the calibration, which the step adds (test_pool)
+        "atom-plus": {"spatial", "channel", "embedding"},
     }
     layers = {m: sorted({n for n, _ in term_weights(3, c)} - {"embedding"}) for m, c in weights.items()}
     assert layers["atom"] == ["channel0", "channel1", "spatial0", "spatial1"]  # every block but the last
@@ -113,7 +115,8 @@ def test_the_distance_is_the_published_squared_l2_and_its_registry_is_the_seam(m
     loss, terms = matching_loss(syn, real, 1, cfg)
     means = (syn[0].mean(1) - real[0].mean(1)).pow(2).sum()  # the means-only loss, as it always was
     assert cfg.distance == "squared-l2" and torch.equal(loss, 2.0 * 1.0 * means)
-    with pytest.raises(AtomddError, match="unknown distance 'cosine'; valid distances: cf, mean-cov, mmd, squared-l2"):
+    valid = "cf, mean-cov, mmd, squared-l2"
+    with pytest.raises(AtomddError, match=f"unknown distance 'cosine'; valid distances: {valid}"):
         MatchConfig(distance="cosine")
     monkeypatch.setitem(distances.DISTANCES, "l1", lambda s, r, seed: (s.mean(1) - r.mean(1)).abs().sum())
     loss, _ = matching_loss(syn, real, 1, replace(cfg, distance="l1"))
@@ -171,4 +174,5 @@ def test_distribution_distances_see_the_spread_that_means_miss():
     direct = 50 * (cov(syn) - cov(real)).pow(2).sum() / 6
     assert DISTANCES["mean-cov"](syn, real, 0).item() == pytest.approx(direct.item(), rel=1e-4)
     cf = DISTANCES["cf"]
-    assert torch.equal(cf(syn, real, 5), cf(syn, real, 5)) and not torch.equal(cf(syn, real, 5), cf(syn, real, 6))
+    assert torch.equal(cf(syn, real, 5), cf(syn, real, 5))
+    assert not torch.equal(cf(syn, real, 5), cf(syn, real, 6))

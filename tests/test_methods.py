@@ -21,8 +21,9 @@ FAST = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_runs_and_moves_the_pixels(method):
-    d = Distiller(make_config("digits", 2, method, iterations=2, **FAST))
+def test_every_method_runs_and_moves_the_pixels(method, digits_pool):
+    pool = {"pool_dir": str(digits_pool)} if METHODS[method].settings.get("pool_dir") else {}
+    d = Distiller(make_config("digits", 2, method, iterations=2, **FAST | pool))
     before = d.syn.detach().clone()
     d.run()
     assert not torch.equal(before, d.syn.detach())

@@ -226,3 +226,15 @@ def test_cli_settings_come_from_a_config_file_under_the_flags(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("dataset: digits\nproxies: [random]\nepoch: 3\n")
     assert main(["nas", "--config", str(tmp_path / "bad.yaml"), "--out", str(out)]) == 2
     assert "unknown config key(s) ['epoch']" in capsys.readouterr().err
+
+
+def test_a_factor_set_proxy_trains_on_its_decoded_images(tmp_path, digits):
+    from dataclasses import replace
+
+    from atomdd.coreset import select
+    from atomdd.nas import Context, NasSettings
+
+    replace(select(digits, 1, "random", seed=0), factor=2).save(tmp_path / "f2")
+    ctx = Context(NasSettings("digits", (str(tmp_path / "f2"),), ("convnet(width=8)",)))
+    (x, y), _ = ctx.train_test("f2", 0)
+    assert x.shape == (40, 1, 8, 8) and y.bincount().tolist() == [4] * 10 and ctx.images_stored("f2") == 10

@@ -187,7 +187,7 @@ def test_a_zca_set_far_wider_than_real_images_is_shown_stretched_not_clipped():
     )
     clipped = prep.inverse(images)
     assert ((clipped == 0) | (clipped == 1)).float().mean() > 0.5  # what a plain inverse shows
-    shown, caption = display_images(syn)
+    shown, _, caption = display_images(syn)
     assert ((shown == 0) | (shown == 1)).float().mean() < 0.05 and "contrast-stretched" in caption
     assert torch.equal(syn.images, images)  # the data is untouched
 

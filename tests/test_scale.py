@@ -15,11 +15,11 @@ from atomdd.folders.layout import CHECKPOINT, NAS_RESULTS, NAS_SUMMARY
 CONFIG = dict(width=16, batch_real=16, checkpoint_every=2, log_every=1, zca=True)
 
 
-def run(tmp, name, world, iterations, resume=False, out=None, fail=None, timeout=30, stop=None):
+def run(tmp, name, world, iterations, resume=False, out=None, fail=None, timeout=30, stop=None, more=None):
     out = out or tmp / name / "run"
     job = {
         "kind": "distill",
-        "config": CONFIG | {"iterations": iterations},
+        "config": CONFIG | {"iterations": iterations} | (more or {}),
         "out": str(out),
         "resume": resume,
     }
@@ -256,3 +256,27 @@ def test_a_stop_on_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_pa
     out, results, _ = run(tmp_path, "resume", 1, 4, resume=True, out=out)
     ok(results)
     same_run(out, single)
+
+
+def test_the_pool_pick_of_a_step_is_the_same_on_every_rank_and_after_a_resume(tmp_path):
+    """With a pool, its interpolation and factor images: 2 ranks (2 steps, then resumed to 4) make
+    the 1-process set bit for bit, and every rank drew the same (member, snapshot, l) at every step."""
+    from atomdd.pool import build
+    from atomdd.settings import PoolSettings
+
+    pool, _ = build(
+        PoolSettings("digits", "convnet(width=16)", zca=True, members=2, epochs=2, snapshot_every=1),
+        tmp_path / "pool",
+    )
+    more = {"pool_dir": str(pool), "pool_interp": True, "factor": 2}
+    reference, results, _ = run(tmp_path, "one", 1, 4, more=more)
+    (single,) = ok(results)
+    out, results, _ = run(tmp_path, "two", 2, 2, more=more)
+    first = ok(results)
+    out, results, _ = run(tmp_path, "two", 2, 4, resume=True, out=out, more=more)
+    then = ok(results)
+    same_run(out, reference)
+    picks = {int(k): v for k, v in single["picks"].items()}
+    assert sorted(picks) == [0, 1, 2, 3] and len({tuple(p[:2]) for p in picks.values()}) > 1
+    for report in (*first, *then):  # each rank's steps: the same picks as the single process's
+        assert report["picks"] and all(picks[int(k)] == v for k, v in report["picks"].items())

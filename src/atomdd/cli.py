@@ -115,6 +115,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_pool(args: argparse.Namespace) -> int:
+    from atomdd.pool import build
+    from atomdd.settings import PoolSettings
+
+    settings, _ = settings_from(args, PoolSettings)
+    say = None if args.quiet else lambda line: print(line, flush=True)
+    folder, record = build(settings, args.out, progress=not args.quiet, say=say)
+    accuracy = ", ".join(f"{d['accuracy']:.2f}" for d in record["done"])
+    print(f"pool of {record['members']} {record['model']} networks in {folder} (test accuracy %: {accuracy})")
+    return 0
+
+
+@command
 def cmd_coreset(args: argparse.Namespace) -> int:
     from atomdd.coreset import select
     from atomdd.settings import CoresetConfig
@@ -206,7 +219,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from atomdd.sets import load_any
 
     syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
-    print(f"wrote {export(syn, args.format, args.out)} ({len(syn.labels)} images, {args.format})")
+    count = len(syn.labels) * syn.factor**2  # what an export holds: the decoded images
+    print(f"wrote {export(syn, args.format, args.out)} ({count} images, {args.format})")
     return 0
 
 
@@ -264,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     from atomdd.grid import GridSettings
     from atomdd.methods import METHODS
     from atomdd.nas import NasSettings
-    from atomdd.settings import CoresetConfig, EvalConfig
+    from atomdd.settings import CoresetConfig, EvalConfig, PoolSettings
 
     parser = argparse.ArgumentParser(prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.")
     parser.add_argument("--version", action="version", version=f"atomdd {__version__}")
@@ -300,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
     add_config_flags(p, flat_fields(), skip=_DISTILL_OWN)
+
+    p = sub.add_parser(
+        "pool", help="train a pool of networks on the real data: the trained matching source and teacher"
+    )
+    p.add_argument(
+        "--out", default=None, help="the pool's folder (default: DATA_ROOT/pools/<dataset>-<model>[-zca])"
+    )
+    p.add_argument("--config", default=None, help="YAML/TOML file of pool settings")
+    p.add_argument("--quiet", action="store_true")
+    add_config_flags(p, PoolSettings, title="pool settings (over --config's)")
 
     p = sub.add_parser("coreset", help="select real images per class: random, herding or k-center")
     p.add_argument("--dataset", default=None, help="required (here or in --config)")

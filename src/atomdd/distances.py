@@ -86,7 +86,7 @@ def mmd(syn: Any, real: Any, seed: int = 0) -> Any:
     sigma2 = _median_bandwidth(syn, real)
 
     def kernel_mean(a: Any, b: Any) -> Any:
-        d2 = (a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(1) - 2 * a @ b.transpose(1, 2))
+        d2 = a.pow(2).sum(-1, keepdim=True) + b.pow(2).sum(-1).unsqueeze(1) - 2 * a @ b.transpose(1, 2)
         d2 = d2.clamp_min(0)
         return sum(torch.exp(-d2 / (2 * w * sigma2)) for w in MMD_BANDWIDTHS).mean((1, 2))
 

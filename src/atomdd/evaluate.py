@@ -31,7 +31,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
-from atomdd import parallel, peers
+from atomdd import parallel, peers, pool
 from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError, WriteError
 from atomdd.folders.evals import RepeatStore, merge_result, repeat_protocol_key, set_id
@@ -43,7 +43,7 @@ from atomdd.progress import Progress
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
-from atomdd.train import test_models, train_models, use_batched
+from atomdd.train import Teacher, test_models, train_models, use_batched
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,17 @@ def train_repeats(
     num_classes: int,
     config: EvalConfig,
     hook: Callable[[list[int], int, torch.Tensor], None] | None = None,
+    teacher: Teacher | None = None,
 ) -> Iterator[tuple[int, float, float | None, float]]:
     """(repeat, accuracy, accuracy on the first `test_limit` images, seconds) of each repeat in
-    `todo`, as each group that trains together finishes."""
+    `todo`, as each group that trains together finishes (`teacher`: its soft labels replace the
+    labels)."""
     n = min(config.test_limit, len(test[1])) if config.test_limit else 0
     batched = use_batched(config, resolve_device(config.device))
     size = (config.stack_size or len(todo)) if batched else 1
     for i in range(0, len(todo), max(size, 1)):  # the groups train_models would train together
         part, t0 = todo[i : i + size], time.perf_counter()
-        models = train_models(ref, *train, num_classes, config, part, hook)
+        models = train_models(ref, *train, num_classes, config, part, hook, teacher=teacher)
         got = test_models(models, *test, config)
         got_first = test_models(models, test[0][:n], test[1][:n], config) if n else [None] * len(part)
         seconds = (time.perf_counter() - t0) / len(part)
@@ -150,6 +152,7 @@ def shard_repeats(
     num_classes: int,
     config: EvalConfig,
     store: RepeatStore,
+    teacher: Teacher | None = None,
 ) -> None:
     """Under torchrun: the (model, repeat) jobs not yet in `store`, spread over the ranks, each
     rank's results gathered into every rank's `store` (eval.jsonl, written by the main process),
@@ -160,7 +163,8 @@ def shard_repeats(
     with peers.reporting_failures():
         for ref in refs:
             todo = [r for name, r in mine if name == str(ref)]
-            rows += [(str(ref), *row) for row in train_repeats(ref, todo, train, test, num_classes, config)]
+            got = train_repeats(ref, todo, train, test, num_classes, config, teacher=teacher)
+            rows += [(str(ref), *row) for row in got]
     for got in parallel.gather_results(rows, "the evaluation's (model, repeat) jobs"):
         for row in got:
             store.add(*row)
@@ -177,12 +181,14 @@ def evaluate_model(
     progress: bool = False,
     store: RepeatStore | None = None,
     on_epoch: Callable[[list[int], int, float], None] | None = None,
+    teacher: Teacher | None = None,
 ) -> ModelResult:
     """Train and test one architecture `config.repeats` times: {"mean", "std", "runs" (each
     repeat's accuracy), "seconds"} (accuracies in %), and with `config.test_limit` N the same on
     the first N test images as "first". With `progress`, a bar on a terminal (one line per 30 s
     elsewhere) shows the repeat, the epoch and the time left. With `store`, each finished repeat
-    is appended there at once, and the repeats it already holds are reused, not trained again."""
+    is appended there at once, and the repeats it already holds are reused, not trained again.
+    `teacher`: the soft labels of `config.teacher`, loaded (`_teacher`)."""
     start = time.perf_counter()
     ref = ModelRef.parse(model)
     name = str(ref)
@@ -195,7 +201,7 @@ def evaluate_model(
     bar = Progress(name, len(todo) * config.epochs) if progress and todo else None
     hook = _epoch_hook(bar, on_epoch, config)
     train, test = (train_images, train_labels), (test_images, test_labels)
-    for r, acc, first, seconds in train_repeats(ref, todo, train, test, num_classes, config, hook):
+    for r, acc, first, seconds in train_repeats(ref, todo, train, test, num_classes, config, hook, teacher):
         accs[r], firsts[r] = acc, first
         if store is not None:
             store.add(name, r, acc, first, seconds)
@@ -223,6 +229,7 @@ def _evaluate(
     progress: bool = False,
     set_key: str = "",
     on_epoch: EpochHook | None = None,
+    zca: bool = False,
 ) -> EvalResult:
     start = time.perf_counter()
     refs = parse_models(models)  # every name and option checked before any work
@@ -230,6 +237,7 @@ def _evaluate(
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
     device = parallel.init(config.device)  # joins torchrun's group, if it started this process
     precision = resolve_precision(config.precision, device)
+    config, teacher = _teacher(config, data, zca, device)
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
@@ -238,7 +246,9 @@ def _evaluate(
         make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RepeatStore(out_dir, set_key, repeat_protocol_key(asdict(config), precision), write=main)
     if parallel.world_size() > 1:
-        shard_repeats(refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store)
+        shard_repeats(
+            refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store, teacher
+        )
         progress, on_epoch = False, None  # nothing is left to train
     results = {
         str(ref): evaluate_model(
@@ -252,6 +262,7 @@ def _evaluate(
             progress,
             store,
             _hook(on_epoch, str(ref)),
+            teacher,
         )
         for ref in refs
     }
@@ -275,6 +286,20 @@ def _evaluate(
             e.result = result  # computed all the same: the CLI prints it
             raise
     return result
+
+
+def _teacher(
+    config: EvalConfig, data: Dataset, zca: bool, device: torch.device
+) -> tuple[EvalConfig, Teacher | None]:
+    """The teacher `config.teacher` names, loaded on `device` and checked against the data and its
+    preprocessing, and the config with the teacher as `folder@<weights sha256, 16 hex>`: what the
+    protocol key and eval.json hold, so results of another teacher are never reused."""
+    if not config.teacher:
+        return config, None
+    folder = Path(config.teacher).resolve()
+    model, digest = pool.teacher(folder, data, zca)
+    teacher = Teacher(model.to(device), config.teacher_temperature)
+    return replace(config, teacher=f"{folder}@{digest[:16]}"), teacher
 
 
 def check_set(syn: SyntheticSet, data: Dataset) -> None:
@@ -350,13 +375,16 @@ def evaluate_set(
     data = as_dataset(dataset if dataset is not None else syn.dataset, data_root)
     check_set(syn, data)
     test_x = syn.preprocess()(data.test_images)
+    train = syn.decoded()  # a factor set trains on its decoded images
     kind = {"kind": "synthetic", "images": len(syn.labels), "ipc": syn.ipc}
+    if syn.factor != 1:
+        kind |= {"factor": syn.factor, "decoded_images": len(train[1])}
     kind |= {k: syn.meta[k] for k in ("method", "source", "experiment") if k in syn.meta}
-    key = set_id(
-        syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=json.dumps(syn.preprocess_meta)
-    )
-    train, test = (syn.images, syn.labels), (test_x, data.test_labels)
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    extra = json.dumps(syn.preprocess_meta) + (f",factor={syn.factor}" if syn.factor != 1 else "")
+    key = set_id(syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=extra)
+    test = (test_x, data.test_labels)
+    zca = bool(syn.preprocess_meta.get("zca"))
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch, zca)
 
 
 def evaluate_whole(
@@ -379,4 +407,4 @@ def evaluate_whole(
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     test = (prep(data.test_images), data.test_labels)
     key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch, zca)

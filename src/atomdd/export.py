@@ -2,6 +2,9 @@
 other tools read — an image folder of PNGs, the `.pt` layout of the published DC/DSA/DM/DataDAM
 code, and the Hugging Face `datasets` format (the `hf` extra).
 
+Every export holds the images a model trains on: a factor set's decoded images (`SyntheticSet.
+decoded`: each stored image's factor×factor tiles, upsampled, its label repeated), so a tool that
+knows nothing of factors trains on what atomdd's evaluation trains on.
 The set's images live in its model space (normalised, ZCA-whitened where the run used it); a model
 trained on them must see test images in the same space, so the view carries the set's fitted
 preprocessing (`SetDataset.prepare`). The `.pt` and `datasets` exports keep model space, exactly;
@@ -29,7 +32,8 @@ class SetDataset(TorchDataset):
     `prepare(images)` maps your own images (uint8 N×C×H×W, or floats in [0, 1]) into that space."""
 
     def __init__(self, syn: SyntheticSet) -> None:
-        self.images, self.labels = syn.images.float(), syn.labels
+        images, self.labels = syn.decoded()
+        self.images = images.float()
         self.classes = syn.classes
         self._prep = syn.preprocess()
 
@@ -51,15 +55,16 @@ def export(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
 
 
 def _image_folder(syn: SyntheticSet, out: Path) -> Path:
-    """out/<class>/<index>.png per image (what a person sees), and set.json: the labels in file
-    order and the preprocessing the PNGs were inverted from."""
+    """out/<class>/<index>.png per (decoded) image (what a person sees), and set.json: the labels in
+    file order and the preprocessing the PNGs were inverted from."""
     from PIL import Image
 
-    pixels = syn.preprocess().inverse(syn.images)  # [0, 1], clamped
+    images, labels = syn.decoded()
+    pixels = syn.preprocess().inverse(images)  # [0, 1], clamped
     uint8 = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    names = [_folder_name(c) for c in syn.classes] or [str(c) for c in range(int(syn.labels.max()) + 1)]
+    names = [_folder_name(c) for c in syn.classes] or [str(c) for c in range(int(labels.max()) + 1)]
     files = []
-    for i, (img, label) in enumerate(zip(uint8, syn.labels.tolist(), strict=True)):
+    for i, (img, label) in enumerate(zip(uint8, labels.tolist(), strict=True)):
         rel = f"{names[label]}/{i:05d}.png"
         make_folder(out / names[label])
         image = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
@@ -91,8 +96,9 @@ def _peer_pt(syn: SyntheticSet, out: Path) -> Path:
     import io
 
     path = out if out.suffix == ".pt" else out / "synthetic.pt"
+    images, labels = syn.decoded()
     buffer = io.BytesIO()
-    torch.save({"data": [[syn.images.float().clone(), syn.labels.clone()]], "accs_all_exps": {}}, buffer)
+    torch.save({"data": [[images.float().clone(), labels.clone()]], "accs_all_exps": {}}, buffer)
     write_bytes(path, buffer.getvalue())
     return path
 
@@ -106,8 +112,9 @@ def _hf(syn: SyntheticSet, out: Path) -> Path:
         raise AtomddError(
             "the Hugging Face export needs the `datasets` package: pip install 'atomdd[hf]'"
         ) from None
-    names = list(syn.classes) or [str(c) for c in range(int(syn.labels.max()) + 1)]
-    c, h, w = syn.images.shape[1:]
+    images, labels = syn.decoded()
+    names = list(syn.classes) or [str(c) for c in range(int(labels.max()) + 1)]
+    c, h, w = images.shape[1:]
     features = datasets.Features(
         {
             "image": datasets.Array3D(shape=(c, h, w), dtype="float32"),
@@ -118,6 +125,6 @@ def _hf(syn: SyntheticSet, out: Path) -> Path:
         description=json.dumps({"dataset": syn.dataset, "preprocess": syn.preprocess_meta, "meta": syn.meta}),
         features=features,
     )
-    data = {"image": syn.images.float().numpy(), "label": syn.labels.tolist()}
+    data = {"image": images.float().numpy(), "label": labels.tolist()}
     datasets.Dataset.from_dict(data, features=features, info=info).save_to_disk(str(out))
     return out

@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from atomdd.errors import AtomddError, refuse
 from atomdd.folders.layout import GRID_SUMMARY, RUN_FILE, SET_FILE, grid_member
 from atomdd.folders.read import gather, read_folder
 from atomdd.settings import CORESET_METHODS, help_meta
+
+if TYPE_CHECKING:
+    from atomdd.distillation.config import DistillConfig
 
 EVAL_MODEL = "convnet"
 
@@ -129,8 +132,8 @@ def make_set(
         # with other matching settings than the spec means now
         made = read_folder(folder, "grid").run
         want = make_config(budget.dataset, ipc, name, iterations=budget.iterations, seed=seed, **overrides)
-        had = DistillConfig.from_dict(made["config"]).match.to_dict()  # either run.json format
-        differ = {k: (had[k], v) for k, v in want.match.to_dict().items() if had[k] != v}
+        had = _spec_settings(DistillConfig.from_dict(made["config"]))  # either run.json format
+        differ = {k: (had[k], v) for k, v in _spec_settings(want).items() if had[k] != v}
         if differ:
             raise AtomddError(
                 f"{folder} was made with other settings than {spec!r} means now (made, now): {differ}; "
@@ -153,12 +156,21 @@ def make_set(
     )
 
 
+def _spec_settings(cfg: DistillConfig) -> dict[str, Any]:
+    """What a grid folder's name stands for: the loss, and the engine's options (factor images,
+    the pool and its interpolation)."""
+    return cfg.match.to_dict() | {k: getattr(cfg, k) for k in ("factor", "pool_dir", "pool_interp")}
+
+
 def finished(folder: Path, budget: Budget) -> dict | None:
-    """The evaluation (eval.json) of a set evaluated under this budget, else None."""
+    """The evaluation (eval.json) of a set evaluated under this budget, else None (also where the
+    latest evaluation there used CutMix or a teacher: the grid's numbers are hard-label ones)."""
     result = read_folder(Path(folder), "grid").evaluation
     if result is None:
         return None
     config = result["config"]
+    if config.get("cutmix", 0) or config.get("teacher"):
+        return None
     if config["epochs"] != budget.epochs or len(result["models"][EVAL_MODEL]["runs"]) != budget.repeats:
         return None
     if config.get("test_limit", 0) != budget.test_limit:

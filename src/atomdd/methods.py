@@ -3,7 +3,8 @@ the evaluation its published figures were made with, its help text and its place
 
 ATOM, its channel-only variant, DataDAM and DM are one loss with other weights (`matching.py`);
 the `*-code` presets are those methods as their published code runs them, every difference from
-our defaults an ordinary setting a user can switch back (docs/reproduce.md). The order here is the
+our defaults an ordinary setting a user can switch back (docs/reproduce.md); the `-plus` presets add
+the family's ideas beyond the loss (docs/beyond.md). The order here is the
 order of the report's tables (after the coresets). No torch at import: the CLI lists them.
 """
 
@@ -14,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from atomdd.errors import unknown_name
-from atomdd.settings import CORESET_METHODS, MatchConfig
+from atomdd.settings import CORESET_METHODS, POOL_DEFAULT, MatchConfig
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ def _frozen(**settings: Any) -> MappingProxyType:
 # activations of every block but the last, the initial images whitened again by a ZCA refitted on
 # them (where the data is whitened), 20 000 iterations.
 _DATADAM_CODE = _frozen(norm="batchnorm", bn_batch="all", zca_refit=True, iterations=20000)
+
+# What DANCE and NCFM add beyond their loss (docs/beyond.md): factor-2 images, the step's network
+# from the dataset's default pool of trained networks (`atomdd pool`) mixed with its initial
+# weights, and the calibration term (`MatchConfig.calib`, their weight 1)
+_BEYOND = _frozen(factor=2, pool_dir=POOL_DEFAULT, pool_interp=True)
 
 _LIST = (
     Method(
@@ -86,6 +92,21 @@ _LIST = (
         "ATOM in DataDAM's published code: datadam-code with the channel term added (same power and layers)",
         settings=_DATADAM_CODE,
         evaluation="datadam-code",
+    ),
+    Method(
+        "dm-plus",
+        MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=1.0, calib=1.0),
+        "DM with the family's ideas: factor-2 images, the dataset's default pool of trained networks "
+        "with interpolation, calibration 1 (needs `atomdd pool`)",
+        settings=_BEYOND,
+        batch_real=256,
+    ),
+    Method(
+        "atom-plus",
+        MatchConfig(spatial=1.0, channel=1.0, embedding=0.01, calib=1.0),
+        "ATOM with the family's ideas: factor-2 images, the dataset's default pool of trained networks "
+        "with interpolation, calibration 1 (needs `atomdd pool`)",
+        settings=_BEYOND,
     ),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _LIST}

@@ -234,7 +234,7 @@ class Context:
 
         if proxy in self.sets:
             syn, test = self.sets[proxy]  # tested in the set's own preprocessing
-            return (syn.images, syn.labels), (test, self.data.test_labels)
+            return syn.decoded(), (test, self.data.test_labels)
         if self._whole is None:  # prepared on first use (a ZCA fit on CIFAR-10 takes a minute)
             prep = self.data.preprocess(self.settings.zca)
             self._whole = (prep(self.data.train_images), self.data.train_labels)

@@ -1,9 +1,12 @@
 """A small labelled set of images in a model's input space, its on-disk format, and peers' sets.
 
 Distillation, coresets and peers' `.pt` sets all become a `SyntheticSet`, so evaluation has one
-input. On disk: `synthetic.safetensors` holds the images, the labels and the tensors of the
-preprocessing (e.g. the ZCA matrices, needed to show the images and to preprocess the test set the
-same way); its metadata holds the dataset name, hash, class names and the preprocessing settings.
+input. A set made with factor images (`factor` f > 1, IDC's idea) stores each image as f×f tiles;
+`decoded()` gives the images a model trains on, and every consumer (evaluation, pictures, NAS
+proxies, exports) reads the set through it. On disk: `synthetic.safetensors` holds the images, the
+labels and the tensors of the preprocessing (e.g. the ZCA matrices, needed to show the images and to
+preprocess the test set the same way); its metadata holds the dataset name, hash, class names, the
+preprocessing settings and the factor (absent: 1).
 Nothing is unpickled when loading. Peers' `.pt` files (DC/DSA/DM/DataDAM's code) are read with
 `weights_only=True` and become a `SyntheticSet` too (`load_peer_set`, `load_any`).
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
@@ -36,6 +40,40 @@ if TYPE_CHECKING:
 _PREP = "preprocess."
 
 
+def factor_problem(factor: object, size: tuple[int, ...]) -> str | None:
+    """Why `factor` cannot split H×W images `size` into factor×factor tiles, or None."""
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        return f"factor={factor!r}: a whole number ≥ 1 (tiles per side of a stored image)"
+    if any(s % factor for s in size):
+        return f"factor={factor} does not divide the {'×'.join(map(str, size))} images into equal tiles"
+    return None
+
+
+def decode(images: torch.Tensor, labels: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each N×C×H×W stored image as its factor×factor tiles (row by row), each upsampled
+    (bilinear) to H×W, with its label: N·f² images, each image's tiles together, so a class-major
+    set stays class-major. Differentiable; factor 1 returns the images themselves."""
+    if factor == 1:
+        return images, labels
+    n, c, h, w = images.shape
+    tiles = images.reshape(n, c, factor, h // factor, factor, w // factor).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * factor * factor, c, h // factor, w // factor)
+    up = F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+    return up, labels.repeat_interleave(factor * factor)
+
+
+def encode(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """N·f² images as N stored images: each consecutive f² downscaled ×1/f (the mean of each
+    f×f block) and tiled row by row, the inverse layout of `decode` (the initial factor images)."""
+    if factor == 1:
+        return images
+    m, c, h, w = images.shape
+    small = F.avg_pool2d(images, factor)  # m × c × h/f × w/f
+    n = m // (factor * factor)
+    grid = small.reshape(n, factor, factor, c, h // factor, w // factor).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(n, c, h, w)
+
+
 @dataclass
 class SyntheticSet:
     images: torch.Tensor  # N×C×H×W float32, model input space (normalised, ZCA-whitened if used)
@@ -47,6 +85,7 @@ class SyntheticSet:
     meta: dict = field(default_factory=dict)  # method, ipc, dataset hash, ...
     # N×K class probabilities (e.g. a teacher's), kept beside the hard labels; None: hard labels only
     soft_labels: torch.Tensor | None = None
+    factor: int = 1  # each stored image holds factor×factor tiles (`decode`)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.labels.shape != (self.images.shape[0],):
@@ -67,9 +106,19 @@ class SyntheticSet:
                 f"soft labels must be finite N×K floats, one row per image ({len(self.labels)}), got "
                 f"{soft.dtype} {tuple(soft.shape)}"
             )
+        if problem := factor_problem(self.factor, tuple(self.images.shape[2:])):
+            raise AtomddError(f"a synthetic set's {problem}")
 
     @classmethod
-    def of(cls, images: torch.Tensor, labels: torch.Tensor, data: Dataset, prep: Preprocess, meta: dict):
+    def of(
+        cls,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        data: Dataset,
+        prep: Preprocess,
+        meta: dict,
+        factor: int = 1,
+    ):
         """A set of `data` whose model-space `images` were made with the fitted `prep`."""
         return cls(
             images=images,
@@ -79,12 +128,19 @@ class SyntheticSet:
             preprocess_tensors=prep.tensors(),
             preprocess_meta=prep.meta(),
             meta=meta,
+            factor=factor,
         )
 
     @property
     def ipc(self) -> int:
+        """Stored images per class (a factor set trains on ipc·factor² a class)."""
         counts = torch.bincount(self.labels)
         return int(counts.max()) if counts.numel() else 0
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) a model trains on: the stored ones, or with `factor` > 1 their tiles
+        upsampled (`decode`)."""
+        return decode(self.images, self.labels, self.factor)
 
     def preprocess(self):
         """The fitted preprocessing these images live in (to invert them or to prepare test images)."""
@@ -107,6 +163,8 @@ class SyntheticSet:
             "preprocess": json.dumps(self.preprocess_meta),
             "meta": json.dumps(self.meta, default=str),
         }
+        if self.factor != 1:  # absent: 1 (every file written before factor images)
+            metadata["factor"] = str(self.factor)
         save_safetensors(path, tensors, metadata)  # the same set gives the same bytes
         return path
 
@@ -125,6 +183,7 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
         prep_meta = json.loads(metadata.get("preprocess", "{}"))
         classes = json.loads(metadata.get("classes", "[]"))
         meta = json.loads(metadata.get("meta", "{}"))
+        factor = int(metadata.get("factor", "1"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
         raise AtomddError(f"{file} is corrupt or not a synthetic set written by atomdd: {e}") from None
     if "images" not in tensors or "labels" not in tensors or "dataset" not in metadata:
@@ -145,6 +204,7 @@ def load_synthetic(path: str | Path) -> SyntheticSet:
         preprocess_meta=prep_meta,
         meta=meta,
         soft_labels=tensors.get("soft_labels"),
+        factor=factor,
     )
     try:  # the preprocessing must rebuild (evaluation needs it): check now, not after training
         syn.preprocess()

@@ -80,6 +80,11 @@ class TrainConfig:
         metadata=help_meta("train the repeats together (default: on CUDA only; slower on CPU, see README)"),
     )
     stack_size: int = 0  # at most this many repeats per stack (bounds memory); 0 = all at once
+    # CutMix (Yun et al.; DD-Ranking's evaluation option): each training batch, with this
+    # probability, gets a box of its images pasted from a shuffled copy, labels mixed by area (β 1)
+    cutmix: float = field(
+        default=0.0, metadata=help_meta("CutMix probability per training batch (β 1); 0: none (default)")
+    )
     runs: InitVar[int | None] = None  # the old name of `repeats`
 
     def __post_init__(self, runs: int | None = None) -> None:
@@ -89,7 +94,7 @@ class TrainConfig:
         refuse("evaluation setting(s)", self.problems())
 
     def problems(self) -> list[str]:
-        floats = ("lr", "momentum", "weight_decay", "lr_decay", "decay_at")
+        floats = ("lr", "momentum", "weight_decay", "lr_decay", "decay_at", "cutmix")
         if nonfinite := not_finite(self, floats):
             return nonfinite
         positive = ("epochs", "repeats", "batch_size", "test_batch")
@@ -100,6 +105,8 @@ class TrainConfig:
             bad.append(f"decay_at={self.decay_at} (a fraction of the epochs, 0–1)")
         if self.stack_size < 0:
             bad.append(f"stack_size={self.stack_size} (0 means all repeats in one stack)")
+        if not 0 <= self.cutmix <= 1:
+            bad.append(f"cutmix={self.cutmix} (a probability, 0–1)")
         if self.precision not in PRECISIONS:
             bad.append(f"precision={self.precision!r} (one of {', '.join(PRECISIONS)})")
         if problem := dsa_problem(self.dsa):  # an unknown operation is an error now, not mid-run
@@ -158,6 +165,16 @@ class EvalConfig(TrainConfig):
         ),
     )
 
+    # soft labels from a trained network (DD-Ranking's evaluation option): a pool folder (`atomdd
+    # pool`) whose first member's last snapshot labels each augmented training batch; the models
+    # train on the KL divergence to its softened outputs instead of the hard labels
+    teacher: str = field(
+        default="", metadata=help_meta("a pool folder: its first network's soft labels (KL) replace labels")
+    )
+    teacher_temperature: float = field(
+        default=1.0, metadata=help_meta("the teacher's softmax temperature (default 1)")
+    )
+
     @classmethod
     def from_preset(cls, name: str = "", **overrides: Any) -> EvalConfig:
         """The evaluation preset `name` (none: the defaults), then `overrides`."""
@@ -169,6 +186,10 @@ class EvalConfig(TrainConfig):
             bad.append(str(unknown_name("evaluation preset", self.preset, list(EVAL_PRESETS))))
         if self.test_limit < 0:
             bad.append(f"test_limit={self.test_limit} (0 means no separate first-N accuracy)")
+        if not (math.isfinite(self.teacher_temperature) and self.teacher_temperature > 0):
+            bad.append(f"teacher_temperature={self.teacher_temperature} (must be > 0)")
+        elif self.teacher_temperature != 1.0 and not self.teacher:
+            bad.append("teacher_temperature softens a teacher's outputs: it needs teacher=POOL_FOLDER")
         return bad
 
 
@@ -205,6 +226,65 @@ class CoresetConfig:
         return bad
 
 
+# a distillation's `pool_dir` that names the dataset's default pool folder (`pool.default_folder`)
+POOL_DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A pool of trained networks (`pool.py`, `atomdd pool`): what is trained, how long, and which
+    epochs are kept. Members train as the evaluation trains its models (`TrainConfig`'s momentum,
+    weight decay, lr drop at half the epochs, DSA), on the whole real train set. The defaults
+    are the affordable form of DSDM's 10 × 20 epochs and DANCE's 20 × 60 on two CPU cores."""
+
+    dataset: str = field(default="cifar10", metadata=help_meta("its real train images (default cifar10)"))
+    model: str = field(default="convnet", metadata=help_meta("the architecture, a model reference"))
+    # None: as the dataset's distillation preset (ZCA for CIFAR), so a run with defaults can use it
+    zca: bool | None = field(
+        default=None, metadata=help_meta("train on ZCA-whitened images (default: as the dataset's preset)")
+    )
+    members: int = field(default=3, metadata=help_meta("networks in the pool (default 3)"))
+    epochs: int = field(default=10, metadata=help_meta("training epochs of each network (default 10)"))
+    snapshot_every: int = field(
+        default=2, metadata=help_meta("keep the weights every N epochs, and at the last (default 2)")
+    )
+    lr: float = 0.01
+    batch_size: int = 256
+    dsa: str = DSA_DEFAULT
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        refuse("pool setting(s)", self.problems())
+
+    def problems(self) -> list[str]:
+        if bad := not_finite(self, ("lr",)):
+            return bad
+        positive = ("members", "epochs", "snapshot_every", "batch_size")
+        bad = [f"{k}={getattr(self, k)} (at least 1)" for k in positive if getattr(self, k) < 1]
+        if self.lr <= 0:
+            bad.append(f"lr={self.lr} (must be > 0)")
+        if problem := dsa_problem(self.dsa):
+            bad.append(problem)
+        return bad
+
+    def snapshots(self) -> list[int]:
+        """The epochs whose weights are kept besides epoch 0: every `snapshot_every`, and the last."""
+        return sorted({*range(self.snapshot_every, self.epochs + 1, self.snapshot_every), self.epochs})
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            repeats=self.members,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            dsa=self.dsa,
+            seed=self.seed,
+            device=self.device,
+        )
+
+
 @dataclass(frozen=True)
 class MatchConfig:
     """The matching loss (`matching.py`): the weights of its terms, the attention powers, the
@@ -219,17 +299,27 @@ class MatchConfig:
     scale: float = 100.0  # common factor; behaves like the image learning rate
     distance: str = field(
         default=DISTANCE,
-        metadata=help_meta(f"between real and synthetic class means: {' | '.join(DISTANCES)}"),
+        metadata=help_meta(
+            f"of the embedding term, real against synthetic: {' | '.join(DISTANCES)} (docs/beyond.md)"
+        ),
+    )
+    # calibration (IDM, DANCE, NCFM): + calib · Σ_k mean cross-entropy of class k's augmented
+    # synthetic images under the step's network (its classifier); not multiplied by `scale`
+    calib: float = field(
+        default=0.0,
+        metadata=help_meta(
+            "weight of the synthetic images' cross-entropy under the step's network (needs pool_dir)"
+        ),
     )
 
     def __post_init__(self) -> None:
         refuse("matching setting(s)", self.problems())
 
     def problems(self) -> list[str]:
-        floats = ("spatial", "channel", "embedding", "p_spatial", "p_channel", "scale")
+        floats = ("spatial", "channel", "embedding", "p_spatial", "p_channel", "scale", "calib")
         if bad := not_finite(self, floats):
             return bad
-        if min(self.spatial, self.channel, self.embedding) < 0 or self.scale <= 0:
+        if min(self.spatial, self.channel, self.embedding, self.calib) < 0 or self.scale <= 0:
             bad.append("matching weights must be ≥ 0 and scale > 0")
         if self.spatial == self.channel == self.embedding == 0:
             bad.append("all matching weights are zero: nothing to match")

@@ -57,8 +57,8 @@ class DistillLog:
 
         if self.w is None:
             return
-        images, _ = display_images(syn)
-        img = grid_image(images, syn.labels, class_names=syn.classes)
+        images, labels, _ = display_images(syn)
+        img = grid_image(images, labels, class_names=syn.classes)
         self.w.add_image("distill/synthetic", np.asarray(img), step, dataformats="HWC")
 
     def close(self) -> None:

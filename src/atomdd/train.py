@@ -9,13 +9,21 @@ and its augmentations from seeds derived from (seed, r) alone, and the batched a
 paths consume them in the same order through one training loop (`_fit`), so both give the same
 per-repeat results (to float tolerance). Batch-norm models work in the batched path too: their
 running statistics are stacked buffers updated in place under vmap.
+
+Two options change what a batch teaches (DD-Ranking's evaluation options, reported apart from the
+hard-label protocol): CutMix (`TrainConfig.cutmix`, drawn from each repeat's own stream, so the
+augmentations stay those of the hard-label protocol) and a `Teacher`, whose softened outputs on each
+augmented batch replace the labels. Either makes the targets probabilities, and the loss the KL
+divergence to them (for CutMix's mixed labels, the gradient of CutMix's λ-weighted cross-entropies).
+`train_models`' `on_weights` hook hands out the weights after any epoch (a pool's snapshots).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
@@ -51,10 +59,12 @@ def init_models(
 
 
 class _RepeatStream:
-    """The random choices of one repeat (batch order, augmentations), drawn in protocol order."""
+    """The random choices of one repeat (batch order, augmentations), drawn in protocol order; CutMix
+    draws from a stream of its own (`mix`), so the others are those of the hard-label protocol."""
 
     def __init__(self, seed: int, repeat: int, dsa: DSAConfig, size: tuple[int, int]) -> None:
         self.gen = torch.Generator().manual_seed(repeat_seed(seed, repeat, "train"))
+        self.mix = torch.Generator().manual_seed(repeat_seed(seed, repeat, "cutmix"))
         self.dsa = dsa if dsa.ops() else None
         self.size = size
 
@@ -63,6 +73,68 @@ class _RepeatStream:
 
     def draw(self, count: int) -> Draw | None:
         return draw(count, self.size, self.gen, self.dsa) if self.dsa is not None else None
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A trained network whose softened outputs on each augmented batch are the targets: the
+    student trains on KL(softmax(teacher/T) ‖ softmax(student/T)) · T² (Hinton's scaling)."""
+
+    model: nn.Module
+    temperature: float = 1.0
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.model(x).float() / self.temperature, -1)
+
+
+def cutmix(x: torch.Tensor, target: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019) with β = 1: λ ~ U(0, 1), a box of (1 − λ) of the area at a uniform
+    centre (clipped at the edges) pasted into every image from the same batch shuffled, and the
+    targets (B×K probabilities) mixed by the box's real area."""
+    b, _, h, w = x.shape
+    lam = float(torch.rand((), generator=gen))
+    perm = torch.randperm(b, generator=gen).to(x.device)
+    cy, cx = (int(torch.randint(n, (), generator=gen)) for n in (h, w))
+    side = math.sqrt(1.0 - lam)
+    ch, cw = int(h * side), int(w * side)
+    r0, r1 = min(max(cy - ch // 2, 0), h), min(max(cy + ch // 2, 0), h)
+    c0, c1 = min(max(cx - cw // 2, 0), w), min(max(cx + cw // 2, 0), w)
+    mixed = x.clone()
+    mixed[:, :, r0:r1, c0:c1] = x[perm, :, r0:r1, c0:c1]
+    area = (r1 - r0) * (c1 - c0) / (h * w)
+    return mixed, (1.0 - area) * target + area * target[perm]
+
+
+def _soft_batch(
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    streams: list[_RepeatStream],
+    config: TrainConfig,
+    num_classes: int,
+    teacher: Teacher | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of R repeats (R·B images, R×B labels) with CutMix applied per repeat (with
+    probability `config.cutmix`, from its own stream), and its targets, R×B×K probabilities: the
+    teacher's of the images as mixed, else the labels (mixed by area)."""
+    b = yb.shape[1]
+    images, targets = [], []
+    for s, x, y in zip(streams, xb.split(b), yb, strict=True):
+        t = F.one_hot(y, num_classes).float()
+        if config.cutmix and float(torch.rand((), generator=s.mix)) < config.cutmix:
+            x, t = cutmix(x, t, s.mix)
+        images.append(x)
+        targets.append(t)
+    xb, target = torch.cat(images), torch.stack(targets)
+    if teacher is not None:
+        target = teacher.targets(xb).view_as(target)
+    return xb, target
+
+
+def _kl(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per sample, KL(target ‖ softmax(logits / T)) · T²."""
+    log_q = F.log_softmax(logits.float() / temperature, -1)
+    return F.kl_div(log_q, target, reduction="none").sum(-1) * temperature**2
 
 
 def _cat_draws(draws: list[Draw]) -> Draw:
@@ -127,14 +199,22 @@ class _One:
     def mode(self, train: bool) -> None:
         self.model.train(train)
 
-    def loss(self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def loss(
+        self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """The batch's mean loss: cross-entropy with labels (1×B), KL with probabilities (1×B×K)."""
         with _autocast(device, self.precision):
             logits = self.model(xb)
+        if yb.is_floating_point():
+            return _kl(logits, yb.flatten(0, 1), temperature).mean()
         return F.cross_entropy(logits.float(), yb.flatten())
 
     def predict(self, xb: torch.Tensor, device: torch.device) -> torch.Tensor:
         with _autocast(device, self.precision):
             return self.model(xb).argmax(-1)[None]
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        return [{k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}]
 
     def finish(self) -> None:
         pass
@@ -170,16 +250,27 @@ class _Stack:
     def mode(self, train: bool) -> None:
         self.base.train(train)
 
-    def loss(self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> torch.Tensor:
-        r, b = yb.shape
+    def loss(
+        self, xb: torch.Tensor, yb: torch.Tensor, device: torch.device, temperature: float = 1.0
+    ) -> torch.Tensor:
+        r, b = yb.shape[:2]
         with _autocast(device, self.precision):
             logits = self(xb.view(r, b, *xb.shape[1:]))
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none")
+        if yb.is_floating_point():
+            loss = _kl(logits.flatten(0, 1), yb.flatten(0, 1), temperature)
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="none")
         return loss.view(r, b).mean(1).sum()  # each repeat's loss is its own batch mean
 
     def predict(self, xb: torch.Tensor, device: torch.device) -> torch.Tensor:
         with _autocast(device, self.precision):
             return self(xb, shared=True).argmax(-1)
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        """Each repeat's weights as its model's state dict (its slice of the stacks), on the CPU."""
+        names = [name for name, _ in (*self.models[0].named_parameters(), *self.models[0].named_buffers())]
+        stacked = self.params | self.buffers
+        return [{n: stacked[n][r].detach().cpu().clone() for n in names} for r in range(len(self.models))]
 
     def finish(self) -> None:
         """Copy the stacked state into the individual models."""
@@ -202,11 +293,15 @@ def train_models(
     config: TrainConfig = TrainConfig(),
     repeats: Sequence[int] | None = None,
     on_epoch: Callable[[list[int], int, torch.Tensor], None] | None = None,
+    teacher: Teacher | None = None,
+    on_weights: Callable[[list[int], int, Callable[[], list[dict[str, torch.Tensor]]]], None] | None = None,
 ) -> list[FeatureModel]:
     """Train `config.repeats` fresh models (or the given repeat numbers) on model-space `images`.
     `on_epoch(repeats, epoch, loss)`, if given, is called after every epoch (counted from 1) of
     every group of repeats trained together, with their mean training loss as a 0-d tensor (read it only
-    when needed: reading it waits for the device).
+    when needed: reading it waits for the device). `teacher`: its soft labels replace the labels.
+    `on_weights(repeats, epoch, states)`, after every epoch too: `states()` gives those repeats'
+    weights (state dicts on the CPU), copied only when called.
 
     The precision is used as given (resolve it first with `hardware.resolve_precision`, as
     `evaluate_set` does); the device is `config.device`. Returns the trained models, on that device.
@@ -221,8 +316,10 @@ def train_models(
     batched = use_batched(config, device)
     for part in _stacks(len(repeats), config, batched):
         group = _group([models[i] for i in part], config.precision, batched)
-        hook = partial(on_epoch, [repeats[i] for i in part]) if on_epoch is not None else None
-        _fit(group, [streams[i] for i in part], x, y, config, device, hook)
+        mine = [repeats[i] for i in part]
+        hook = partial(on_epoch, mine) if on_epoch is not None else None
+        weights = partial(on_weights, mine) if on_weights is not None else None
+        _fit(group, [streams[i] for i in part], x, y, config, device, num_classes, hook, teacher, weights)
     return models
 
 
@@ -233,9 +330,15 @@ def _fit(
     y: torch.Tensor,
     config: TrainConfig,
     device: torch.device,
+    num_classes: int,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+    teacher: Teacher | None = None,
+    on_weights: Callable[[int, Callable[[], list[dict[str, torch.Tensor]]]], None] | None = None,
 ) -> None:
-    """The training loop of a group of repeats: the schedule, the batches and the augmentations."""
+    """The training loop of a group of repeats: the schedule, the batches and the augmentations
+    (then CutMix and the teacher's targets, where asked for)."""
+    soft = bool(config.cutmix) or teacher is not None
+    temperature = teacher.temperature if teacher is not None else 1.0
     opt = torch.optim.SGD(
         group.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -251,7 +354,10 @@ def _fit(
             draws = [s.draw(idx.shape[1]) for s in streams]
             if draws[0] is not None:
                 xb = _cat_draws(draws).to(device).apply(xb)
-            loss = group.loss(xb, y[idx], device)
+            yb = y[idx]
+            if soft:
+                xb, yb = _soft_batch(xb, yb, streams, config, num_classes, teacher)
+            loss = group.loss(xb, yb, device, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,6 +365,8 @@ def _fit(
                 total, batches = total + loss.detach(), batches + 1
         if on_epoch is not None:  # the group's loss sums its repeats' batch means
             on_epoch(epoch + 1, total / (max(batches, 1) * len(streams)))
+        if on_weights is not None:
+            on_weights(epoch + 1, group.states)
     group.finish()
 
 

@@ -12,7 +12,15 @@ from atomdd.config import coerce, load_config_file
 from atomdd.errors import AtomddError, refuse
 from atomdd.io import derive_seed
 from atomdd.methods import get_method
-from atomdd.settings import DSA_DEFAULT, PRECISIONS, MatchConfig, dsa_problem, not_finite
+from atomdd.settings import (
+    DSA_DEFAULT,
+    POOL_DEFAULT,
+    PRECISIONS,
+    MatchConfig,
+    dsa_problem,
+    help_meta,
+    not_finite,
+)
 
 if TYPE_CHECKING:
     from atomdd.models import ModelRef
@@ -76,6 +84,23 @@ class DistillConfig:
     # class's real images in one call, its synthetic images in another) or "all" (every class's real
     # images in one call, every synthetic image in another: the published DataDAM code; one process)
     bn_batch: str = "class"
+    # factor images (IDC, IDM, DANCE, DSDM, NCFM): each stored image holds factor×factor tiles,
+    # each upsampled to a whole image when decoded (`sets.decode`), so IPC n trains on n·factor²
+    factor: int = field(
+        default=1, metadata=help_meta("tiles per side of each stored image (IDC's factor; default 1: none)")
+    )
+    # the step's network from a pool of trained networks (DSDM, DANCE, NCFM) instead of a random one
+    # (named pool_dir: `pool` is ConvNet's pooling, a flat model key)
+    pool_dir: str = field(
+        default="",
+        metadata=help_meta(
+            f"a pool folder (`atomdd pool`), or '{POOL_DEFAULT}': DATA_ROOT/pools/<dataset>-<model>[-zca]"
+        ),
+    )
+    pool_interp: bool = field(
+        default=False,
+        metadata=help_meta("each step's pool network mixed with its initial weights, l ~ U(0, 1) (DANCE)"),
+    )
     match: MatchConfig = field(default_factory=MatchConfig)  # the loss (defaults: ATOM's)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -98,6 +123,14 @@ class DistillConfig:
             bad.append(f"bn_batch={self.bn_batch!r}: choose one of {', '.join(BN_BATCHES)}")
         if self.zca_refit and not self.zca:
             bad.append("zca_refit whitens the initial images again, so it needs zca=true")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 1:
+            bad.append(f"factor={self.factor!r}: a whole number ≥ 1")
+        if not self.pool_dir and (self.pool_interp or self.match.calib > 0):
+            wanted = "pool_interp" if self.pool_interp else f"calib={self.match.calib}"
+            bad.append(
+                f"{wanted} needs a pool of trained networks (a random network's outputs mean nothing): "
+                f"give pool_dir=FOLDER or pool_dir={POOL_DEFAULT} (build one with `atomdd pool`)"
+            )
         if problem := dsa_problem(self.dsa):
             bad.append(problem)
         try:

@@ -278,7 +278,17 @@ class Distiller:
             "config": asdict(self.cfg),
         }
         syn = self.shards.gather(self.syn, "the set's gather", everywhere=True)
-        return SyntheticSet.of(syn.cpu().clone(), self.labels.clone(), self.data, self.prep, meta)
+        return SyntheticSet.of(
+            syn.cpu().clone(), self.labels.clone(), self.data, self.prep, meta, factor=self.cfg.factor
+        )
+
+    def _pool_record(self) -> dict[str, Any] | None:
+        """The pool the steps matched through: its folder and identity (None: random networks)."""
+        pool = self.task.pool
+        if pool is None:
+            return None
+        members = [round(d["accuracy"], 2) for d in pool.record["done"]]
+        return {"folder": str(pool.folder), "weights_sha256": pool.digest, "accuracy": members}
 
     def _record(self, status: str, seconds: float, steps_run: int = 0) -> dict[str, Any]:
         return {
@@ -289,6 +299,7 @@ class Distiller:
                 "precision": self.precision,
                 "batch_real": self.task.batch_real,
                 "zca_refit": self.refit,  # the refit of the initial images (None: none)
+                "pool": self._pool_record(),
             },
             "versions": versions(),
             "dataset": self.data.summary(),

@@ -1,8 +1,11 @@
-"""One distillation step, pure: synthetic pixels matched to real data through a random, frozen network.
+"""One distillation step, pure: synthetic pixels matched to real data through a frozen network.
 
-A step draws a fresh network, a real batch per class and one augmentation per class from seeds
-derived from (seed, step) alone, so its result does not depend on what ran before it: resuming
-from a checkpoint, or sharding classes over processes, reproduces the same run. A `Task` holds the
+A step draws its network (a fresh random one, or with `pool_dir` a trained one: a pool member at one
+of its snapshots, optionally mixed with its initial weights), a real batch per class and one
+augmentation per class from seeds derived from (seed, step) alone, so its result does not depend
+on what ran before it: resuming from a checkpoint, or sharding classes over processes, reproduces
+the same run. A factor set's stored images are decoded (`sets.decode`) before the augmentation, so
+the statistics and the calibration see ipc·factor² images a class. A `Task` holds the
 real images of its own range of classes (a torchrun rank's share, `parallel.share`; all classes in
 one process), and `loss_and_grad` works on any range within it; the classes of a range
 go through one forward pass (instance norm keeps samples independent), in chunks only to bound
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from atomdd.augment import DSAConfig, draw
 from atomdd.data import Dataset
@@ -23,21 +27,50 @@ from atomdd.errors import AtomddError
 from atomdd.matching import class_statistics, matching_loss
 from atomdd.models import FeatureModel, seeded_model
 from atomdd.parallel import chunks
+from atomdd.pool import Pool, for_run
+from atomdd.sets import decode, encode, factor_problem
 from atomdd.settings import MatchConfig
 
 
 def generator(seed: int, step: int, purpose: str) -> torch.Generator:
-    """The CPU generator of one purpose ("net", "real", "aug", "init") at one step."""
+    """The CPU generator of one purpose ("net", "pool", "real", "aug", "init") at one step."""
     return torch.Generator().manual_seed(step_seed(seed, step, purpose))
 
 
+def run_pool(cfg: DistillConfig) -> Pool | None:
+    """The pool a run's `pool_dir` setting names, loaded (None without one)."""
+    if not cfg.pool_dir:
+        return None
+    return for_run(cfg.pool_dir, cfg.dataset, cfg.model, cfg.zca, cfg.run.data_root)
+
+
+def pool_pick(seed: int, step: int, pool: Pool) -> tuple[int, int, float]:
+    """The (member, snapshot epoch) of `pool` step `step` matches through, and its interpolation
+    weight l ~ U(0, 1) (drawn whether used or not): from (seed, step) alone, so a resumed run and
+    every rank pick the same."""
+    gen = generator(seed, step, "pool")
+    member, epoch = pool.choices[int(torch.randint(len(pool.choices), (), generator=gen))]
+    return member, epoch, float(torch.rand((), generator=gen))
+
+
 def network(
-    cfg: DistillConfig, channels: int, num_classes: int, image_size: tuple[int, int], step: int, device
+    cfg: DistillConfig,
+    channels: int,
+    num_classes: int,
+    image_size: tuple[int, int],
+    step: int,
+    device,
+    pool: Pool | None = None,
 ) -> FeatureModel:
-    """A freshly initialised, frozen network, the same for a given (seed, step) on any device."""
-    seed = step_seed(cfg.seed, step, "net")
-    name = cfg.model_ref().name
-    net = seeded_model(seed, name, channels, num_classes, image_size, **cfg.model_options())
+    """The step's frozen network, the same for a given (seed, step) on any device: freshly
+    initialised, or from `pool` (`pool_pick`; mixed with its initial weights with `pool_interp`)."""
+    if pool is None:
+        seed = step_seed(cfg.seed, step, "net")
+        name = cfg.model_ref().name
+        net = seeded_model(seed, name, channels, num_classes, image_size, **cfg.model_options())
+    else:
+        member, epoch, mix = pool_pick(cfg.seed, step, pool)
+        net = pool.network(member, epoch, mix if cfg.pool_interp else None)
     net.requires_grad_(False)
     return net.to(device).train()
 
@@ -63,6 +96,7 @@ class Task:
     num_blocks: int
     own: range  # the classes whose real images and synthetic pixels this process holds
     batch_norm: bool  # the backbone has batch norm: a forward call's batch decides its statistics
+    pool: Pool | None  # the trained networks steps match through (None: random ones)
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +112,8 @@ class Task:
         precision: str,
         own: range | None = None,
     ) -> Task:
+        if problem := factor_problem(cfg.factor, data.image_size):
+            raise AtomddError(problem)
         counts = torch.bincount(data.train_labels, minlength=data.num_classes)
         for c, n in enumerate(counts.tolist()):
             if n == 0:
@@ -85,11 +121,13 @@ class Task:
                     f"class {data.classes[c]!r} of {cfg.dataset} has no train images, so it cannot be "
                     "distilled; give every class at least one train image"
                 )
+        per_class = cfg.ipc * cfg.factor**2  # real images the initial set is made of
         for c, n in enumerate(counts.tolist()):
-            if cfg.ipc > n:
+            if per_class > n:
+                ipc = f"ipc={cfg.ipc}" + (f" × factor² = {per_class}" if cfg.factor > 1 else "")
                 raise AtomddError(
-                    f"ipc={cfg.ipc} but class {data.classes[c]!r} of {cfg.dataset} has only {n} train "
-                    f"images; choose ipc from 1 to {int(counts.min())}"
+                    f"{ipc} but class {data.classes[c]!r} of {cfg.dataset} has only {n} train "
+                    f"images; choose ipc from 1 to {int(counts.min()) // cfg.factor**2}"
                 )
         own = range(data.num_classes) if own is None else own
         class_idx = data.class_indices()
@@ -106,7 +144,10 @@ class Task:
                 else torch.zeros(n, dtype=torch.long)
                 for c, n in enumerate(counts.tolist())
             ]
-        net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device)
+        pool = run_pool(cfg)
+        if pool is not None:
+            pool.check(data, prep.zca is not None, cfg.model, "this run")
+        net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device, pool)
         batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
         if batch_norm and cfg.bn_batch == "all" and len(own) < data.num_classes:
             raise AtomddError(
@@ -133,10 +174,18 @@ class Task:
             num_blocks=len(net.features(prep(images[:1]).to(device)).activations),
             own=own,
             batch_norm=batch_norm,
+            pool=pool,
         )
 
+    @property
+    def per_class(self) -> int:
+        """Synthetic images a class trains on: ipc, times factor² decoded tiles."""
+        return self.cfg.ipc * self.cfg.factor**2
+
     def network(self, step: int) -> FeatureModel:
-        return network(self.cfg, self.channels, self.num_classes, self.image_size, step, self.device)
+        return network(
+            self.cfg, self.channels, self.num_classes, self.image_size, step, self.device, self.pool
+        )
 
     def real_images(self, idx: torch.Tensor) -> torch.Tensor:
         """The real images at `idx` (into `real`), in model space."""
@@ -145,16 +194,17 @@ class Task:
 
     def initial_images(self) -> torch.Tensor:
         """The synthetic images of the classes `own` at step 0: real images of each class, or noise,
-        drawn from the seed (for every class, so a share is that share of the whole)."""
+        drawn from the seed (for every class, so a share is that share of the whole). With
+        factor f, each stored image is f² real images of its class, downscaled ×1/f and tiled."""
         gen = generator(self.cfg.seed, -1, "init")
         ipc, own = self.cfg.ipc, self.own
         if self.cfg.init == "noise":
             n = self.num_classes * ipc
             noise = torch.randn(n, self.channels, *self.image_size, generator=gen)
             return noise[own.start * ipc : own.stop * ipc].to(self.device)
-        picks = [torch.randperm(len(idx), generator=gen)[:ipc] for idx in self.class_idx]
+        picks = [torch.randperm(len(idx), generator=gen)[: self.per_class] for idx in self.class_idx]
         mine = [self.class_idx[c][picks[c].to(self.class_idx[c].device)] for c in own]
-        return self.real_images(torch.cat(mine))
+        return encode(self.real_images(torch.cat(mine)), self.cfg.factor)
 
     def class_chunks(self, classes: range | None = None) -> list[range]:
         """`classes` (default: `own`) in the chunks one forward pass takes. With batch norm the
@@ -165,7 +215,7 @@ class Task:
         if self.batch_norm:
             size = len(classes) if self.cfg.bn_batch == "all" else 1
         elif self.cfg.run.fused:
-            per_class = self.batch_real + self.cfg.ipc
+            per_class = self.batch_real + self.per_class
             size = max(
                 1, (self.cfg.run.chunk_images or (256 if self.device.type == "cpu" else 8192)) // per_class
             )
@@ -182,8 +232,9 @@ def loss_and_grad(
     task: Task, syn: torch.Tensor, step: int, classes: range | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Step `step`'s matching loss over `classes` (default: `task.own`), summed over the chunks;
-    its gradient is accumulated into `syn.grad` (`syn`: the synthetic images of `task.own`,
-    class-major). Returns the loss and its terms."""
+    its gradient is accumulated into `syn.grad` (`syn`: the stored synthetic images of `task.own`,
+    class-major). With `match.calib`, the loss adds calib · Σ_k the mean cross-entropy of class k's
+    augmented synthetic images under the network (term "calib"). Returns the loss and its terms."""
     net = task.network(step)
     gen = generator(task.cfg.seed, step, "real")
     # every class draws its batch, in class order, whatever range is computed: the stream stays one
@@ -192,7 +243,8 @@ def loss_and_grad(
     )
     aug_gen = generator(task.cfg.seed, step, "aug")
     aug = draw(task.num_classes, task.image_size, aug_gen, task.dsa, task.device)
-    ipc, b = task.cfg.ipc, task.batch_real
+    ipc, b, n, factor = task.cfg.ipc, task.batch_real, task.per_class, task.cfg.factor
+    seed = step_seed(task.cfg.seed, step, "cf") if task.match.distance == "cf" else 0
     total = torch.zeros((), device=task.device)
     terms: dict[str, torch.Tensor] = {}
     for chunk in task.class_chunks(classes):
@@ -204,9 +256,16 @@ def loss_and_grad(
             real_stats = class_statistics(net.features(real), len(chunk), task.match)
         with _autocast(task):
             own = syn[(chunk.start - task.own.start) * ipc : (chunk.stop - task.own.start) * ipc]
-            feats = net.features(aug.apply(own, labels.repeat_interleave(ipc)))
+            own, own_labels = decode(own, labels.repeat_interleave(ipc), factor)
+            feats = net.features(aug.apply(own, own_labels))
             syn_stats = class_statistics(feats, len(chunk), task.match)
-        loss, chunk_terms = matching_loss(syn_stats, real_stats, task.num_blocks, task.match)
+        loss, chunk_terms = matching_loss(syn_stats, real_stats, task.num_blocks, task.match, seed)
+        if task.match.calib:
+            with _autocast(task):
+                logits = net.classifier(feats.embedding)
+            ce = F.cross_entropy(logits.float(), own_labels, reduction="sum") / n  # Σ_k class means
+            chunk_terms["calib"] = (task.match.calib * ce).detach()
+            loss = loss + task.match.calib * ce
         loss.backward()
         total += loss.detach()
         for name, v in chunk_terms.items():

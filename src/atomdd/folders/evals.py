@@ -12,13 +12,16 @@ and augmentation draws on every set (its seeds depend on r alone).
   a new evaluation replaces only the entries of its own protocol and models.
 
 A protocol is the settings that decide the accuracies (not the device, the stacking or the test
-batch). The JSON keys are those files have always used: a row's repeat number is "run", a model's
-accuracies are its "runs", and a protocol key ends in `runs=N`, so files written before the setting
-was called `repeats` are read and reused as they are.
+batch). Settings that joined it later (CutMix, a teacher) enter its key only where they differ
+from their defaults, so a hard-label key is the one it always was and its old rows are reused,
+while a result under those options is kept apart from it. The JSON keys are those files have always
+used: a row's repeat number is "run", a model's accuracies are its "runs", and a protocol key ends in
+`runs=N`, so files written before the setting was called `repeats` are read and reused as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 
 from atomdd.folders.layout import EVAL_ROWS
 from atomdd.io import append_jsonl, read_jsonl, write_json
+from atomdd.settings import EvalConfig
 
 # the settings that decide a repeat's accuracy (the number of repeats decides only which there are)
 _PER_REPEAT = (
@@ -41,15 +45,23 @@ _PER_REPEAT = (
 )
 
 
+# settings that joined the protocol later, in the key only when not at their defaults
+_OPTIONAL = ("cutmix", "teacher", "teacher_temperature")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.name in _OPTIONAL}
+
+
 def repeats_of(config: dict[str, Any]) -> int:
     """The number of repeats an evaluation config records ("runs" before the setting was renamed)."""
     return int(config["repeats"] if "repeats" in config else config["runs"])
 
 
 def repeat_protocol_key(config: dict[str, Any], precision: str) -> str:
-    """The settings that decide one repeat's accuracy, as one canonical string."""
+    """The settings that decide one repeat's accuracy, as one canonical string (`teacher`: the
+    teacher's identity, as the evaluation puts it there)."""
     parts = [f"{k}={config[k]}" for k in _PER_REPEAT] + [f"precision={precision}"]
-    return ",".join(parts + [f"test_limit={config.get('test_limit', 0)}"])
+    parts.append(f"test_limit={config.get('test_limit', 0)}")
+    parts += [f"{k}={config[k]}" for k in _OPTIONAL if config.get(k, _DEFAULTS[k]) != _DEFAULTS[k]]
+    return ",".join(parts)
 
 
 def protocol_key(config: dict[str, Any], precision: str) -> str:

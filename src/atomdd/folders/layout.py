@@ -9,6 +9,8 @@ place, and the rule for replacing what a folder already holds (`--overwrite`). N
   (the results by protocol and model), beside the set it evaluated or in a folder of its own;
 - a **grid** is a folder of set folders named `ipc<IPC>/<method>-seed<SEED>/` and `accuracy.json`
   (its table's numbers);
+- a **pool** of trained networks (`atomdd pool`) is `pool.json` (its record) and `pool.safetensors`
+  (the weights at epoch 0 and at each snapshot epoch);
 - an architecture **search** writes `settings.json`, `results.jsonl`, `nas.json`, `nas.png` and a
   `truth/` cache of whole-data results.
 
@@ -44,6 +46,8 @@ NAS_SETTINGS, NAS_RESULTS, NAS_SUMMARY, NAS_PLOT, NAS_TRUTH = (
     "nas.png",
     "truth",
 )
+# a pool of trained networks
+POOL_RECORD, POOL_WEIGHTS = "pool.json", "pool.safetensors"
 # the files that describe the set or run in a folder (a run's record, log, figures; an evaluation)
 DESCRIBING = (RUN_FILE, METRICS, CHECKPOINT, GRID_PNG, ATTENTION_PNG, EVAL_FILE, EVAL_ROWS)
 # what makes a folder a run, a set or an evaluation to read back (`folders.read`)

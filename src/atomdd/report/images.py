@@ -21,7 +21,7 @@ from PIL import Image
 
 from atomdd.data import Dataset, as_dataset
 from atomdd.distillation.config import DistillConfig
-from atomdd.distillation.step import network
+from atomdd.distillation.step import network, run_pool
 from atomdd.folders.layout import ATTENTION_PNG, GRID_PNG, RUN_FILE, SHOW_PNG, safe_name
 from atomdd.io import atomic_path
 from atomdd.matching import channel_attention, spatial_attention
@@ -46,16 +46,18 @@ def stretch(images: torch.Tensor, low: float = 1.0, high: float = 99.0) -> torch
     return ((images - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
 
 
-def display_images(syn: Any) -> tuple[torch.Tensor, str]:
-    """A set's images as [0, 1] pictures, and a caption saying how: the preprocessing inverted;
-    a ZCA set then stretched per image (its pixels, pushed by the distillation, reach several times
-    real images' spread, so a plain inverse clips). The set's own data is untouched."""
-    raw = syn.preprocess().inverse(syn.images.detach().float().cpu(), clamp=False)
+def display_images(syn: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A set's images as [0, 1] pictures (a factor set's decoded ones, what a model trains on),
+    their labels, and a caption saying how: the preprocessing inverted; a ZCA set then stretched
+    per image (its pixels, pushed by the distillation, reach several times real images' spread, so
+    a plain inverse clips). The set's own data is untouched."""
+    images, labels = syn.decoded()
+    raw = syn.preprocess().inverse(images.detach().float().cpu(), clamp=False)
+    decoded = f"; the {syn.factor}×{syn.factor} tiles of each stored image decoded" if syn.factor != 1 else ""
     if syn.preprocess_meta.get("zca"):
-        return stretch(
-            raw
-        ), "ZCA inverted; each image contrast-stretched to its 1st–99th percentile for display"
-    return raw.clamp(0, 1), "normalisation inverted, clipped to [0, 1]"
+        how = "ZCA inverted; each image contrast-stretched to its 1st–99th percentile for display"
+        return stretch(raw), labels, how + decoded
+    return raw.clamp(0, 1), labels, "normalisation inverted, clipped to [0, 1]" + decoded
 
 
 def save_grid(images01: torch.Tensor, labels: torch.Tensor, path: str | Path, **kwargs: Any) -> Path:
@@ -106,16 +108,16 @@ def show(path: str | Path, out: str | Path | None = None, klass: str | int | Non
     from atomdd.errors import AtomddError
 
     syn = load_synthetic(path)
-    images, _ = display_images(syn)
-    names = list(syn.classes) or [str(c) for c in range(int(syn.labels.max()) + 1)]
+    images, labels, _ = display_images(syn)
+    names = list(syn.classes) or [str(c) for c in range(int(labels.max()) + 1)]
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     if klass is None:
         target = Path(out) if out else folder / SHOW_PNG
-        return save_grid(images, syn.labels, target, class_names=names)
+        return save_grid(images, labels, target, class_names=names)
     k = names.index(str(klass)) if str(klass) in names else int(klass) if str(klass).isdigit() else -1
-    if not 0 <= k < len(names) or not (syn.labels == k).any():
+    if not 0 <= k < len(names) or not (labels == k).any():
         raise AtomddError(f"no class {klass!r} in {path}; its classes: {', '.join(names)}")
-    pick = syn.labels == k
+    pick = labels == k
     n = int(pick.sum())
     per_row = min(n, 5)
     rows = torch.arange(n) // per_row  # several rows of the one class; the name on each
@@ -178,18 +180,21 @@ def save_attention(
 
 def save_run_figures(out: str | Path, data: Dataset | None = None, classes_shown: int = 4) -> None:
     """grid.png (after inverting the preprocessing) and attention.png for the first few classes of
-    the distillation run in `out`: step 0's network, up to 64 real images per class (the first of
-    each class) and the synthetic ones. `data`: the run's dataset if already loaded."""
+    the distillation run in `out`: step 0's network (from its pool, if it used one), up to 64 real
+    images per class (the first of each class) and the synthetic ones (decoded). `data`: the run's
+    dataset if already loaded."""
     out = Path(out)
     run = json.loads((out / RUN_FILE).read_text())
     cfg = DistillConfig.from_dict(run["config"])
     result = load_synthetic(out)
     prep = result.preprocess()
-    images, _ = display_images(result)
-    save_grid(images, result.labels, out / GRID_PNG, class_names=result.classes)
+    images, labels, _ = display_images(result)
+    save_grid(images, labels, out / GRID_PNG, class_names=result.classes)
     data = as_dataset(data if data is not None else cfg.dataset, cfg.run.data_root)
     k = min(classes_shown, data.num_classes)
-    net = network(cfg, data.channels, data.num_classes, data.image_size, 0, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    net = network(cfg, data.channels, data.num_classes, data.image_size, 0, cpu, run_pool(cfg))
     real = [prep(data.train_images[idx[:64]]) for idx in data.class_indices()[:k]]
-    syn = [result.images[result.labels == c] for c in range(k)]
+    decoded, labels = result.decoded()
+    syn = [decoded[labels == c] for c in range(k)]
     save_attention(net, real, syn, list(data.classes[:k]), cfg.match, out / ATTENTION_PNG)

@@ -140,8 +140,8 @@ def _set_grid(r: Folder, target: Path) -> str | None:
     from atomdd.sets import load_synthetic
 
     syn = load_synthetic(r.path)
-    images, how = display_images(syn)
-    save_grid(images, syn.labels, target, class_names=syn.classes)
+    images, labels, how = display_images(syn)
+    save_grid(images, labels, target, class_names=syn.classes)
     return how
 
 
