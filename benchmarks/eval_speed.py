@@ -13,10 +13,15 @@ source tree (a checkout's `src` first on PYTHONPATH), in its own process, interl
 bf16 rows use `--bf16-ipc`, `--bf16-epochs` and `--bf16-test-images`: without AMX, bf16 is
 emulated and far slower.
 Accuracy: real digits (a random IPC-10 coreset), fp32 vs forced bf16, same seeds.
+Pool (`--parts pool`, needs `--data-root` with CIFAR-10): one pool network trained one epoch on
+CIFAR-10's 50 000 train images (`atomdd pool`'s build, without ZCA: whitening changes no cost),
+against the evaluation's training of one model on a CIFAR-shaped IPC-10 set, per 1 000 training
+images, in this process, the load beside each.
 Diagnosis: each ConvNet convolution fwd+bwd as N separate convs vs one grouped conv (what vmap
 lowers a stacked conv to), and group norm under vmap vs per model.
 
     python benchmarks/eval_speed.py --threads 1            # what the report quotes (~15 min, 2 cores)
+    python benchmarks/eval_speed.py --parts pool --data-root ../shared/data --threads 2 --json P.json
     python benchmarks/eval_speed.py --ipc 10 --epochs 2 --precisions fp32 --parts speed
     python benchmarks/eval_speed.py --parts speed --precisions fp32 --paths sequential --shapes 32x3 \
         --ipc 1 10 50 --repeats 1 --threads 2 --trees before=../perf-before/src after=src
@@ -150,6 +155,30 @@ def tree_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def pool_rows(args: argparse.Namespace) -> list[dict]:
+    """One pool network's epoch on CIFAR-10, then the evaluation's epoch on 100 CIFAR-shaped images
+    (one model, the speed rows' timing), each per 1 000 training images."""
+    from atomdd.pool import build
+    from atomdd.settings import PoolSettings
+
+    settings = PoolSettings(
+        "cifar10", args.model, zca=False, members=1, epochs=1, device=args.device, data_root=args.data_root
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        _, record = build(settings, tmp)
+        load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / torch.get_num_threads()
+    pool_s, images = record["done"][0]["seconds_per_epoch"], 50_000
+    one = argparse.Namespace(**vars(args) | {"repeats": 1})
+    ev = time_row(one, (3, 32), 10, "fp32", False)
+    return [
+        {"what": "pool network, CIFAR-10 train set", "images": images, "s_per_epoch": pool_s,
+         "ms_per_1000": 1000 * pool_s / images * 1000, "load": load, "note": "load over the whole build"},
+        {"what": "evaluation model, IPC-10 set", "images": 100, "s_per_epoch": ev["s_per_epoch"],
+         "ms_per_1000": 1000 * ev["s_per_epoch"] / 100 * 1000, "load": ev["load"], "note": "fastest epoch"},
+    ]  # fmt: skip
+
+
 def accuracy(args: argparse.Namespace, precision: str) -> dict:
     from atomdd.coreset import select
 
@@ -256,6 +285,7 @@ def main() -> None:
     ap.add_argument("--acc-repeats", "--acc-runs", type=int, default=3)
     ap.add_argument("--acc-epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None, help="where CIFAR-10 is (the pool part)")
     ap.add_argument("--json", default="benchmarks/results/eval_speed.json")
     args = ap.parse_args()
     from atomdd.errors import AtomddError
@@ -291,6 +321,7 @@ def main() -> None:
                     print(f"  {row}", file=sys.stderr, flush=True)
     acc = [accuracy(args, p) for p in args.precisions] if "accuracy" in args.parts else []
     diag = diagnose(args, shapes[0], max(args.ipc)) if "diagnosis" in args.parts else []
+    pool = pool_rows(args) if "pool" in args.parts else []
 
     from atomdd.io import versions, write_json
 
@@ -300,6 +331,7 @@ def main() -> None:
             "rows": rows,
             "accuracy": acc,
             "diagnosis": diag,
+            "pool": pool,
             "machine": rates,
             "model": args.model,
             "runs": args.repeats,  # the key earlier results hold
@@ -308,11 +340,16 @@ def main() -> None:
             "command": sys.argv,
         },
     )
-    print_tables(args, rows, acc, diag, rates)
+    print_tables(args, rows, acc, diag, rates, pool)
 
 
 def print_tables(
-    args: argparse.Namespace, rows: list[dict], acc: list[dict], diag: list[dict], rates: dict
+    args: argparse.Namespace,
+    rows: list[dict],
+    acc: list[dict],
+    diag: list[dict],
+    rates: dict,
+    pool: list[dict],
 ) -> None:
     print(
         f"\n{args.repeats} × {args.model} on {rates['device']}, fp32 matmul "
@@ -348,6 +385,13 @@ def print_tables(
         )
         for d in diag:
             print(f"| {d['layer']} | {d['separate_ms']:.1f} | {d['stacked_ms']:.1f} | {d['ratio']:.2f} |")
+    if pool:
+        print("\n| training | images | s/epoch | ms per 1 000 images | load |\n|---|---|---|---|---|")
+        for p in pool:
+            print(
+                f"| {p['what']} | {p['images']} | {p['s_per_epoch']:.2f} | {p['ms_per_1000']:.0f} | "
+                f"{p['load']:.2f} ({p['note']}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -96,16 +96,15 @@ _LIST = (
     Method(
         "dm-plus",
         MatchConfig(spatial=0.0, channel=0.0, embedding=1.0, scale=1.0, calib=1.0),
-        "DM with the family's ideas: factor-2 images, the dataset's default pool of trained networks "
-        "with interpolation, calibration 1 (needs `atomdd pool`)",
+        "DM with the family's ideas beyond the loss: factor-2 images, the dataset's default pool of "
+        "trained networks with interpolation, calibration 1 (needs `atomdd pool`; docs/beyond.md)",
         settings=_BEYOND,
         batch_real=256,
     ),
     Method(
         "atom-plus",
         MatchConfig(spatial=1.0, channel=1.0, embedding=0.01, calib=1.0),
-        "ATOM with the family's ideas: factor-2 images, the dataset's default pool of trained networks "
-        "with interpolation, calibration 1 (needs `atomdd pool`)",
+        "ATOM with what dm-plus adds to DM",
         settings=_BEYOND,
     ),
 )

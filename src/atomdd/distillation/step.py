@@ -244,7 +244,7 @@ def loss_and_grad(
     aug_gen = generator(task.cfg.seed, step, "aug")
     aug = draw(task.num_classes, task.image_size, aug_gen, task.dsa, task.device)
     ipc, b, n, factor = task.cfg.ipc, task.batch_real, task.per_class, task.cfg.factor
-    seed = step_seed(task.cfg.seed, step, "cf") if task.match.distance == "cf" else 0
+    seed = step_seed(task.cfg.seed, step, "distance")  # a drawing distance's (cf's frequencies)
     total = torch.zeros((), device=task.device)
     terms: dict[str, torch.Tensor] = {}
     for chunk in task.class_chunks(classes):
