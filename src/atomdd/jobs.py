@@ -107,12 +107,15 @@ def make_set(
 def finished(folder: Path, budget: Budget) -> dict | None:
     """The eval report of a set evaluated under this budget, else None."""
     from atomdd.evaluate import RESULT_FILE
+    from atomdd.runs import EVAL_RECORD, read_record
 
     eval_file = Path(folder) / RESULT_FILE
     if not eval_file.exists():
         return None
-    report = json.loads(eval_file.read_text())
+    report = read_record(eval_file, EVAL_RECORD)
     config = report["config"]
+    if EVAL_MODEL not in report["models"] or "seconds" not in report:
+        return None
     if config["epochs"] != budget.epochs or len(report["models"][EVAL_MODEL]["runs"]) != budget.runs:
         return None
     if config.get("test_limit", 0) != budget.test_limit:

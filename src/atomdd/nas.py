@@ -38,6 +38,8 @@ ACTS, POOLS = ("relu", "leakyrelu", "sigmoid"), ("none", "maxpool", "avgpool")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 EARLY, RANDOM, TRUTH = "early-stop", "random", "whole"
 RESULTS, TRUTH_DIR, REPORT, PLOT, SETTINGS = "results.jsonl", "truth", "nas.json", "nas.png", "settings.json"
+# a results.jsonl (or truth file) row: which job it is, and what it measured
+RESULT_ROW = {"arch": str, "proxy": str, "seed": int, "accuracy": NUMBER, "seconds": NUMBER}
 
 
 def convnet(depth: int, width: int, act: str, norm: str, pool: str) -> ModelRef:
@@ -285,7 +287,7 @@ def run_search(
     truth_path = truth_file(settings, Path(truth_dir or out / TRUTH_DIR), ctx.data.content_hash)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / RESULTS}
-    old = [r for f in files.values() if f.exists() for r in read_jsonl(f)]
+    old = [r for f in files.values() if f.exists() for r in read_jsonl(f, RESULT_ROW)]
     done = {(r["arch"], r["proxy"], r["seed"]) for r in old}
     todo = [j for j in jobs(settings, archs) if (j.arch, j.proxy, j.seed) not in done]
     if log:

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from atomdd.distillation.folder import METRICS, METRICS_ROW
 from atomdd.io import atomic_path, read_jsonl
 from atomdd.runs import Group, Run, method_order
 
@@ -51,7 +52,7 @@ def loss_curves(chosen: list[Run], path: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     logged = [
-        (r, read_jsonl(r.folder / "metrics.jsonl")) for r in chosen if (r.folder / "metrics.jsonl").exists()
+        (r, read_jsonl(r.folder / METRICS, METRICS_ROW)) for r in chosen if (r.folder / METRICS).exists()
     ]
     logged = [(r, rows) for r, rows in logged if rows]
     if not logged:

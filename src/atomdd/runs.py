@@ -10,8 +10,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from atomdd.errors import AtomddError
+from atomdd.io import NUMBER, Shape, mismatch
 
 RUN_FILES = ("run.json", "eval.json", "synthetic.safetensors")
+# what the report reads from run.json and eval.json, and its type (`io.mismatch`): a folder whose
+# files do not fit is refused with the key at fault, not met by a traceback (issue 29: 7)
+_GIT = ({"commit": str}, type(None))
+RUN_RECORD = {
+    "config?": {"dataset?": str, "method?": str, "ipc?": int, "seed?": int, "iterations?": int},
+    "command?": str,
+    "versions?": dict,
+    "git?": _GIT,
+    "wall_seconds?": NUMBER,
+}
+_ACCURACY = {"runs": [NUMBER], "mean": NUMBER, "std": NUMBER}
+EVAL_RECORD = {
+    "models": {"*": _ACCURACY | {"first?": {"runs": [NUMBER], "images": int}}},
+    "config": {"epochs": int, "test_limit?": int},
+    "set?": {"kind?": str, "ipc?": int, "method?": str},
+    "dataset?": str,
+    "device?": str,
+    "seconds?": NUMBER,
+    "versions?": dict,
+    "git?": _GIT,
+}
 ORDER = ("random", "herding", "kcenter", "dm", "datadam", "atom-channel", "atom")
 
 
@@ -53,11 +75,15 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> dict:
+def read_record(path: Path, shape: Shape) -> dict:
+    """A run's JSON record (run.json, eval.json), refused unless it fits `shape`."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise AtomddError(f"{path} is not readable JSON: {e}") from None
+    if why := mismatch(record, shape):
+        raise AtomddError(f"{path} is not a record atomdd wrote ({why}); move it aside or remake it")
+    return record
 
 
 def is_run(folder: Path) -> bool:
@@ -65,8 +91,8 @@ def is_run(folder: Path) -> bool:
 
 
 def load_run(folder: Path, group: str, label: str | None = None) -> Run:
-    run = _read_json(folder / "run.json") if (folder / "run.json").exists() else {}
-    ev = _read_json(folder / "eval.json") if (folder / "eval.json").exists() else None
+    run = read_record(folder / "run.json", RUN_RECORD) if (folder / "run.json").exists() else {}
+    ev = read_record(folder / "eval.json", EVAL_RECORD) if (folder / "eval.json").exists() else None
     if label is None and (ev or {}).get("set", {}).get("kind") == "whole":
         label = "whole dataset"  # `atomdd evaluate --whole`: the upper bound, in the IPC 0 column
     if label is None:

@@ -113,9 +113,15 @@ class Distiller:
             saved_config = json.loads(meta["config"])
             step = int(meta["step"])
             wall = float(meta.get("wall_seconds", "0"))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            self._check_state(tensors, saved_config, step)
+            saved = DistillConfig.from_dict(saved_config).flat()  # also a checkpoint of the flat format
+        except (SafetensorError, OSError, KeyError, ValueError, AtomddError) as e:
             raise AtomddError(f"checkpoint {path} is corrupt or not an atomdd checkpoint: {e}") from None
-        saved = DistillConfig.from_dict(saved_config).flat()  # also a checkpoint of the flat format
+        if step > self.cfg.iterations:
+            raise AtomddError(
+                f"checkpoint {path} is at step {step}, past iterations={self.cfg.iterations}; resume "
+                f"with --iterations {step} or more"
+            )
         mine = self.cfg.flat()
         differ = {k: (saved.get(k), v) for k, v in mine.items() if k not in RESUMABLE and saved.get(k) != v}
         if differ:
@@ -135,6 +141,27 @@ class Distiller:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.step = step
         self.wall_before = wall if math.isfinite(wall) and wall >= 0 else 0.0
+
+    def _check_state(self, tensors: dict[str, torch.Tensor], config: Any, step: int) -> None:
+        """A checkpoint's state is this run's shape before any of it is used (issue 29: 8)."""
+        if not isinstance(config, dict):
+            raise ValueError(f"its config is {type(config).__name__}, not a mapping")
+        if step < 0:
+            raise ValueError(f"its step is {step}")
+        pixels, rng = (len(self.labels), *self.syn.shape[1:]), torch.get_rng_state()
+        want = {"syn": (pixels, torch.float32), "momentum": (pixels, torch.float32)}
+        want["cpu_rng"] = (tuple(rng.shape), rng.dtype)
+        for name, (shape, dtype) in want.items():
+            t = tensors.get(name)
+            if t is None and name == "momentum":  # none before the first step
+                continue
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = f"{t.dtype} {tuple(t.shape)}" if t is not None else "missing"
+                raise ValueError(f"its {name} is {got}, this run's is {dtype} {shape}")
+        try:
+            torch.Generator().set_state(tensors["cpu_rng"])  # torch's own check of the state
+        except RuntimeError as e:
+            raise ValueError(f"its cpu_rng is no random state: {e}") from None
 
     def wall_seconds(self) -> float:
         """Seconds of work in this run so far, over every resume."""

@@ -4,6 +4,7 @@ figures), each written only by the main process (`parallel.is_main_process`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,23 @@ import torch
 
 from atomdd.data import Dataset
 from atomdd.errors import AtomddError
-from atomdd.io import append_jsonl, make_folder, read_jsonl, save_safetensors, write_bytes, write_json
+from atomdd.io import (
+    NUMBER,
+    append_jsonl,
+    make_folder,
+    read_jsonl,
+    save_safetensors,
+    write_bytes,
+    write_error,
+    write_json,
+)
 from atomdd.parallel import is_main_process
 from atomdd.sets import SyntheticSet
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.jsonl"
 RUN_FILE = "run.json"
+METRICS_ROW = {"step": int, "loss": NUMBER}  # a metrics.jsonl row: what the summaries and plots read
 
 
 class RunFolder:
@@ -43,7 +54,7 @@ class RunFolder:
                 remove_described(self.path)
         if self.main:
             make_folder(self.path)
-            (self.path / METRICS).unlink(missing_ok=True)
+            _remove(self.path / METRICS)
 
     def record(self, run: dict[str, Any]) -> None:
         if self.main:
@@ -57,7 +68,7 @@ class RunFolder:
         """Drop rows logged after the checkpoint, so a resumed run's log reads as one run."""
         path = self.path / METRICS
         if self.main and path.exists():
-            rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            rows = [r for r in read_jsonl(path, METRICS_ROW) if r["step"] <= step]
             write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
@@ -76,8 +87,17 @@ class RunFolder:
             save_run_figures(self.path, data)
 
 
+def _remove(path: Path) -> None:
+    """Remove an earlier run's file, if there is one (an empty read-only folder has none to remove)."""
+    if os.path.lexists(path):
+        try:
+            path.unlink()
+        except OSError as e:
+            raise write_error(path, e) from None
+
+
 def loss_summary(out: Path) -> dict[str, float]:
-    rows = read_jsonl(out / METRICS) if (out / METRICS).exists() else []
+    rows = read_jsonl(out / METRICS, METRICS_ROW) if (out / METRICS).exists() else []
     if not rows:
         return {}
     losses = [r["loss"] for r in rows]
