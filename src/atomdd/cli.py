@@ -48,7 +48,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for spec in MODELS.values():
         opts = ", ".join(
-            f"{k}={v!r}" + (f" ∈ {{{', '.join(map(str, spec.choices[k]))}}}" if k in spec.choices else "")
+            f"{k}={v!r}"
+            + (f" ∈ {{{', '.join(map(str, spec.choices[k]))}}}" if k in spec.choices else "")
+            + (f" ∈ [{spec.ranges[k][0]}, {spec.ranges[k][1]}]" if k in spec.ranges else "")
             for k, v in spec.options.items()
         )
         print(f"{spec.name:<12} {spec.description}")

@@ -47,12 +47,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """`value` (from a config file or a flag) as type `hint`, or an `AtomddError` naming `name`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
+    if isinstance(value, (list, dict)) or (isinstance(value, bool) and hint in (int, float)):
+        # a config file's `iterations: true` (which ran one step) or `dataset: [cifar10]`
+        raise AtomddError(f"{name}={value!r}: expected {getattr(hint, '__name__', hint)}")
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -60,6 +64,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                     return True
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
+                raise ValueError(value)
+            if value not in (0, 1):  # `zca: 5` is a typo, not "yes"
                 raise ValueError(value)
             return bool(value)
         if hint is int:
@@ -85,4 +91,4 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], what: str = "option") -
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(names)}")
-    return dataclasses.replace(obj, **{k: _coerce(k, v, hints[k]) for k, v in overrides.items()})
+    return dataclasses.replace(obj, **{k: coerce(k, v, hints[k]) for k, v in overrides.items()})
