@@ -49,13 +49,28 @@ def main() -> None:
     from atomdd import jobs
     from atomdd.errors import AtomddError
     from atomdd.hardware import tune_cpu_allocator
-    from atomdd.io import versions, write_json
+    from atomdd.lock import hold
     from atomdd.report import grid_table
     from atomdd.signals import stop_on_signals
 
     tune_cpu_allocator()
     out = Path(args.out or f"benchmarks/results/accuracy-{args.dataset}-s{args.steps}-e{args.epochs}")
     budget = jobs.Budget(args.dataset, args.steps, args.epochs, args.runs, args.test_limit, args.data_root)
+    try:  # e.g. interrupted (the checkpoint is kept, a rerun resumes), or --out in use
+        with hold(out), stop_on_signals() as stop:  # one process writes under --out at a time
+            results = grid(args, out, budget, stop)
+    except AtomddError as e:
+        raise SystemExit(str(e)) from None
+    except KeyboardInterrupt as e:  # a signal outside a distillation's loop (signals.Stopped)
+        raise SystemExit(128 + getattr(e, "signum", 2)) from None
+    print("\n" + grid_table(results, budget, args.against))
+
+
+def grid(args: argparse.Namespace, out: Path, budget, stop: object) -> dict:
+    """Make and evaluate every job not finished under `out`; write and return accuracy.json's results."""
+    from atomdd import jobs
+    from atomdd.io import versions, write_json
+
     t0 = time.perf_counter()
     for ipc in [] if args.report else args.ipc:
         for spec in args.methods:
@@ -64,11 +79,7 @@ def main() -> None:
                 t = time.perf_counter()
                 report = jobs.finished(folder, budget)  # evaluated: its set file is not needed
                 if report is None:
-                    try:
-                        with stop_on_signals() as stop:
-                            syn = jobs.make_set(spec, ipc, seed, budget, folder, not args.progress, stop)
-                    except AtomddError as e:  # e.g. interrupted: the checkpoint is kept, a rerun resumes
-                        raise SystemExit(str(e)) from None
+                    syn = jobs.make_set(spec, ipc, seed, budget, folder, not args.progress, stop)
                     report = jobs.evaluate_job(syn, folder, budget)
                 made = time.perf_counter() - t
                 accs = report["models"][jobs.EVAL_MODEL]["runs"]
@@ -94,7 +105,7 @@ def main() -> None:
             "command": " ".join(sys.argv),
         },
     )
-    print("\n" + grid_table(results, budget, args.against))
+    return results
 
 
 if __name__ == "__main__":

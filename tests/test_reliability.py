@@ -569,8 +569,13 @@ def test_a_usable_set_still_evaluates(digits) -> None:
 
 
 def _digest(folder: Path) -> dict[str, str]:
+    """Every output file's digest (the lock file, which names its last holder, is no output)."""
+    from atomdd.lock import LOCK_FILE
+
     return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -117,6 +118,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 @command
 def cmd_coreset(args: argparse.Namespace) -> int:
+    from atomdd.config import coerce
     from atomdd.coreset import select
     from atomdd.settings import CoresetConfig
 
@@ -125,14 +127,17 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
         raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
+    dataset, ipc = coerce("dataset", dataset, str), coerce("ipc", ipc, int)
+    from atomdd.lock import hold
     from atomdd.outputs import claim
 
-    basics = {"kind": "coreset", "method": cfg.method, "ipc": int(ipc), "seed": cfg.seed, "dataset": dataset}
-    claim(args.out, args.overwrite, same=basics)  # before minutes of selection
-    result = select(dataset, int(ipc), cfg, data_root=args.data_root)
-    same = result.meta | {"dataset": result.dataset, "zca": result.preprocess_meta.get("zca")}
-    claim(args.out, args.overwrite, same=same)
-    result.save(args.out)
+    basics = {"kind": "coreset", "method": cfg.method, "ipc": ipc, "seed": cfg.seed, "dataset": dataset}
+    with hold(args.out):  # the folder is this command's from the first check to the last write
+        claim(args.out, args.overwrite, same=basics)  # before minutes of selection
+        result = select(dataset, ipc, cfg, data_root=args.data_root)
+        same = result.meta | {"dataset": result.dataset, "zca": result.preprocess_meta.get("zca")}
+        claim(args.out, args.overwrite, same=same)
+        result.save(args.out)
     print(f"wrote {len(result.labels)} {cfg.method} images ({ipc} per class) to {args.out}")
     return 0
 
@@ -377,26 +382,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
     from atomdd.data import offer_download
+    from atomdd.data.cache import cache_folder
     from atomdd.hardware import tune_cpu_allocator
+    from atomdd.signals import stop_on_signals
 
     tune_cpu_allocator()
 
     who = parallel.quiet_other_ranks()  # under torchrun, " (rank r of w)" for the error lines
-    try:
-        with offer_download(hasattr(args, "download")):  # hints name --download only where it exists
-            return COMMANDS[args.command](args)
-    except AtomddError as e:
-        if getattr(e, "report", None) is not None:  # a write failed after the work: show the work
-            from atomdd.report import eval_table
+    # SIGINT, SIGTERM and SIGHUP stop a command cleanly (a distillation checkpoints first); once
+    # one came, the rest are ignored until the process has exited where `main` is the entry point
+    # (no `argv`: the `atomdd` script, `python -m atomdd`), not where a caller (a test) runs it
+    with stop_on_signals(until_exit=argv is None):
+        try:
+            # hints name --download only where it exists
+            with offer_download(hasattr(args, "download")), cache_folder(getattr(args, "cache_dir", None)):
+                return COMMANDS[args.command](args)
+        except AtomddError as e:
+            if getattr(e, "report", None) is not None:  # a write failed after the work: show the work
+                from atomdd.report import eval_table
 
-            print(eval_table(e.report))
-        print(f"atomdd: error{who}: {e}", file=sys.stderr)
-        return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
-    except KeyboardInterrupt:
-        print(f"atomdd: interrupted{who}", file=sys.stderr)
-        return 130
-    finally:
-        parallel.leave()
+                print(eval_table(e.report))
+            print(f"atomdd: error{who}: {e}", file=sys.stderr)
+            return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
+        except KeyboardInterrupt as e:  # `signals.Stopped` carries its signal; Ctrl-C elsewhere
+            print(f"atomdd: interrupted{who}", file=sys.stderr)
+            return 128 + getattr(e, "signum", signal.SIGINT)
+        finally:
+            parallel.leave()
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from atomdd.data import Dataset, as_dataset
 from atomdd.errors import AtomddError, WriteError
 from atomdd.evaljobs import shard_runs, train_runs
 from atomdd.hardware import resolve_precision
-from atomdd.io import make_folder, versions
-from atomdd.models import ModelRef, parse_models
+from atomdd.io import versions
+from atomdd.lock import hold
+from atomdd.models import ModelRef, check_model, parse_models
 from atomdd.parallel import init, is_main_process, world_size
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
@@ -175,14 +176,15 @@ def _evaluate(
     refs = parse_models(models)  # every name and option checked before any work
     if not refs:
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
+    size = data.image_size[0]
+    for ref in refs:  # and each model on these images (a size past the memory bound)
+        check_model(ref.name, data.channels, data.num_classes, size, **ref.options_for(size))
     device = init(config.device)  # joins torchrun's group, if it started this process
     precision = resolve_precision(config.precision, device)
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     main = is_main_process()
-    if out_dir is not None and main:
-        make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RunStore(out_dir, set_key, run_protocol_key(asdict(config), precision), write=main)
     if world_size() > 1:
         shard_runs(refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store)
@@ -301,7 +303,8 @@ def evaluate_set(
         syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=json.dumps(syn.preprocess_meta)
     )
     train, test = (syn.images, syn.labels), (test_x, data.test_labels)
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    with hold(out_dir):  # made, and this evaluation's alone, before any training
+        return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
 
 
 def evaluate_whole(
@@ -324,4 +327,5 @@ def evaluate_whole(
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     test = (prep(data.test_images), data.test_labels)
     key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    with hold(out_dir):
+        return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)

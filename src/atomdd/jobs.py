@@ -64,6 +64,7 @@ def make_set(
     from atomdd.coreset import select
     from atomdd.distillation.config import DistillConfig, make_config, preset
     from atomdd.distillation.driver import CHECKPOINT, RUN_FILE, distill
+    from atomdd.lock import hold
     from atomdd.sets import FILENAME, load_synthetic
 
     name, overrides = parse_method(spec)
@@ -72,8 +73,11 @@ def make_set(
             return load_synthetic(folder)
         # coresets are stored in the space the distilled sets of the same dataset use (ZCA for CIFAR)
         zca = preset(budget.dataset, ipc, "atom")["zca"]
-        syn = select(budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides)
-        syn.save(folder)
+        with hold(folder):
+            syn = select(
+                budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides
+            )
+            syn.save(folder)
         return syn
     if (folder / RUN_FILE).exists():
         # a folder is named by its spec, and a preset's defaults can change: never reuse a set made

@@ -28,7 +28,8 @@ import numpy as np
 
 from atomdd import parallel, peers
 from atomdd.errors import AtomddError
-from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
+from atomdd.io import NUMBER, append_jsonl, derive_seed, read_jsonl, write_json
+from atomdd.lock import hold
 from atomdd.models import ModelRef
 from atomdd.parallel import is_main_process, map_local
 from atomdd.ranking import kendall, spearman
@@ -270,11 +271,20 @@ def run_search(
 ) -> dict[str, Any]:
     """Run the jobs not yet in `out` (over `workers` processes, each torchrun rank its `shard`),
     then write and return the report."""
+    parallel.init(settings.device)  # joins torchrun's group, if it started this process
+    with hold(out):  # made, and one search's at a time, before the data is read
+        return _search(settings, Path(out), workers, truth_dir, log)
+
+
+def _search(
+    settings: NasSettings,
+    out: Path,
+    workers: int,
+    truth_dir: str | os.PathLike | None,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     from atomdd.report import save_nas_plot
 
-    parallel.init(settings.device)  # joins torchrun's group, if it started this process
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = Context(settings)
     archs, skipped = [], []
     for text in settings.space:

@@ -14,7 +14,9 @@ Stopping cleanly on a signal is the entry point's business: pass `stop` (e.g.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import resource
 import sys
@@ -36,11 +38,15 @@ from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
+from atomdd.lock import hold
 from atomdd.models import FeatureModel
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
+from atomdd.signals import StopFlag
 
 __all__ = ["CHECKPOINT", "RUN_FILE", "Distiller", "distill"]
+
+log = logging.getLogger(__name__)
 
 
 class Distiller:
@@ -189,11 +195,18 @@ class Distiller:
             from atomdd.tblog import DistillLog
 
             tb = DistillLog(tensorboard)
+        # the folder is this process's for the whole run; a signal only asks for a stop, which the
+        # loop turns into a checkpoint (signals.py)
+        deferred = stop.deferred() if isinstance(stop, StopFlag) else contextlib.nullcontext()
         try:
-            return self._run(out, resume, quiet, stop, overwrite, tb)
+            with hold(out), deferred:
+                try:
+                    return self._run(out, resume, quiet, stop, overwrite, tb)
+                except BaseException as e:
+                    self._record_failure(out, e)  # while the folder is still this process's
+                    raise
         except BaseException as e:
             peers.report_failure(e)  # for the ranks waiting on this one to name it
-            self._record_failure(out, e)
             raise
         finally:
             if tb is not None:
@@ -368,6 +381,7 @@ def distill(
     `tensorboard`: a folder for TensorBoard event files (needs the `tensorboard` extra).
     """
     cfg = make_config(dataset, ipc, method, config_file, **overrides)
-    return Distiller(cfg).run(
-        out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite, tensorboard=tensorboard
-    )
+    with hold(out):  # before the data is read: a second writer is refused at once
+        return Distiller(cfg).run(
+            out, resume=resume, quiet=quiet, stop=stop, overwrite=overwrite, tensorboard=tensorboard
+        )
