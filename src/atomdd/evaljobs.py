@@ -47,14 +47,32 @@ def shard_runs(
 ) -> None:
     """Under torchrun: the (model, run) jobs not yet in `store`, spread over the ranks, each rank's
     results gathered into every rank's `store` (eval.jsonl, written by the main process), where
-    the usual assembly finds them. A run's result depends on its number alone, not on the rank."""
+    the usual assembly finds them. A run's result depends on its number alone, not on the rank.
+    Each finished run reaches eval.jsonl at once (the other ranks' through `peers.Relay`), so a
+    rank killed in its share loses no run that finished anywhere."""
     jobs = [(str(ref), r) for ref in refs for r in range(config.runs) if r not in store.done(str(ref))]
     mine = parallel.shard(jobs)
     rows: list[tuple] = []
-    with peers.reporting_failures():
-        for ref in refs:
-            todo = [r for name, r in mine if name == str(ref)]
-            rows += [(str(ref), *row) for row in train_runs(ref, todo, train, test, num_classes, config)]
-    for got in parallel.gather_results(rows, "the evaluation's (model, run) jobs"):
-        for row in got:
+    relay = peers.Relay()
+
+    def keep(row: tuple) -> None:  # into `store` once (a row may come back in the gather)
+        if row[1] not in store.done(row[0]):
             store.add(*row)
+
+    with peers.reporting_failures():
+        try:
+            for ref in refs:
+                todo = [r for name, r in mine if name == str(ref)]
+                for row in train_runs(ref, todo, train, test, num_classes, config):
+                    rows.append((str(ref), *row))
+                    keep(rows[-1])
+                    relay.send(rows[-1])
+                    for sent in relay.receive():
+                        keep(tuple(sent))
+            gathered = parallel.gather_results(rows, "the evaluation's (model, run) jobs")
+        finally:  # also when a rank failed, or a signal ends this one
+            for sent in relay.receive():
+                keep(tuple(sent))
+    for got in gathered:
+        for row in got:
+            keep(row)

@@ -219,8 +219,13 @@ class Distiller:
         try:
             record = self._record(status, time.perf_counter() - self._t0, Path(out))
             RunFolder(out).record(record | {"error": str(error) or type(error).__name__})
-        except Exception:  # noqa: BLE001  (never hide the error being reported)
-            pass
+        except Exception as e:  # noqa: BLE001  (never hide the error being reported)
+            log.warning(
+                'could not record the %s run in %s (%s); it may still say "running"',
+                status,
+                Path(out) / RUN_FILE,
+                peers.first_line(e),
+            )
 
     def _run(
         self, out: Path | None, resume: bool | str, quiet: bool, stop: object, overwrite: bool, tb: Any
