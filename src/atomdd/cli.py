@@ -253,10 +253,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 _TB_HELP = "also write TensorBoard event files to DIR (local files only; needs the tensorboard extra)"
-_CACHE_HELP = (
-    "where decoded image folders and Tiny ImageNet are cached (or $ATOMDD_CACHE; default: beside the "
-    "images, decoded in memory where that is read-only)"
-)
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the datasets are, and where their decode caches go: every command that reads data."""
+    p.add_argument(
+        "--data-root", default=None, help="folder holding MNIST/, cifar-10-batches-py/, ... (or $ATOMDD_DATA)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where decoded image folders and Tiny ImageNet are cached (or $ATOMDD_CACHE; default: beside "
+        "the images, decoded in memory where that is read-only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,10 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list datasets, whether they are found locally, and where")
     p.add_argument("name", nargs="?")
-    p.add_argument(
-        "--data-root", default=None, help="folder holding MNIST/, cifar-10-batches-py/, ... (or $ATOMDD_DATA)"
-    )
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help=_CACHE_HELP)
+    _data_flags(p)
 
     sub.add_parser("models", help="list models and their options")
     sub.add_parser("methods", help="list distillation methods and presets, and what each sets")
@@ -285,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default atom; `atomdd methods`)")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help=_CACHE_HELP)
+    _data_flags(p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument(
@@ -309,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a different set or run in --out (default: refuse)"
     )
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help=_CACHE_HELP)
+    _data_flags(p)
     p.add_argument("--config", default=None, help="YAML/TOML file of coreset settings (and dataset, ipc)")
     add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")
 
@@ -325,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole", action="store_true", help="train on the whole train set (upper bound)")
     p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt, or for --whole")
     p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help=_CACHE_HELP)
+    _data_flags(p)
     p.add_argument(
         "--out",
         default=None,
@@ -367,8 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     p.add_argument("--truth-dir", default=None, help="whole-data results cache (default OUT/truth)")
     p.add_argument("--out", required=True, help="results.jsonl, nas.json, nas.png go here")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help=_CACHE_HELP)
+    _data_flags(p)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="ATOM on the embedded digits data, then the standard evaluation")
