@@ -393,8 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     who = parallel.quiet_other_ranks()  # under torchrun, " (rank r of w)" for the error lines
     # SIGINT, SIGTERM and SIGHUP stop a command cleanly (a distillation checkpoints first); once
-    # one came, the rest are ignored until the process has exited where `main` is the entry point
-    # (no `argv`: the `atomdd` script, `python -m atomdd`), not where a caller (a test) runs it
+    # one came, or the command ended, the rest are ignored until the process has exited where
+    # `main` is the entry point (no `argv`: the `atomdd` script, `python -m atomdd`), not where a
+    # caller (a test) runs it
     with stop_on_signals(until_exit=argv is None):
         try:
             # hints name --download only where it exists

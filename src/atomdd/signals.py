@@ -57,11 +57,11 @@ _active: StopFlag | None = None
 def stop_on_signals(until_exit: bool = False) -> Iterator[StopFlag]:
     """SIGINT/SIGTERM/SIGHUP set the yielded flag instead of killing the process: the first one
     outside `StopFlag.deferred` raises `Stopped`; every later one is ignored. The previous
-    handlers come back on exit, unless `until_exit` (an entry point that ends the process) and a
-    stop was asked for: then the signals stay ignored while the process winds down, so a last
-    Ctrl-C cannot put a traceback into its exit, nor a last SIGTERM kill it mid-exit (Python's
-    own exit restores the default action of a signal it handles, not of one ignored). Nested, it
-    yields the flag already installed.
+    handlers come back on exit, unless `until_exit` (an entry point, whose process ends with the
+    block): then the signals stay ignored while the process winds down, so a late Ctrl-C cannot
+    put a traceback into its exit, nor a late SIGTERM kill a finished or checkpointed run mid-exit
+    (Python's own exit restores the default action of a signal it handles, not of one ignored).
+    Nested, it yields the flag already installed.
     Outside the main thread no handler can be installed: the flag then never sets."""
     global _active
     if _active is not None:
@@ -90,7 +90,7 @@ def stop_on_signals(until_exit: bool = False) -> Iterator[StopFlag]:
     finally:
         _active = None
         for s, h in old.items():  # ignored at the C level: Python's exit restores the defaults otherwise
-            signal.signal(s, signal.SIG_IGN if until_exit and state.flag else h)
+            signal.signal(s, signal.SIG_IGN if until_exit else h)
 
 
 def _isatty(fd: int) -> bool:
