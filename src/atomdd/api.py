@@ -11,6 +11,7 @@ from typing import Any
 from atomdd.data import Dataset
 from atomdd.distillation.config import make_config
 from atomdd.distillation.driver import Distiller
+from atomdd.lock import hold
 from atomdd.sets import SyntheticSet
 
 
@@ -53,15 +54,16 @@ def distill(
 
         tb = DistillLog(tensorboard)
     try:
-        result = Distiller(cfg).run(
-            out,
-            resume=resume,
-            quiet=quiet,
-            stop=stop,
-            overwrite=overwrite,
-            on_log=tb.step if tb is not None else None,
-            on_saved=draw_figures,
-        )
+        with hold(out):  # before the data is read: a second writer is refused at once
+            result = Distiller(cfg).run(
+                out,
+                resume=resume,
+                quiet=quiet,
+                stop=stop,
+                overwrite=overwrite,
+                on_log=tb.step if tb is not None else None,
+                on_saved=draw_figures,
+            )
         if tb is not None:
             tb.image(result.meta["steps"], result)
         return result

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -49,7 +50,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for spec in MODELS.values():
         opts = ", ".join(
-            f"{k}={v!r}" + (f" ∈ {{{', '.join(map(str, spec.choices[k]))}}}" if k in spec.choices else "")
+            f"{k}={v!r}"
+            + (f" ∈ {{{', '.join(map(str, spec.choices[k]))}}}" if k in spec.choices else "")
+            + (f" ∈ [{spec.ranges[k][0]}, {spec.ranges[k][1]}]" if k in spec.ranges else "")
             for k, v in spec.options.items()
         )
         print(f"{spec.name:<12} {spec.description}")
@@ -116,6 +119,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 @command
 def cmd_coreset(args: argparse.Namespace) -> int:
+    from atomdd.config import coerce_value
     from atomdd.coreset import select
     from atomdd.settings import CoresetConfig
 
@@ -124,14 +128,17 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     ipc = args.ipc if args.ipc is not None else own.get("ipc")
     if not dataset or ipc is None:
         raise AtomddError("coreset needs a dataset and an ipc: --dataset NAME --ipc N (or both in --config)")
+    dataset, ipc = coerce_value("dataset", dataset, str), coerce_value("ipc", ipc, int)
     from atomdd.folders.layout import claim
+    from atomdd.lock import hold
 
-    basics = {"kind": "coreset", "method": cfg.method, "ipc": int(ipc), "seed": cfg.seed, "dataset": dataset}
-    claim(args.out, args.overwrite, same=basics)  # before minutes of selection
-    result = select(dataset, int(ipc), cfg, data_root=args.data_root)
-    same = result.meta | {"dataset": result.dataset, "zca": result.preprocess_meta.get("zca")}
-    claim(args.out, args.overwrite, same=same)
-    result.save(args.out)
+    basics = {"kind": "coreset", "method": cfg.method, "ipc": ipc, "seed": cfg.seed, "dataset": dataset}
+    with hold(args.out):  # the folder is this command's from the first check to the last write
+        claim(args.out, args.overwrite, same=basics)  # before minutes of selection
+        result = select(dataset, ipc, cfg, data_root=args.data_root)
+        same = result.meta | {"dataset": result.dataset, "zca": result.preprocess_meta.get("zca")}
+        claim(args.out, args.overwrite, same=same)
+        result.save(args.out)
     print(f"wrote {len(result.labels)} {cfg.method} images ({ipc} per class) to {args.out}")
     return 0
 
@@ -258,6 +265,25 @@ _NAS_OWN = ("space", "space_name")
 _TB_HELP = "also write TensorBoard event files to DIR (local files only; needs the tensorboard extra)"
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the datasets are, and where their decode caches go: every command that reads data."""
+    p.add_argument(
+        "--data-root", default=None, help="folder holding MNIST/, cifar-10-batches-py/, ... (or $ATOMDD_DATA)"
+    )
+    _cache_flag(p)
+
+
+def _cache_flag(p: argparse.ArgumentParser) -> None:
+    """--cache-dir; a command whose settings hold `data_root` (nas, grid) gets --data-root from them."""
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where decoded image folders and Tiny ImageNet are cached (or $ATOMDD_CACHE; default: beside "
+        "the images, decoded in memory where that is read-only)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from atomdd import __version__
     from atomdd.distillation.config import flat_fields
@@ -272,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list datasets, whether they are found locally, and where")
     p.add_argument("name", nargs="?")
-    p.add_argument(
-        "--data-root", default=None, help="folder holding MNIST/, cifar-10-batches-py/, ... (or $ATOMDD_DATA)"
-    )
+    _data_flags(p)
 
     sub.add_parser("models", help="list models and their options")
     sub.add_parser("methods", help="list distillation methods and presets, and what each sets")
@@ -285,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default atom; `atomdd methods`)")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data-root", default=None)
+    _data_flags(p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument(
@@ -308,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a different set or run in --out (default: refuse)"
     )
-    p.add_argument("--data-root", default=None)
+    _data_flags(p)
     p.add_argument("--config", default=None, help="YAML/TOML file of coreset settings (and dataset, ipc)")
     add_config_flags(p, CoresetConfig, title="coreset settings (over --config's)")
 
@@ -323,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole", action="store_true", help="train on the whole train set (upper bound)")
     p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt, or for --whole")
     p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
-    p.add_argument("--data-root", default=None)
+    _data_flags(p)
     p.add_argument(
         "--out",
         default=None,
@@ -353,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the folder (or .pt file) to write")
     p.add_argument("--dataset", default=None, help="the dataset of a peer's .pt")
     p.add_argument("--zca", action="store_true", help="a peer's .pt was made with ZCA")
-    p.add_argument("--data-root", default=None)
+    _data_flags(p)
 
     p = sub.add_parser("show", help="a set's images as a PNG grid (a row per class), or one class enlarged")
     p.add_argument("path", help="a set's folder (synthetic.safetensors) or the file")
@@ -368,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth-dir", default=None, help="whole-data results cache (default OUT/truth)")
     p.add_argument("--out", required=True, help="results.jsonl, nas.json, nas.png go here")
     p.add_argument("--config", default=None, help="YAML/TOML file of search settings (and space)")
+    _cache_flag(p)
     p.add_argument("--quiet", action="store_true")
     add_config_flags(p, NasSettings, skip=_NAS_OWN, title="search settings (over --config's)")
 
@@ -378,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-table", action="store_true", help="only tabulate the sets finished under --out")
     p.add_argument("--progress", action="store_true", help="show each distillation's progress")
     p.add_argument("--config", default=None, help="YAML/TOML file of grid settings")
+    _cache_flag(p)
     p.add_argument("--quiet", action="store_true", help="no line per finished job")
     add_config_flags(p, GridSettings, title="grid settings (over --config's)")
 
@@ -401,10 +427,11 @@ def _engine(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     from atomdd.data import offer_download
+    from atomdd.data.cache import cache_folder
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()
-    with offer_download(hasattr(args, "download")):
+    with offer_download(hasattr(args, "download")), cache_folder(getattr(args, "cache_dir", None)):
         yield
 
 
@@ -412,21 +439,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # the entry point, not the library, picks the backend
     who = parallel.quiet_other_ranks()  # under torchrun, " (rank r of w)" for the error lines
-    try:
-        with _engine(args):
-            return COMMANDS[args.command](args)
-    except AtomddError as e:
-        if getattr(e, "result", None) is not None:  # a write failed after the work: show the work
-            from atomdd.report.tables import eval_table
+    from atomdd.signals import stop_on_signals
 
-            print(eval_table(e.result))
-        print(f"atomdd: error{who}: {e}", file=sys.stderr)
-        return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
-    except KeyboardInterrupt:
-        print(f"atomdd: interrupted{who}", file=sys.stderr)
-        return 130
-    finally:
-        parallel.leave()
+    # SIGINT, SIGTERM and SIGHUP stop a command cleanly (a distillation checkpoints first); once
+    # one came, or the command ended, the rest are ignored until the process has exited where
+    # `main` is the entry point (no `argv`: the `atomdd` script, `python -m atomdd`), not where a
+    # caller (a test) runs it
+    with stop_on_signals(until_exit=argv is None):
+        try:
+            with _engine(args):
+                return COMMANDS[args.command](args)
+        except AtomddError as e:
+            if getattr(e, "result", None) is not None:  # a write failed after the work: show the work
+                from atomdd.report.tables import eval_table
+
+                print(eval_table(e.result))
+            print(f"atomdd: error{who}: {e}", file=sys.stderr)
+            return 128 + e.signum if isinstance(e, Interrupted) else 2  # SIGINT 130, SIGTERM 143
+        except KeyboardInterrupt as e:  # `signals.Stopped` carries its signal; Ctrl-C elsewhere
+            print(f"atomdd: interrupted{who}", file=sys.stderr)
+            return 128 + getattr(e, "signum", signal.SIGINT)
+        finally:
+            parallel.leave()
 
 
 if __name__ == "__main__":

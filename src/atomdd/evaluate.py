@@ -37,8 +37,9 @@ from atomdd.errors import AtomddError, WriteError
 from atomdd.folders.evals import RepeatStore, merge_result, repeat_protocol_key, set_id
 from atomdd.folders.layout import EVAL_FILE
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import make_folder, versions
-from atomdd.models import ModelRef, parse_models
+from atomdd.io import versions
+from atomdd.lock import hold
+from atomdd.models import ModelRef, check_model, parse_models
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
@@ -153,17 +154,34 @@ def shard_repeats(
 ) -> None:
     """Under torchrun: the (model, repeat) jobs not yet in `store`, spread over the ranks, each
     rank's results gathered into every rank's `store` (eval.jsonl, written by the main process),
-    where the usual assembly finds them."""
+    where the usual assembly finds them. Each finished repeat reaches eval.jsonl at once (the other
+    ranks' through `peers.Relay`), so a rank killed in its share loses none that finished anywhere."""
     jobs = [(str(ref), r) for ref in refs for r in range(config.repeats) if r not in store.done(str(ref))]
     mine = parallel.shard(jobs)
     rows: list[tuple] = []
-    with peers.reporting_failures():
-        for ref in refs:
-            todo = [r for name, r in mine if name == str(ref)]
-            rows += [(str(ref), *row) for row in train_repeats(ref, todo, train, test, num_classes, config)]
-    for got in parallel.gather_results(rows, "the evaluation's (model, repeat) jobs"):
-        for row in got:
+    relay = peers.Relay()
+
+    def keep(row: tuple) -> None:  # into `store` once (a row may come back in the gather)
+        if row[1] not in store.done(row[0]):
             store.add(*row)
+
+    with peers.reporting_failures():
+        try:
+            for ref in refs:
+                todo = [r for name, r in mine if name == str(ref)]
+                for row in train_repeats(ref, todo, train, test, num_classes, config):
+                    rows.append((str(ref), *row))
+                    keep(rows[-1])
+                    relay.send(rows[-1])
+                    for sent in relay.receive():
+                        keep(tuple(sent))
+            gathered = parallel.gather_results(rows, "the evaluation's (model, repeat) jobs")
+        finally:  # also when a rank failed, or a signal ends this one
+            for sent in relay.receive():
+                keep(tuple(sent))
+    for got in gathered:
+        for row in got:
+            keep(row)
 
 
 def evaluate_model(
@@ -228,14 +246,15 @@ def _evaluate(
     refs = parse_models(models)  # every name and option checked before any work
     if not refs:
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
+    size = data.image_size[0]
+    for ref in refs:  # and each model on these images (a size past the memory bound)
+        check_model(ref.name, data.channels, data.num_classes, size, **ref.options_for(size))
     device = parallel.init(config.device)  # joins torchrun's group, if it started this process
     precision = resolve_precision(config.precision, device)
     resolved = replace(config, precision=precision)
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     main = parallel.is_main_process()
-    if out_dir is not None and main:
-        make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RepeatStore(out_dir, set_key, repeat_protocol_key(asdict(config), precision), write=main)
     if parallel.world_size() > 1:
         shard_repeats(refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store)
@@ -356,7 +375,8 @@ def evaluate_set(
         syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=json.dumps(syn.preprocess_meta)
     )
     train, test = (syn.images, syn.labels), (test_x, data.test_labels)
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    with hold(out_dir):  # made, and this evaluation's alone, before any training
+        return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
 
 
 def evaluate_whole(
@@ -379,4 +399,5 @@ def evaluate_whole(
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
     test = (prep(data.test_images), data.test_labels)
     key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)
+    with hold(out_dir):
+        return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch)

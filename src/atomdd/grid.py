@@ -12,6 +12,7 @@ overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import ClassVar
 from atomdd.errors import AtomddError, refuse
 from atomdd.folders.layout import GRID_SUMMARY, RUN_FILE, SET_FILE, grid_member
 from atomdd.folders.read import gather, read_folder
+from atomdd.lock import hold
 from atomdd.settings import CORESET_METHODS, help_meta
 
 EVAL_MODEL = "convnet"
@@ -121,8 +123,11 @@ def make_set(
             return load_synthetic(folder)
         # coresets are stored in the space the distilled sets of the same dataset use (ZCA for CIFAR)
         zca = preset(budget.dataset, ipc, "atom")["zca"]
-        syn = select(budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides)
-        syn.save(folder)
+        with hold(folder):
+            syn = select(
+                budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides
+            )
+            syn.save(folder)
         return syn
     if (folder / RUN_FILE).exists():
         # a folder is named by its spec, and a preset's defaults can change: never reuse a set made
@@ -159,6 +164,8 @@ def finished(folder: Path, budget: Budget) -> dict | None:
     if result is None:
         return None
     config = result["config"]
+    if EVAL_MODEL not in result["models"]:
+        return None
     if config["epochs"] != budget.epochs or len(result["models"][EVAL_MODEL]["runs"]) != budget.repeats:
         return None
     if config.get("test_limit", 0) != budget.test_limit:
@@ -202,7 +209,8 @@ def tabulate(out: str | Path, grid: GridSettings, command: str = "") -> str:
     stats = accuracy_stats(found, EVAL_MODEL, grid.against)
     record = {"dataset": grid.dataset, "budget": budget, "results": stats, "versions": versions()}
     if found:
-        write_json(Path(out) / GRID_SUMMARY, record | {"command": command or " ".join(sys.argv)})
+        with hold(out):  # one process writes under a grid's folder at a time
+            write_json(Path(out) / GRID_SUMMARY, record | {"command": command or " ".join(sys.argv)})
     title = (
         f"{grid.dataset}, {grid.iterations} distillation steps, {grid.repeats} {EVAL_MODEL} models × "
         f"{grid.epochs} epochs per set: test accuracy (%), mean ± std over every model of every seed "
@@ -219,23 +227,22 @@ def run_grid(
     from atomdd.signals import stop_on_signals
 
     out = Path(out)
-    for ipc in grid.ipc:
-        for spec in grid.methods:
-            for seed in grid.seeds:
-                folder = grid_member(out, spec, ipc, seed)
-                t = time.perf_counter()
-                result = finished(folder, grid.budget)  # evaluated: its set file is not needed
-                if result is None:
-                    with stop_on_signals() as stop:  # interrupted: the checkpoint is kept, a rerun resumes
-                        syn = make_set(spec, ipc, seed, grid.budget, folder, quiet, stop)
-                    result = evaluate_job(syn, folder, grid.budget)
-                if say is not None:
-                    accs = result["models"][EVAL_MODEL]["runs"]
-                    say(
-                        f"ipc {ipc:>2} {spec:<40} seed {seed}: {sum(accs) / len(accs):6.2f} "
-                        f"(made in {time.perf_counter() - t:.0f} s, evaluated in {result['seconds']:.0f} s)"
-                    )
-    return tabulate(out, grid)
+    with hold(out):  # one process writes under a grid's folder at a time (each job's folder too)
+        for ipc, spec, seed in itertools.product(grid.ipc, grid.methods, grid.seeds):
+            folder = grid_member(out, spec, ipc, seed)
+            t = time.perf_counter()
+            result = finished(folder, grid.budget)  # evaluated: its set file is not needed
+            if result is None:
+                with stop_on_signals() as stop:  # interrupted: the checkpoint is kept, a rerun resumes
+                    syn = make_set(spec, ipc, seed, grid.budget, folder, quiet, stop)
+                result = evaluate_job(syn, folder, grid.budget)
+            if say is not None:
+                accs = result["models"][EVAL_MODEL]["runs"]
+                say(
+                    f"ipc {ipc:>2} {spec:<40} seed {seed}: {sum(accs) / len(accs):6.2f} "
+                    f"(made in {time.perf_counter() - t:.0f} s, evaluated in {result['seconds']:.0f} s)"
+                )
+        return tabulate(out, grid)
 
 
 __all__ = ["Budget", "GridSettings", "make_set", "parse_method", "run_grid", "tabulate"]

@@ -18,6 +18,8 @@ loop checkpoints and raises `Interrupted` once it is set.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import resource
 import sys
@@ -35,13 +37,16 @@ from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig
 from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.folders.layout import RUN_FILE
 from atomdd.folders.run import RunFolder
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
+from atomdd.lock import hold
 from atomdd.models import FeatureModel
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
+from atomdd.signals import StopFlag
 
 __all__ = ["Distiller", "LogHook", "SavedHook"]
 
@@ -52,6 +57,8 @@ LogHook = Callable[[int, float, dict[str, float], Callable[[], SyntheticSet] | N
 # on_saved(folder, data): on the main process, once the set is saved in the run folder and before
 # run.json says "done", so a kill meanwhile leaves the run resumable (the caller's figures)
 SavedHook = Callable[[Path, Dataset], None]
+
+log = logging.getLogger(__name__)
 
 
 class Distiller:
@@ -113,7 +120,18 @@ class Distiller:
 
     def load_checkpoint(self, out: str | Path) -> None:
         saved = RunFolder(out).read_checkpoint()
-        then = DistillConfig.from_dict(saved.config).flat()  # also a checkpoint of the flat format
+        try:
+            self._check_state(saved.tensors, saved.config, saved.step)
+            then = DistillConfig.from_dict(saved.config).flat()  # also a checkpoint of the flat format
+        except (ValueError, AtomddError) as e:
+            raise AtomddError(
+                f"checkpoint {saved.path} is corrupt or not an atomdd checkpoint: {e}"
+            ) from None
+        if saved.step > self.cfg.iterations:
+            raise AtomddError(
+                f"checkpoint {saved.path} is at step {saved.step}, past iterations={self.cfg.iterations}; "
+                f"resume with --iterations {saved.step} or more"
+            )
         mine = self.cfg.flat()
         differ = {k: (then.get(k), v) for k, v in mine.items() if k not in RESUMABLE and then.get(k) != v}
         if differ:
@@ -136,6 +154,27 @@ class Distiller:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.steps_done = saved.step
         self.wall_before = saved.wall_seconds
+
+    def _check_state(self, tensors: dict[str, torch.Tensor], config: Any, step: int) -> None:
+        """A checkpoint's state is this run's shape before any of it is used (issue 29: 8)."""
+        if not isinstance(config, dict):
+            raise ValueError(f"its config is {type(config).__name__}, not a mapping")
+        if step < 0:
+            raise ValueError(f"its step is {step}")
+        pixels, rng = (len(self.labels), *self.syn.shape[1:]), torch.get_rng_state()
+        want = {"syn": (pixels, torch.float32), "momentum": (pixels, torch.float32)}
+        want["cpu_rng"] = (tuple(rng.shape), rng.dtype)
+        for name, (shape, dtype) in want.items():
+            t = tensors.get(name)
+            if t is None and name == "momentum":  # none before the first step
+                continue
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = f"{t.dtype} {tuple(t.shape)}" if t is not None else "missing"
+                raise ValueError(f"its {name} is {got}, this run's is {dtype} {shape}")
+        try:
+            torch.Generator().set_state(tensors["cpu_rng"])  # torch's own check of the state
+        except RuntimeError as e:
+            raise ValueError(f"its cpu_rng is no random state: {e}") from None
 
     def wall_seconds(self) -> float:
         """Seconds of work in this run so far, over every resume."""
@@ -183,11 +222,18 @@ class Distiller:
         module's docstring."""
         self._t0 = None
         self.folder = RunFolder(out) if out is not None else None
+        # the folder is this process's for the whole run; a signal only asks for a stop, which the
+        # loop turns into a checkpoint (signals.py)
+        deferred = stop.deferred() if isinstance(stop, StopFlag) else contextlib.nullcontext()
         try:
-            return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
+            with hold(out), deferred:
+                try:
+                    return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
+                except BaseException as e:
+                    self._record_failure(e)  # while the folder is still this process's
+                    raise
         except BaseException as e:
             peers.report_failure(e)  # for the ranks waiting on this one to name it
-            self._record_failure(e)
             raise
 
     def _record_failure(self, error: BaseException) -> None:
@@ -197,8 +243,13 @@ class Distiller:
         try:
             record = self._record(status, time.perf_counter() - self._t0)
             self.folder.record(record | {"error": str(error) or type(error).__name__})
-        except Exception:  # noqa: BLE001  (never hide the error being reported)
-            pass
+        except Exception as e:  # noqa: BLE001  (never hide the error being reported)
+            log.warning(
+                'could not record the %s run in %s (%s); it may still say "running"',
+                status,
+                self.folder.path / RUN_FILE,
+                peers.first_line(e),
+            )
 
     def _run(
         self,

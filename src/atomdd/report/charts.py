@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from atomdd.folders.layout import METRICS
+from atomdd.folders.layout import METRICS, METRICS_ROW
 from atomdd.folders.read import Folder
 from atomdd.io import atomic_path, read_jsonl
 from atomdd.methods import method_order
@@ -53,7 +53,7 @@ def loss_curves(chosen: list[Folder], path: Path) -> Path | None:
     """The matching loss against the step (metrics.jsonl), a panel per IPC, a line per method."""
     from matplotlib.figure import Figure
 
-    logged = [(r, read_jsonl(r.path / METRICS)) for r in chosen if (r.path / METRICS).exists()]
+    logged = [(r, read_jsonl(r.path / METRICS, METRICS_ROW)) for r in chosen if (r.path / METRICS).exists()]
     logged = [(r, rows) for r, rows in logged if rows]
     if not logged:
         return None
