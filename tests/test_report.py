@@ -52,8 +52,8 @@ def test_report_holds_every_number_and_real_figures(two_runs, tmp_path):
         run = json.loads((folder / "run.json").read_text())
         for model, r in ev["models"].items():
             line = next(x for x in text.splitlines() if f"]({_rel(folder, page)})" in x and model in x)
-            for number in [*r["runs"], r["mean"], r["std"]]:
-                assert repr(number) in line, (number, line)
+            for number in [*r["runs"], r["mean"], r["std"]]:  # to 0.01, as they were measured
+                assert f"{number:.2f}" in line, (number, line)
         assert run["git"]["commit"][:10] in text
         assert run["versions"]["torch"] in text
         assert json.dumps(run["config"]["match"]["embedding"]) in text  # the config is there
@@ -104,8 +104,8 @@ def test_report_of_a_grid_and_a_nas_folder(two_runs, tmp_path):
     page = report([grid, nas, coreset, tmp_path / "whole"], tmp_path / "out")
     text = page.read_text()
     assert "## grid" in text and "| Spearman, whole space | 0.61 |" in text
-    assert "| random |" in text and repr(ev["models"]["convnet"]["mean"]) in text
-    assert "| method | IPC 1 | whole data |" in text and repr(whole["models"]["convnet"]["mean"]) in text
+    assert "| random |" in text and f"{ev['models']['convnet']['mean']:.2f}" in text
+    assert "| method | IPC 1 | whole data |" in text and f"{whole['models']['convnet']['mean']:.2f}" in text
     for png in _linked_pngs(page):
         _check_png(png)
 
@@ -129,20 +129,25 @@ def test_the_table_pairs_each_method_with_atom_run_by_run(tmp_path):
     header = "| method | IPC 1 | method − atom, IPC 1 | IPC 1, first 100 test images |"
     # differences 1, -1 (seed 0) and 3, 2 (seed 1): mean 1.25, sample std 1.71; seed means 0 and 2.5
     assert (
-        header in text and "| dm | 31.8 ± 1.5 (n=2) | +1.25 ± 1.71 (3/4 runs ahead; seeds ± 1.77) |" in text
+        header in text and "| dm | 31.8 ± 1.5 (n=2) | +1.25 ± 1.71 (3/4 models ahead; seeds ± 1.77) |" in text
     )
     assert "| atom | 30.5 ± 1.1 (n=2) | – | 30.5 ± 1.5 |" in text
 
 
 def test_show_writes_one_row_per_class(two_runs, tmp_path):
+    from atomdd.report.images import display_images, grid_image, set_caption
     from atomdd.sets import load_synthetic
 
     syn = load_synthetic(two_runs[1])
     path = show(two_runs[1], tmp_path / "grid.png")
     pixels = _check_png(path)
+    # the same grid without its caption line says where the caption ends and the images' right edge
+    plain = grid_image(display_images(syn)[0], syn.labels, class_names=syn.classes)
+    top = pixels.shape[0] - plain.height
+    assert top > 0 and set_caption(syn) == "dm, digits, IPC 2, 4 steps, seed 0"  # what it is
     # the column through the last image of each row (IPC 2: every row has two): a dark (or coloured)
     # band per class, white between
-    column = pixels[:, -5].min(axis=1) < 250
+    column = pixels[top:, plain.width - 5].min(axis=1) < 250
     bands = int(column[0]) + int(np.sum(column[1:] & ~column[:-1]))
     assert bands == len(syn.classes) == 10
     one = show(two_runs[1], tmp_path / "one.png", klass="3")

@@ -47,6 +47,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def field_defaults(fields: list) -> dict[str, Any]:
+    """Each field's default, without making the dataclass (whose checks may load more, e.g. torch)."""
+    out = {}
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def config_text(values: dict[str, Any]) -> str:
+    """`values` as a YAML config file that `load_config_file` reads back (`--print-config`)."""
+    import yaml
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+
+
 def coerce_value(name: str, value: Any, hint: Any) -> Any:
     """`value` (from a config file or a flag) as type `hint`, or an `AtomddError` naming `name`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)

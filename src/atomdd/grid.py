@@ -13,19 +13,19 @@ overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
+from atomdd.distillation.config import parse_method
 from atomdd.errors import AtomddError, refuse
 from atomdd.folders.layout import GRID_SUMMARY, RUN_FILE, SET_FILE, grid_member
 from atomdd.folders.read import gather, read_folder
 from atomdd.lock import hold
-from atomdd.settings import CORESET_METHODS, help_meta
+from atomdd.settings import CORESET_METHODS, helped
 
 EVAL_MODEL = "convnet"
 
@@ -37,17 +37,12 @@ class Budget:
     # settings renamed: the old name (a config key, a flag) still works, with a warning
     RENAMED: ClassVar[dict[str, str]] = {"runs": "repeats"}
 
-    dataset: str = "mnist"
-    iterations: int = field(default=200, metadata=help_meta("distillation steps (default 200)"))
-    epochs: int = field(default=300, metadata=help_meta("evaluation epochs (default 300)"))
-    repeats: int = field(default=3, metadata=help_meta("evaluation models per set (default 3)"))
-    test_limit: int = field(
-        default=0,
-        metadata=help_meta(
-            "also report accuracy on the first N test images (CIFAR-10 here: 1000, its exact part)"
-        ),
-    )
-    data_root: str | None = None
+    dataset: str = helped("mnist", "a registered dataset (`atomdd datasets` lists them)")
+    iterations: int = helped(200, "distillation steps")
+    epochs: int = helped(300, "evaluation epochs")
+    repeats: int = helped(3, "evaluation models per set")
+    test_limit: int = helped(0, "also report the accuracy on the first N test images (0: no)")
+    data_root: str | None = helped(None, "folder holding MNIST/, cifar-10-batches-py/, … (or $ATOMDD_DATA)")
 
     def __post_init__(self) -> None:
         refuse("grid setting(s)", self.problems())
@@ -66,17 +61,13 @@ class Budget:
 class GridSettings(Budget):
     """A grid: its budget, and the methods × IPCs × seeds it holds; `atomdd grid`'s flags."""
 
-    methods: tuple[str, ...] = field(
-        default=("random", "herding", "kcenter", "dm", "datadam", "atom"),
-        metadata=help_meta("method specs: a method (`atomdd methods`), a coreset, or atom[key=value,...]"),
+    methods: tuple[str, ...] = helped(
+        ("random", "herding", "kcenter", "dm", "datadam", "atom"),
+        "method specs: a method (`atomdd methods`), a coreset, or atom[key=value,...]",
     )
-    ipc: tuple[int, ...] = field(default=(1, 10), metadata=help_meta("images per class (default 1 10)"))
-    seeds: tuple[int, ...] = field(
-        default=(0,), metadata=help_meta("distillation / selection seeds (default 0)")
-    )
-    against: str = field(
-        default="atom", metadata=help_meta("the method paired differences are taken against (default atom)")
-    )
+    ipc: tuple[int, ...] = helped((1, 10), "images per class")
+    seeds: tuple[int, ...] = helped((0,), "distillation / selection seeds")
+    against: str = helped("atom", "the method paired differences are taken against")
 
     def problems(self) -> list[str]:
         bad = super().problems()
@@ -95,20 +86,8 @@ class GridSettings(Budget):
         return Budget(**{f.name: getattr(self, f.name) for f in fields(Budget)})
 
 
-def parse_method(spec: str) -> tuple[str, dict[str, str]]:
-    """`name` or `name[key=value,...]` (overrides for ablations) → (name, overrides)."""
-    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
-    if not m:
-        raise AtomddError(f"bad method spec {spec!r}; e.g. atom or atom[p_spatial=2,p_channel=6]")
-    pairs = [kv for kv in (m.group(2) or "").split(",") if kv]
-    bad = [kv for kv in pairs if "=" not in kv]
-    if bad:
-        raise AtomddError(f"bad method spec {spec!r}: overrides are key=value, got {bad}")
-    return m.group(1), dict(kv.split("=", 1) for kv in pairs)
-
-
 def make_set(
-    spec: str, ipc: int, seed: int, budget: Budget, folder: Path, quiet: bool = True, stop: object = None
+    spec: str, ipc: int, seed: int, budget: Budget, folder: Path, quiet: bool = False, stop: object = None
 ):
     """The set of one job: made in `folder`, or the one a previous invocation finished there
     (a distillation resumes from its checkpoint). Returns a `SyntheticSet`."""
@@ -221,13 +200,16 @@ def tabulate(out: str | Path, grid: GridSettings, command: str = "") -> str:
 
 
 def run_grid(
-    grid: GridSettings, out: str | Path, quiet: bool = True, say: Callable[[str], None] | None = None
+    grid: GridSettings, out: str | Path, quiet: bool = False, say: Callable[[str], None] | None = None
 ) -> str:
-    """Make and evaluate every job of `grid` not yet finished under `out`; the table of all."""
+    """Make and evaluate every job of `grid` not yet finished under `out`; the table of all. Each
+    job's progress shows unless `quiet`; `say` gets a line per finished job."""
+    from atomdd.progress import silenced
     from atomdd.signals import stop_on_signals
 
     out = Path(out)
-    with hold(out):  # one process writes under a grid's folder at a time (each job's folder too)
+    # one process writes under a grid's folder at a time (each job's folder too)
+    with hold(out), silenced(quiet):
         for ipc, spec, seed in itertools.product(grid.ipc, grid.methods, grid.seeds):
             folder = grid_member(out, spec, ipc, seed)
             t = time.perf_counter()

@@ -130,15 +130,17 @@ class NasSettings:
     )
     space: tuple[str, ...] = ()  # canonical model references (`search_space`; the CLI's --space)
     space_name: str = "small"
-    epochs: int = field(default=300, metadata=help_meta("training epochs on a proxy set (default 300)"))
-    truth_epochs: int = field(default=30, metadata=help_meta("epochs on the whole data (default 30)"))
-    early_epochs: int = field(default=1, metadata=help_meta("the early-stop proxy's epochs (default 1)"))
+    epochs: int = field(default=300, metadata=help_meta("training epochs on a proxy set"))
+    truth_epochs: int = field(default=30, metadata=help_meta("epochs on the whole data"))
+    early_epochs: int = field(default=1, metadata=help_meta("the early-stop proxy's epochs"))
     seeds: tuple[int, ...] = field(default=(0,), metadata=help_meta("one model per architecture × seed"))
     ipc: int = field(default=10, metadata=help_meta("random proxy's images per class without a set folder"))
     dsa: str = field(default=DSA_DEFAULT, metadata=help_meta("augmentation, or none"))
     zca: bool = field(default=False, metadata=help_meta("whole data, random and early stop ZCA-whitened"))
-    device: str = "auto"
-    data_root: str | None = field(default=None, compare=False)
+    device: str = field(default="auto", metadata=help_meta("auto (CUDA where there is one) | cpu | cuda"))
+    data_root: str | None = field(
+        default=None, compare=False, metadata=help_meta("folder holding the datasets (or $ATOMDD_DATA)")
+    )
 
     def __post_init__(self) -> None:
         refuse("search setting(s)", self.problems())
@@ -367,6 +369,10 @@ def _search(
     return summary
 
 
+# a rank correlation over fewer architectures says nothing (two are ±1 whatever the proxy)
+MIN_RANKED = 5
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # nan (a constant ranking) is null in JSON
 
@@ -399,8 +405,9 @@ def summarize(
         }
         for name, cut in (("all", both), ("top20", [a for a in both if a in top])):
             p, t = [mean[a] for a in cut], [truth[a] for a in cut]
-            entry[f"spearman_{name}"] = _finite(spearman(p, t)) if len(cut) > 1 else None
-            entry[f"kendall_{name}"] = _finite(kendall(p, t)) if len(cut) > 1 else None
+            enough = len(cut) >= MIN_RANKED  # two or three points are ranked alike by chance: ±1
+            entry[f"spearman_{name}"] = _finite(spearman(p, t)) if enough else None
+            entry[f"kendall_{name}"] = _finite(kendall(p, t)) if enough else None
         entry["accuracy"] = mean
         proxies[label] = entry
     return {

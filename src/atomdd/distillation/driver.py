@@ -43,7 +43,7 @@ from atomdd.hardware import resolve_precision
 from atomdd.io import versions
 from atomdd.lock import hold
 from atomdd.models import FeatureModel
-from atomdd.progress import Progress
+from atomdd.progress import Progress, silenced, stage
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 from atomdd.signals import StopFlag
@@ -69,11 +69,17 @@ class Distiller:
         self.device = parallel.init(cfg.run.device)  # joins torchrun's group, if it started this
         self.precision = resolve_precision(cfg.run.precision, self.device)
         run = cfg.run
-        self.data = data if data is not None else load_dataset(cfg.dataset, run.data_root, run.download)
+        if data is None:
+            with stage("distill", f"loading {cfg.dataset}"):
+                data = load_dataset(cfg.dataset, run.data_root, run.download)
+        self.data = data
         self.k = self.data.num_classes
         self.shards = Shards.of(self.k, cfg.ipc)  # this rank's classes (all of them in one process)
-        self.prep = preprocess(self.data, cfg.zca, self.device)
-        self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision, self.shards.own)
+        with stage("distill", "fitting ZCA on the train images" if cfg.zca else "preparing the real images"):
+            self.prep = preprocess(self.data, cfg.zca, self.device)
+            self.task = steps.Task.build(
+                cfg, self.data, self.prep, self.device, self.precision, self.shards.own
+            )
         self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
         init, self.refit = self.task.initial_images(), None
         if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
@@ -208,7 +214,7 @@ class Distiller:
         self,
         out: str | Path | None = None,
         resume: bool | str = False,
-        quiet: bool = True,
+        quiet: bool = False,
         stop: object = None,
         overwrite: bool = False,
         on_log: LogHook | None = None,
@@ -219,14 +225,14 @@ class Distiller:
         after every step) checkpoints and raises `Interrupted`. With `out`, an error leaves run.json
         "failed" or "interrupted" and why. A folder holding another set or run is refused unless
         `overwrite` (which removes the old one's files). `on_log` and `on_saved`: the hooks of the
-        module's docstring."""
+        module's docstring. Its progress shows (`progress.Progress`) unless `quiet`."""
         self._t0 = None
         self.folder = RunFolder(out) if out is not None else None
         # the folder is this process's for the whole run; a signal only asks for a stop, which the
         # loop turns into a checkpoint (signals.py)
         deferred = stop.deferred() if isinstance(stop, StopFlag) else contextlib.nullcontext()
         try:
-            with hold(out), deferred:
+            with hold(out), deferred, silenced(quiet):
                 try:
                     return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
                 except BaseException as e:
@@ -272,31 +278,29 @@ class Distiller:
             folder.record(self._record("running", 0.0))
         start, t0 = self.steps_done, time.perf_counter()
         self._t0 = t0
-        shown = not quiet and parallel.is_main_process()
-        bar = Progress("distill", cfg.iterations, unit="step", done=start, shown=shown)
         loss = ""
-        while self.steps_done < cfg.iterations:
-            value, terms, stopping = self.step(stop)
-            n = self.steps_done
-            if n % cfg.run.log_every == 0 or n == cfg.iterations:
-                terms = {k: float(v) for k, v in terms.items()}
-                loss = f", loss {value:.4g}"
-                if on_log is not None:
-                    on_log(n, value, terms, self.result if self.shards.world == 1 else None)
-                if folder is not None:
-                    folder.log({"step": n, "loss": value, "seconds": self.wall_seconds()} | terms)
-            bar.advance(1, f"step {n}/{cfg.iterations}{loss}")
-            if folder is not None and (n % cfg.run.checkpoint_every == 0 or stopping):
-                self.save_checkpoint(folder.path)
-            if stopping:
-                bar.close()
-                raise Interrupted(
-                    f"interrupted at step {n}; checkpoint saved in {folder.path}; continue with --resume"
-                    if folder is not None
-                    else f"interrupted at step {n}",
-                    getattr(stop, "signum", 2),  # 2: SIGINT
-                )
-        bar.close()
+        with Progress("distill", cfg.iterations, unit="step", done=start) as bar:
+            while self.steps_done < cfg.iterations:
+                value, terms, stopping = self.step(stop)
+                n = self.steps_done
+                if n % cfg.run.log_every == 0 or n == cfg.iterations:
+                    terms = {k: float(v) for k, v in terms.items()}
+                    loss = f", loss {value:.4g}"
+                    if on_log is not None:
+                        on_log(n, value, terms, self.result if self.shards.world == 1 else None)
+                    if folder is not None:
+                        folder.log({"step": n, "loss": value, "seconds": self.wall_seconds()} | terms)
+                bar.advance(1, f"step {n}/{cfg.iterations}{loss}")
+                if folder is not None and (n % cfg.run.checkpoint_every == 0 or stopping):
+                    self.save_checkpoint(folder.path)
+                if stopping:
+                    raise Interrupted(
+                        f"interrupted at step {n}; checkpoint saved in {folder.path}; continue with --resume"
+                        if folder is not None
+                        else f"interrupted at step {n}",
+                        getattr(stop, "signum", 2),  # 2: SIGINT
+                    )
+            bar.close(f"{cfg.iterations} steps{loss}, {time.perf_counter() - t0:.0f} s")
         seconds = time.perf_counter() - t0
         result = self.result()
         mine = {
@@ -306,10 +310,13 @@ class Distiller:
         }
         self.rank_stats = parallel.gather_objects(mine, "the per-rank statistics gather")
         if folder is not None:
-            self.save_checkpoint(folder.path)
-            folder.save_set(result)
-            if on_saved is not None and folder.main:
-                on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
+            with stage(
+                "distill", f"saving the set in {folder.path}" + (" and drawing it" if on_saved else "")
+            ):
+                self.save_checkpoint(folder.path)
+                folder.save_set(result)
+                if on_saved is not None and folder.main:
+                    on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
             folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
         return result
 

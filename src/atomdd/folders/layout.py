@@ -37,6 +37,7 @@ LOCK_FILE = ".atomdd.lock"  # lock.hold: which process writes the folder
 GRID_PNG = "grid.png"
 ATTENTION_PNG = "attention.png"
 SHOW_PNG = "show.png"  # `atomdd show`'s default, beside the set
+FIGURE_FORMATS = ("png", "pdf", "svg")  # a figure on request: PNG, or vector PDF / SVG
 EVAL_FILE = "eval.json"
 EVAL_ROWS = "eval.jsonl"
 # an architecture search's folder
