@@ -660,7 +660,7 @@ def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch:
 
 
 # --------------------------------------------------------------------------------------------------
-# case 5: an evaluation shows its progress (a bar on a terminal, a line per 30 s in a log)
+# case 5: an evaluation shows its progress (a bar on a terminal, a line every 20 s in a log)
 
 
 class _Terminal:
@@ -687,24 +687,24 @@ def test_evaluation_progress_in_a_log_and_on_a_terminal(
 
     syn = _digits_set(digits, torch.arange(10))
     syn.save(tmp_path)
-    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every epoch instead of every 30 s
-    code = _cli(
-        capsys, "evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"
-    )
-    assert code[0] == 0
-    lines = [line for line in code[1].splitlines() if line.startswith("convnet(width=8): ")]
-    assert len(lines) == 2 * 3 + 1, lines  # one per epoch of each repeat, then the result
-    assert lines[0].startswith("convnet(width=8): repeat 1/2, epoch 1/3 (17 %), 0:") and "ETA 0:" in lines[0]
-    assert lines[5].startswith("convnet(width=8): repeat 2/2, epoch 3/3 (100 %)") and lines[5].endswith(
-        "ETA 0:00"
-    )
-    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 models \(\d+\.\d s\)", lines[6])
-
-    monkeypatch.setattr(progress, "LOG_EVERY_S", 30.0)  # a log file: nothing between the lines
+    monkeypatch.setenv(progress.EVERY_ENV, "0.02")  # a line every 20 ms instead of every 20 s
     argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"]
+    code, err = _cli(capsys, *argv)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("convnet(width=8): ")]
+    assert lines[0] == "convnet(width=8): 2 models × 3 epochs", lines  # what the task is
+    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 models \(\d+\.\d s\)", lines[-1])
+    where = r"(2 models × 3 epochs|repeat [12]/2, epoch [1-3]/3|testing repeat [12]/2 on \d+ test images)"
+    for line in lines[1:-1]:  # where it is, how far, how long until the end
+        assert re.fullmatch(rf"convnet\(width=8\): {where} \(\d+ %\), \d+:\d\d elapsed, ETA [\d:?]+", line), (
+            line
+        )
+    assert len(lines) > 2, err
+
+    monkeypatch.setenv(progress.EVERY_ENV, "30")  # a log file: nothing between the start and the end
     code, err = _cli(capsys, *argv, "--seed", "1")  # another seed: the repeats above are not reused
-    lines = [line for line in err.splitlines() if "epoch" in line]
-    assert code == 0 and len(lines) == 1 and "repeat 2/2, epoch 3/3 (100 %)" in lines[0], err
+    lines = [line for line in err.splitlines() if line.startswith("convnet(width=8): ")]
+    assert code == 0 and len(lines) == 2 and "over 2 models" in lines[1], err
 
     screen = _Terminal()
     bar = progress.Progress("convnet", 2 * 3, file=screen)

@@ -75,17 +75,18 @@ class Distiller:
         self.data = data
         self.k = self.data.num_classes
         self.shards = Shards.of(self.k, cfg.ipc)  # this rank's classes (all of them in one process)
+        # the optimiser too: its first one loads torch's compiler modules, seconds on a busy machine
         with stage("distill", "fitting ZCA on the train images" if cfg.zca else "preparing the real images"):
             self.prep = preprocess(self.data, cfg.zca, self.device)
             self.task = steps.Task.build(
                 cfg, self.data, self.prep, self.device, self.precision, self.shards.own
             )
-        self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
-        init, self.refit = self.task.initial_images(), None
-        if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
-            init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
-        self.syn = torch.nn.Parameter(init)
-        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
+            self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
+            init, self.refit = self.task.initial_images(), None
+            if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
+                init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
+            self.syn = torch.nn.Parameter(init)
+            self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.steps_done = 0
         self.folder: RunFolder | None = None  # the run's folder, while `run` keeps one
         self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
