@@ -291,26 +291,42 @@ def _model_options(model: str, flat: dict[str, Any]) -> tuple[str, dict[str, str
     return name, options
 
 
-def spec_differences(config: dict[str, Any]) -> dict[str, tuple[Any, Any]] | None:
-    """What a run's recorded config (run.json's, of either format) sets otherwise than today's
-    preset for its dataset, IPC and method: setting → (made with, now); the budget, the seed and
-    the execution aside. None where the method is not known today. No torch: a report calls it."""
+def recorded_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (run.json's, of either format) as flat settings: the sections
+    merged, ConvNet's flat options folded into `model` (those set beyond its defaults, sorted), a
+    setting the run's format did not have at the default it then had. No torch: a report calls it."""
     flat = dict(config)
     for section in _SECTIONS:
         if isinstance(flat.get(section), dict):
             flat |= flat.pop(section)
+    name, options = _model_options(flat.pop("model", "convnet"), _pop(flat, MODEL_KEYS))
+    model = name + (f"({','.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else "")
+    return field_defaults(flat_fields()) | flat | {"model": model}
+
+
+def spec_differences(config: dict[str, Any]) -> dict[str, tuple[Any, Any]] | None:
+    """What a run's recorded config sets otherwise than today's preset for its dataset, IPC and
+    method: setting → (made with, now), a backbone's options one by one; the budget, the seed and
+    the execution aside. None where the method is not known today."""
+    made = recorded_settings(config)
     try:
-        now = field_defaults(flat_fields()) | preset(flat["dataset"], int(flat["ipc"]), flat["method"])
+        now = recorded_settings(preset(made["dataset"], int(made["ipc"]), made["method"]))
     except (AtomddError, KeyError, TypeError, ValueError):
         return None
-    made_name, made = _model_options(flat.pop("model", "convnet"), _pop(flat, MODEL_KEYS))
-    now_name, today = _model_options(now.pop("model"), _pop(now, MODEL_KEYS))
-    diffs = {k: (v, now[k]) for k, v in flat.items() if k in now and k not in _NOT_SPEC and v != now[k]}
+    diffs = {k: (v, now[k]) for k, v in made.items() if k not in _NOT_SPEC | {"model"} and v != now.get(k)}
+    (made_name, made_options), (now_name, options) = (
+        _model_options(made["model"], {}),
+        _model_options(now["model"], {}),
+    )
     if made_name != now_name:
-        diffs["model"] = (made_name, now_name)
-    for k in sorted(made.keys() | today.keys()):  # an option missing: ConvNet's default
-        if made.get(k) != today.get(k):
-            diffs[k] = (made.get(k, _LEGACY_CONVNET.get(k)), today.get(k, _LEGACY_CONVNET.get(k)))
+        diffs["model"] = (made["model"], now["model"])
+    else:
+        for k in sorted(made_options.keys() | options.keys()):  # an option missing: ConvNet's default
+            if made_options.get(k) != options.get(k):
+                diffs[k] = (
+                    made_options.get(k, _LEGACY_CONVNET.get(k)),
+                    options.get(k, _LEGACY_CONVNET.get(k)),
+                )
     return diffs
 
 

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from atomdd.distillation.config import preset, recorded_settings, spec_differences
 from atomdd.errors import AtomddError
 from atomdd.folders.layout import ATTENTION_PNG, FIGURE_FORMATS, GRID_PNG, NAS_SUMMARY, SET_FILE, safe_name
 from atomdd.folders.read import Folder, Group, gather
@@ -80,25 +81,26 @@ def _name(r: Folder, group: Group) -> str:
 
 
 def configs_section(group: Group, page_dir: Path) -> str:
-    """The distillation and evaluation configs of a group: the settings every run shares once,
-    then each distinct rest (seed aside) and which runs have it; the commands that made them."""
+    """The settings of a group's runs: of the distillations, those every run shares beyond its
+    preset (each run is otherwise the preset of its dataset, IPC and method, but for what its row
+    label's brackets say), and any other that varies; of the evaluations, those all share, then each
+    distinct rest; the commands that made them."""
     out = []
-    for kind, get in (("distillation", _run_config), ("evaluation", _eval_config)):
-        configs = {_name(r, group): cfg for r in group.members if (cfg := get(r))}
-        if not configs:
-            continue
-        keys = set.intersection(*(set(c) for c in configs.values()))
-        first = next(iter(configs.values()))
-        shared = {k: first[k] for k in sorted(keys) if all(c[k] == first[k] for c in configs.values())}
-        distinct: dict[str, list[str]] = {}
-        for name, cfg in configs.items():
-            rest = {k: v for k, v in cfg.items() if k not in shared}
-            distinct.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
-        out.append(f"{kind.capitalize()} settings every run shares: {_settings(shared)}.\n")
-        for rest, names in distinct.items():
-            if rest != "{}":
-                out.append(f"- {', '.join(names)}: {_settings(json.loads(rest))}")
-        out.append("")
+    runs = {_name(r, group): recorded_settings(r.run["config"]) for r in group.members if r.run.get("config")}
+    labelled = set().union(*(_labelled(r.run["config"]) for r in group.members if r.run.get("config")))
+    shared, varying = _split({k: {n: c[k] for n, c in runs.items() if k in c} for k in _keys(runs)}, labelled)
+    if runs:
+        shared.pop("seed", None)
+        out.append(
+            f"Distillation settings every run shares: {_settings(shared)}. Each run is otherwise the preset "
+            "of its dataset, IPC and method, but for what its row's label says in brackets.\n"
+        )
+        out += [f"- {n}: {_settings(v)}" for n, v in varying.items()] + ([""] if varying else [])
+    evals = {_name(r, group): _eval_config(r) for r in group.members if r.evaluation}
+    shared, varying = _split({k: {n: c[k] for n, c in evals.items() if k in c} for k in _keys(evals)}, set())
+    if evals:
+        out.append(f"Evaluation settings every run shares: {_settings(shared)}.\n")
+        out += [f"- {n}: {_settings(v)}" for n, v in varying.items()] + ([""] if varying else [])
     commands = sorted(
         {_relative(r.run["command"], group, page_dir) for r in group.members if r.run.get("command")}
     )
@@ -107,21 +109,41 @@ def configs_section(group: Group, page_dir: Path) -> str:
     return "\n".join(out)
 
 
+def _keys(configs: dict[str, dict]) -> list[str]:
+    return sorted({k for c in configs.values() for k in c})
+
+
+def _split(values: dict[str, dict[str, object]], aside: set[str]) -> tuple[dict, dict[str, dict]]:
+    """Settings (key → run → value) as those all runs share, and each run's that vary (but those
+    `aside`, and the seed: a grid's runs differ in it by design)."""
+    runs = {n for v in values.values() for n in v}
+    shared = {k: next(iter(v.values())) for k, v in values.items() if len(v) == len(runs) and _same(v)}
+    varying: dict[str, dict] = {}
+    for k, v in values.items():
+        if k not in shared and k not in aside and k != "seed":
+            for n, x in v.items():
+                varying.setdefault(n, {})[k] = x
+    return shared, dict(sorted(varying.items()))
+
+
+def _same(values: dict[str, object]) -> bool:
+    return len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1
+
+
+def _labelled(config: dict) -> set[str]:
+    """The settings a run's row label accounts for: those its preset sets (for its dataset, IPC
+    and method), and those it was made with otherwise (the label's brackets)."""
+    settings = recorded_settings(config)
+    try:
+        keys = set(preset(settings["dataset"], int(settings["ipc"]), settings["method"])) | {"model"}
+    except (AtomddError, KeyError, TypeError, ValueError):
+        return set()
+    return keys | set(spec_differences(config) or {})
+
+
 def _settings(values: dict) -> str:
-    return ", ".join(f"{k} `{json.dumps(v)}`" for k, v in values.items()) or "none"
-
-
-def _run_config(r: Folder) -> dict | None:
-    """A run's settings, flat (either run.json format), seed aside, its data root as DATA (the
-    user's own folder: no path of this machine on the page)."""
-    cfg = dict(r.run.get("config") or {})
-    for section in ("match", "run"):
-        if isinstance(cfg.get(section), dict):
-            cfg |= cfg.pop(section)
-    cfg.pop("seed", None)
-    if cfg.get("data_root"):
-        cfg["data_root"] = "DATA"
-    return cfg or None
+    shown = {k: "DATA" if k == "data_root" and v else v for k, v in values.items()}  # the user's own folder
+    return ", ".join(f"{k} `{json.dumps(v)}`" for k, v in shown.items()) or "none"
 
 
 def _eval_config(r: Folder) -> dict | None:
