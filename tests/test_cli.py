@@ -327,3 +327,31 @@ def test_datasets_shows_the_full_shape_and_finds_only_image_folders(capsys, tmp_
         if x.startswith("imagefolder")
     )
     assert imagefolder.split()[1] == "yes"
+
+
+def test_evaluate_says_what_it_reused_what_it_keeps_nowhere_and_when_training_is_short(
+    capsys, caplog, tmp_path
+):
+    """Issue 33: 8 and 5. A rerun's table says its models were reused (not "0.0 seconds"); a peer's
+    .pt evaluated without --out, and --whole without it, say at once that nothing is kept; a
+    training of a few SGD steps says so."""
+    run = tmp_path / "set"
+    assert run_cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(run))[0] == 0
+    budget = ["--models", "convnet(width=8)", "--epochs", "2", "--quiet"]
+    assert run_cli(capsys, "evaluate", str(run), *budget, "--repeats", "2")[0] == 0
+    assert "2 epochs of 10 images at batch 256 are 2 SGD steps in all (1 an epoch)" in caplog.text
+    code, out, _ = run_cli(capsys, "evaluate", str(run), *budget, "--repeats", "2")
+    assert code == 0 and "| – (all 2 reused from eval.jsonl) |" in out
+    code, out, _ = run_cli(capsys, "evaluate", str(run), *budget, "--repeats", "3")
+    assert code == 0 and "(2 of 3 reused) |" in out
+    peer = tmp_path / "peer.pt"
+    assert run_cli(capsys, "export", str(run), "--format", "pt", "--out", str(peer))[0] == 0
+    code, _, err = run_cli(capsys, "evaluate", str(peer), "--dataset", "digits", *budget, "--repeats", "1")
+    assert code == 0 and "is kept nowhere; pass --out DIR to keep it" in err and "results in" not in err
+    kept = ["--out", str(tmp_path / "kept")]
+    code, _, err = run_cli(
+        capsys, "evaluate", str(peer), "--dataset", "digits", *budget, "--repeats", "1", *kept
+    )
+    assert code == 0 and (tmp_path / "kept" / "eval.json").exists() and "kept nowhere" not in err
+    code, _, err = run_cli(capsys, "evaluate", "--whole", "--dataset", "digits", *budget, "--repeats", "1")
+    assert code == 0 and "the whole-data evaluation is kept nowhere" in err

@@ -34,8 +34,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p", "d", "8")
 
 
 def series_style(i: int) -> dict[str, Any]:
-    """The i-th series' colour and marker (no two alike below 13 · 14 series)."""
-    return {"color": COLOURS[i % len(COLOURS)], "marker": MARKERS[(i + i // len(COLOURS)) % len(MARKERS)]}
+    """The i-th series' colour and marker: no two alike below 13 · 14 series (each round of the
+    colours shifts the markers by one)."""
+    rounds, colour = divmod(i, len(COLOURS))
+    return {"color": COLOURS[colour], "marker": MARKERS[(rounds + colour) % len(MARKERS)]}
 
 
 @contextlib.contextmanager

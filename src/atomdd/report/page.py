@@ -40,7 +40,7 @@ def _budget(group: Group) -> str:
     if steps:
         parts.append("distillation steps " + ", ".join(map(str, steps)))
     if evals:
-        parts.append("evaluation " + ", ".join(f"{n} models × {e} epochs" for e, n in evals))
+        parts.append("evaluation " + ", ".join(f"{n} model{'s' * (n > 1)} × {e} epochs" for e, n in evals))
     return "; ".join(parts)
 
 

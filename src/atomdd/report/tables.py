@@ -115,9 +115,13 @@ def made_as(r: Folder, label: str) -> str | None:
     diffs = spec_differences(r.run.get("config") or {}) or {}
     stale = {k: v for k, v in diffs.items() if f"{k}_" not in f"{r.label}_"}  # the name does not say them
     if stale:
-        then = "; ".join(f"{k} {made} then, {now} now" for k, (made, now) in stale.items())
+        then = "; ".join(f"{k} {_said(made)} then, {_said(now)} now" for k, (made, now) in stale.items())
         return f"† `{label}` was made as `{r.label}` under an earlier preset ({then})."
     return f"`{label}` was made as `{r.label}`: today's preset holds what that name says."
+
+
+def _said(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def by_model(group: Group) -> dict[tuple[str, str], dict[str, dict[int, list[Folder]]]]:
