@@ -353,5 +353,3 @@ def test_evaluate_says_what_it_reused_what_it_keeps_nowhere_and_when_training_is
         capsys, "evaluate", str(peer), "--dataset", "digits", *budget, "--repeats", "1", *kept
     )
     assert code == 0 and (tmp_path / "kept" / "eval.json").exists() and "kept nowhere" not in err
-    code, _, err = run_cli(capsys, "evaluate", "--whole", "--dataset", "digits", *budget, "--repeats", "1")
-    assert code == 0 and "the whole-data evaluation is kept nowhere" in err

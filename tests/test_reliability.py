@@ -778,7 +778,11 @@ def test_eval_json_merges_models_and_protocols(tmp_path: Path, digits) -> None:
 
 
 def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept, and said where at the start: in the user's cache, not the working folder (issue 33: 8)."""
+    import atomdd.cli
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(atomdd.cli, "WHOLE_CACHE", tmp_path / "cache" / "whole")
     argv = [
         "evaluate",
         "--whole",
@@ -792,10 +796,13 @@ def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch
         "1",
     ]
     code, err = _cli(capsys, *argv)
-    assert code == 0 and "whole-digits/eval.json" in err
-    saved = json.loads((tmp_path / "whole-digits" / "eval.json").read_text())
+    kept = tmp_path / "cache" / "whole" / "digits"
+    assert code == 0 and err.index(f"kept in {kept}") < err.index(f"results in {kept}/eval.json")
+    saved = json.loads((kept / "eval.json").read_text())
     assert saved["set"]["kind"] == "whole" and len(saved["models"]["mlp"]["runs"]) == 1
-    assert len((tmp_path / "whole-digits" / "eval.jsonl").read_text().splitlines()) == 1
+    assert len((kept / "eval.jsonl").read_text().splitlines()) == 1 and sorted(tmp_path.iterdir()) == [
+        tmp_path / "cache"
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

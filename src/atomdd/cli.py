@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from atomdd import parallel
@@ -161,6 +162,10 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     return 0
 
 
+# where `evaluate --whole` keeps its result without --out
+WHOLE_CACHE = Path.home() / ".cache" / "atomdd" / "whole"
+
+
 @command
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomdd import evaluate as ev
@@ -184,14 +189,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.whole:
         if not args.dataset:
             raise AtomddError("--whole needs --dataset NAME")
-        out = args.out
-        _kept_nowhere(out, "the whole-data evaluation")
+        # kept (hours of training, reused by a rerun), not in the working folder: in the user's cache
+        out = args.out or str(WHOLE_CACHE / f"{args.dataset}{'-zca' if args.zca else ''}")
+        print(f"atomdd: the whole-data evaluation is kept in {out} (--out DIR: elsewhere)", file=sys.stderr)
         result = ev.evaluate_whole(
             args.dataset,
             models,
             cfg,
             data_root=args.data_root,
-            out_dir=args.out,
+            out_dir=out,
             zca=args.zca,
             progress=not args.quiet,
             on_epoch=on_epoch,
@@ -201,8 +207,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise AtomddError(
                 "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
             )
-        from pathlib import Path
-
         out = args.out or (args.path if Path(args.path).is_dir() else None)
         _kept_nowhere(out, f"{args.path} has no folder of its own: its evaluation")
         with silenced(args.quiet), stage("evaluate", f"reading {args.path}"):
@@ -497,8 +501,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--out",
         default=None,
         metavar="DIR",
-        help="where eval.json and eval.jsonl go (default: the set's folder; a peer's .pt and --whole: "
-        "nowhere unless given)",
+        help="where eval.json and eval.jsonl go (default: the set's folder; a peer's .pt: nowhere; --whole: "
+        "~/.cache/atomdd/whole/DATASET)",
     )
     _runs_flags(p, "evaluation settings (and models)")
     p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TB_HELP)
