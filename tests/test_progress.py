@@ -106,7 +106,8 @@ def test_distill_coreset_and_evaluate_in_a_pipe_write_a_line_every_few_seconds(t
     ]
     for argv in commands:
         gaps, text = _gaps(argv, env)
-        assert len(gaps) >= 4 and max(gaps[1:]) < 2.0, (argv, gaps, text)  # the first: torch's import
+        # the first gap is torch's import; herding on digits takes under a second: few lines, no gap
+        assert len(gaps) >= 2 and max(gaps[1:]) < 2.0, (argv, gaps, text)
         assert argv[0] + ":" in text or "convnet(width=16):" in text, text
     gaps, text = _gaps([*commands[2][:-2], "--repeats", "3", "--quiet"], env)
     assert "| convnet(width=16) |" in text and "(2 of 3 reused)" in text  # a rerun trains only the third

@@ -208,7 +208,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "give the folder of a synthetic set (or a peer's .pt with --dataset), or --whole"
             )
         out = args.out or (args.path if Path(args.path).is_dir() else None)
-        _kept_nowhere(out, f"{args.path} has no folder of its own: its evaluation")
+        if out is None:  # said at the start, not after an hour
+            print(
+                f"atomdd: {args.path} has no folder of its own: its evaluation is kept nowhere; pass --out "
+                "DIR to keep it (eval.json; a rerun then reuses every finished model)",
+                file=sys.stderr,
+            )
         with silenced(args.quiet), stage("evaluate", f"reading {args.path}"):
             syn = load_any(args.path, dataset=args.dataset, data_root=args.data_root, zca=args.zca)
         result = ev.evaluate_set(
@@ -226,16 +231,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if out:
         print(f"results in {out}/eval.json", file=sys.stderr)
     return 0
-
-
-def _kept_nowhere(out: str | None, what: str) -> None:
-    """Say at the start, not after an hour, that a result will be kept nowhere."""
-    if out is None:
-        print(
-            f"atomdd: {what} is kept nowhere; pass --out DIR to keep it (eval.json; a rerun then reuses "
-            "every finished model)",
-            file=sys.stderr,
-        )
 
 
 def _print_config(values: dict[str, Any]) -> int:
@@ -380,8 +375,7 @@ def _distill_now(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
     try:
         values = preset(chosen[0], int(chosen[1]), chosen[2])
     except (AtomddError, ValueError):  # the parse proper reports it
-        chosen = ("digits", "10", "atom")
-        values = preset(*chosen[:1], 10, chosen[2])
+        chosen, values = ("digits", "10", "atom"), preset("digits", 10, "atom")
     defaults = field_defaults(flat_fields())
     now = {k: f"default: {shown_value(v)}" for k, v in defaults.items()}
     now |= {k: f"preset: {shown_value(v)}" for k, v in values.items() if k in defaults}

@@ -147,10 +147,13 @@ class Progress:
         """The ticker thread: the bar's clock every second, or a line every `every()` seconds."""
         period = _TTY_TICK_S if self.bar is not None else every()
         while not self._stop.wait(period):
-            if self.bar is not None:
-                self.bar.refresh()
-            else:
+            if self.bar is None:
                 self._say(self._line())
+                continue
+            try:
+                self.bar.refresh()
+            except (OSError, ValueError):  # the terminal went away (a hang-up): nothing left to tell
+                return
 
     def close(self, summary: str = "") -> None:
         if self._ticker is not None:
@@ -158,9 +161,10 @@ class Progress:
             self._ticker.join()
             self._ticker = None
         if self.bar is not None:
-            if summary:
-                self.bar.set_postfix_str(summary)
-            self.bar.close()
+            with contextlib.suppress(OSError, ValueError):  # a terminal gone must not hide the error
+                if summary:
+                    self.bar.set_postfix_str(summary)
+                self.bar.close()
             self.bar = None
         elif summary and self.shown:
             self._say(f"{self.label}: {summary}")
