@@ -35,6 +35,7 @@ def _targets():
 def run_target(name: str, cases: int, seed: int) -> dict:
     fuzz = _targets()
     target = fuzz.TARGETS[name]
+    target.warm_up()
     fuzz.run_case(target, random.Random(f"{seed}-warmup"))  # imports and first-call allocations
     fuzz._bomb_png(10000, 9500)  # the generator's own bytes, made once
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -8,10 +8,11 @@ search's results.jsonl and its truth file.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from atomdd.folders.layout import NAS_RESULTS, NAS_TRUTH
+from atomdd.io import read_jsonl
+from atomdd.nas import RESULT_ROW
 from atomdd.ranking import kendall, spearman
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     ap.add_argument("--only", help="keep only architectures whose reference contains this")
     args = ap.parse_args()
     files = [args.folder / NAS_RESULTS, *sorted((args.folder / NAS_TRUTH).glob("*.jsonl"))]
-    rows = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line]
+    rows = [r for f in files if f.exists() for r in read_jsonl(f, RESULT_ROW)]
     by: dict[str, dict[str, float]] = {}
     for r in rows:
         by.setdefault(r["proxy"], {})[r["arch"]] = r["accuracy"]

@@ -6,13 +6,14 @@
 #   bash benchmarks/reproduce.sh datadam-code:1 atom-code:1 dm-code:1:5000    # method:IPC[:iterations]
 #
 # DATA (default ../shared/data) holds cifar-10-batches-py/; OUT (default
-# benchmarks/results/cifar10-reproduce) gets a folder per job, <method>-ipc<IPC>[-s<iterations>].
+# benchmarks/results/cifar10-reproduce) is a grid, as `atomdd grid` lays one out (`atomdd report OUT`
+# tabulates it): ipc<IPC>/<method>[_iterations_<N>]-seed0/.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-benchmarks/results/cifar10-reproduce}
 for job in "$@"; do
   IFS=: read -r method ipc iterations <<< "$job"
-  dir="$OUT/$method-ipc$ipc${iterations:+-s$iterations}"
+  dir="$OUT/ipc$ipc/$method${iterations:+_iterations_$iterations}-seed0"
   atomdd distill --dataset cifar10 --data-root "$DATA" --ipc "$ipc" --method "$method" \
     ${iterations:+--iterations "$iterations"} --out "$dir" --resume-or-start --quiet
   preset=$(python -c "from atomdd.methods import get_method; print(get_method('$method').evaluation)")

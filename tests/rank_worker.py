@@ -90,15 +90,23 @@ def evaluate(job: dict) -> dict:
 
     train_repeats = evaluate.train_repeats
 
-    slow = job.get("slow")  # {"rank", "seconds", "kill"}: that rank's training takes longer, or dies
+    # {"rank", "seconds", "kill", "kill_after"}: that rank's training takes longer, or it dies at
+    # once, or once it has finished `kill_after` repeats
+    slow = job.get("slow")
 
     def recording(ref, todo, *args, **kwargs):  # the (model, repeat) jobs this rank trained
         trained.extend((str(ref), r) for r in todo)
         if slow and slow["rank"] == parallel.rank():
             if slow.get("kill"):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if "kill_after" in slow:
+                for n, row in enumerate(train_repeats(ref, todo, *args, **kwargs)):
+                    if n == slow["kill_after"]:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    yield row
+                return
             time.sleep(slow["seconds"])
-        return train_repeats(ref, todo, *args, **kwargs)
+        yield from train_repeats(ref, todo, *args, **kwargs)
 
     evaluate.train_repeats = recording
     report = evaluate_set(

@@ -97,6 +97,8 @@ class Target:
     name: str
     make: Callable[[random.Random, Path], str]
     read: Callable[[Path], object]
+    # run once before the cases are measured: what a first use loads for good (modules, templates)
+    warm_up: Callable[[], object] = lambda: None
 
 
 # --- IDX (MNIST layout) ---------------------------------------------------------------------------
@@ -666,6 +668,249 @@ def read_peer_target(folder: Path) -> object:
     return syn
 
 
+# --- a run folder: run.json, eval.json, eval.jsonl, metrics.jsonl, the checkpoint ------------------
+# (issue 29: 3, 7, 8) each damaged the way a crash, a full disk or a hand edit leaves it, then read
+# back by what reads it: the report, a distillation's resume, an evaluation's resume
+
+_RUN_SETTINGS = dict(width=8, batch_real=8, checkpoint_every=1, log_every=1)
+_EVAL_SETTINGS = dict(epochs=1, repeats=2, batch_size=16, dsa="none", device="cpu")
+_EVAL_MODEL = "mlp(width=8)"
+_RUN_TEMPLATE: list[Path] = []  # a finished, evaluated run, made once per process, copied per case
+_JSON_VALUES = [None, True, -5, 0, 2, 99999, 2**70, 1e308, float("nan"), "", "x", [], [1, "a"], {}, {"a": 1}]
+
+
+def _run_template() -> Path:
+    if not _RUN_TEMPLATE:
+        import atexit
+        import shutil
+
+        from atomdd import distill
+        from atomdd.evaluate import evaluate_set
+        from atomdd.settings import EvalConfig
+
+        folder = Path(tempfile.mkdtemp(prefix="atomdd-fuzz-run-"))
+        atexit.register(shutil.rmtree, folder, True)
+        syn = distill("digits", 1, "dm", out=folder, iterations=2, **_RUN_SETTINGS)
+        evaluate_set(syn, [_EVAL_MODEL], EvalConfig(**_EVAL_SETTINGS), out_dir=folder)
+        _RUN_TEMPLATE.append(folder)
+    return _RUN_TEMPLATE[0]
+
+
+def damage_json(rng: random.Random, obj: object) -> tuple[str, object]:
+    """`obj` with one value somewhere inside it replaced by one of another kind, or its key deleted."""
+    paths: list[tuple] = []
+
+    def walk(o: object, path: tuple) -> None:
+        paths.append(path)
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            walk(v, (*path, k))
+
+    walk(obj, ())
+    path = rng.choice(paths)
+    value = rng.choice(_JSON_VALUES)
+    if not path:
+        return f"the whole record {value!r}", value
+    parent = functools.reduce(lambda o, k: o[k], path[:-1], obj)
+    if isinstance(parent, dict) and rng.random() < 0.3:
+        del parent[path[-1]]
+        return f"{'.'.join(map(str, path))} deleted", obj
+    parent[path[-1]] = value
+    return f"{'.'.join(map(str, path))}={value!r}", obj
+
+
+def _damage_record(rng: random.Random, file: Path) -> str:
+    if rng.random() < 0.3:
+        kind, data = damage_bytes(rng, file.read_bytes())
+        file.write_bytes(data)
+        return kind
+    kind, obj = damage_json(rng, json.loads(file.read_text()))
+    file.write_text(json.dumps(obj))
+    return kind
+
+
+def _damage_journal(rng: random.Random, file: Path) -> str:
+    lines = file.read_bytes().split(b"\n")[:-1]
+    kind = rng.choice(["line", "line", "bytes", "appended", "torn tail", "a folder"])
+    if kind == "line":
+        i = rng.randrange(len(lines))
+        if rng.random() < 0.5:
+            kind, lines[i] = damage_bytes(rng, lines[i])
+        else:
+            kind, obj = damage_json(rng, json.loads(lines[i]))
+            lines[i] = json.dumps(obj).encode()
+        kind = f"line {i + 1}: {kind}"
+    elif kind == "appended":
+        lines.append(
+            rng.choice([b"\xff\xfe", json.dumps(rng.choice(_JSON_VALUES)).encode(), rng.randbytes(40)])
+        )
+    elif kind == "torn tail":
+        lines.append(lines[-1][: rng.randrange(1, len(lines[-1]))])
+    data = b"".join(line + b"\n" for line in lines)
+    if kind == "bytes":
+        kind, data = damage_bytes(rng, data)
+    if kind == "a folder":  # `mkdir RUN_DIR/metrics.jsonl`
+        file.unlink()
+        file.mkdir()
+    else:
+        file.write_bytes(data)
+    return kind
+
+
+def _damage_checkpoint(rng: random.Random, file: Path) -> str:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from atomdd.io import save_safetensors
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(file))
+    kind = rng.choice(["metadata", "metadata", "config", "tensor", "bytes"])
+    if kind == "bytes":
+        kind, data = damage_bytes(rng, file.read_bytes())
+        file.write_bytes(data)
+        return kind
+    if kind == "metadata":
+        key = rng.choice(sorted(meta))
+        values = {
+            "step": ["-5", "99999", "3", "0", "x", "", "1e3", "nan", "2.5"],
+            "wall_seconds": ["nan", "inf", "-1", "x", ""],
+        }.get(key, ["", "x", "{}", "[1]", "null"])
+        if rng.random() < 0.2:
+            del meta[key]
+            kind = f"no {key}"
+        else:
+            meta[key] = rng.choice(values)
+            kind = f"{key}={meta[key]!r}"
+    elif kind == "config":
+        kind, config = damage_json(rng, json.loads(meta["config"]))
+        meta["config"] = json.dumps(config)
+        kind = f"config {kind}"
+    else:
+        name = rng.choice(sorted(tensors))
+        t = tensors[name]
+        change = rng.choice(["shape", "dtype", "missing", "empty"])
+        if change == "missing":
+            del tensors[name]
+        else:
+            tensors[name] = {
+                "shape": t.reshape(-1)[: max(t.numel() - 1, 0)],
+                "dtype": t.to(torch.float64 if t.dtype != torch.float64 else torch.uint8),
+                "empty": t[:0],
+            }[change]
+        kind = f"{name} {change}"
+    save_safetensors(file, tensors, meta)
+    return kind
+
+
+def make_run_folder(rng: random.Random, folder: Path) -> str:
+    import shutil
+
+    run = folder / "run"
+    shutil.copytree(_run_template(), run)
+    victim = rng.choice(["run.json", "eval.json", "eval.jsonl", "metrics.jsonl", "checkpoint.safetensors"])
+    if victim.endswith(".jsonl"):
+        kind = _damage_journal(rng, run / victim)
+    elif victim.endswith(".json"):
+        kind = _damage_record(rng, run / victim)
+    else:
+        kind = _damage_checkpoint(rng, run / victim)
+    return f"{victim}: {kind}"
+
+
+def read_run_folder_target(folder: Path) -> object:
+    """The report over the folder, a distillation resumed from it, an evaluation resumed in it:
+    each of the three is tried (a refusal by one does not spare the others), the first refusal
+    raised at the end."""
+    from atomdd.data import load_dataset
+    from atomdd.distillation.config import make_config as distill_config
+    from atomdd.distillation.driver import Distiller
+    from atomdd.evaluate import evaluate_set
+    from atomdd.folders.run import RunFolder
+    from atomdd.report.page import render
+    from atomdd.sets import load_synthetic
+    from atomdd.settings import EvalConfig
+
+    run, digits = folder / "run", load_dataset("digits")
+
+    def resume() -> None:
+        resumed = Distiller(distill_config("digits", 1, "dm", iterations=2, **_RUN_SETTINGS), digits)
+        resumed.load_checkpoint(run)
+        RunFolder(run).truncate_metrics(resumed.steps_done)
+        RunFolder(run).loss_summary()
+
+    def evaluate() -> None:
+        report = evaluate_set(load_synthetic(run), [_EVAL_MODEL], EvalConfig(**_EVAL_SETTINGS), out_dir=run)
+        assert len(report["models"][_EVAL_MODEL]["runs"]) == _EVAL_SETTINGS["repeats"]
+
+    refusals = []
+    for read in (lambda: render([run], folder / "report.md", figures=False), resume, evaluate):
+        try:
+            read()
+        except AtomddError as e:
+            refusals.append(e)
+    if refusals:
+        raise refusals[0]
+    return run
+
+
+# --- model references: `--models`, `distill --model`, a NAS space file (issue 29: 5) -----------------
+
+_OPTION_VALUES = [
+    *("0", "-4", "1", "2", "3", "6", "7", "16", "64", "65", "4096", "4097", "65536", "100000000"),
+    *("0.25", "0.2", "1.5", "2.5", "16.5", "1e400", "-1e400", "nan", "inf", "-inf", "2**31", "３"),
+    *("", " 3 ", "x", "true", "none", "batchnorm", "relu", "maxpool", "é" * 3, "1,2"),
+]
+
+
+def make_model_ref(rng: random.Random, folder: Path) -> str:
+    from atomdd.models import MODELS
+
+    names = list(MODELS)
+    name = rng.choice([*names, *names, "resnet9", "", "conv net", "ConvNet", "convnet()"])
+    keys = [*MODELS[name].options] if name in MODELS else []
+    pairs = [
+        f"{rng.choice([*keys, *keys, 'dpth', ''])}={rng.choice(_OPTION_VALUES)}"
+        for _ in range(rng.randint(0, 4))
+    ]
+    form = rng.choice(["call", "call", "call", "no close", "double", "bare key", "empty"])
+    text = {
+        "call": f"{name}({','.join(pairs)})",
+        "no close": f"{name}({','.join(pairs)}",
+        "double": f"{name}(({','.join(pairs)}))",
+        "bare key": f"{name}({rng.choice(keys or ['x'])})",
+        "empty": f"{name}(,,)",
+    }[form]
+    channels, size = rng.choice([1, 3, 2]), rng.choice([8, 13, 28, 32, 64, 7, 65])
+    (folder / "ref.json").write_text(json.dumps({"text": text, "channels": channels, "size": size}))
+    return f"{form}: {text} on {channels}×{size} px"[:120]
+
+
+def _every_model_on_meta() -> None:
+    """torch loads the meta kernels a model's forward needs on first use (66 MB for the ViT's)."""
+    from atomdd.models import MODELS, create_model
+
+    with torch.device("meta"):
+        for name in MODELS:
+            create_model(name, 3, 10, 32)(torch.empty(2, 3, 32, 32))
+
+
+def read_model_ref_target(folder: Path) -> object:
+    """Parsed, checked for the images, then built and run on the meta device (shapes, no memory):
+    a reference that passes the checks must make a working model."""
+    from atomdd.models import ModelRef, check_model
+
+    case = json.loads((folder / "ref.json").read_text())
+    c, s = case["channels"], case["size"]
+    ref = ModelRef.parse(case["text"])
+    spec, size, options = check_model(ref.name, c, 10, s, **ref.options_for(s))
+    with torch.device("meta"):
+        logits = spec.builder(c, 10, size, **options)(torch.empty(2, c, s, s))
+    assert logits.shape == (2, 10)
+    return ref
+
+
 TARGETS = {
     t.name: t
     for t in (
@@ -676,6 +921,8 @@ TARGETS = {
         Target("config file", make_config, read_config_target),
         Target("load_synthetic", make_synthetic, read_synthetic_target),
         Target("peer .pt", make_peer, read_peer_target),
+        Target("run folder", make_run_folder, read_run_folder_target, _run_template),
+        Target("model reference", make_model_ref, read_model_ref_target, _every_model_on_meta),
     )
 }
 
@@ -710,6 +957,7 @@ def run_case(target: Target, rng: random.Random, trace: bool = True) -> tuple[st
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_reader_raises_only_atomdd_error(name: str) -> None:
     target = TARGETS[name]
+    target.warm_up()
 
     @settings(
         max_examples=FUZZ_EXAMPLES,

@@ -36,6 +36,7 @@ def test_only_the_main_process_writes(tmp_path, monkeypatch):
     assert parallel.is_main_process() and parallel.world_size() == 1 and parallel.rank() == 0
     monkeypatch.setattr("atomdd.folders.run.is_main_process", lambda: False)
     monkeypatch.setattr("atomdd.sets.is_main_process", lambda: False)
+    monkeypatch.setattr("atomdd.lock.is_main_process", lambda: False)  # the folder's lock is rank 0's
     result = distill("digits", 1, "atom", out=tmp_path / "run", iterations=2, **FAST)
     assert len(result.labels) == 10 and not (tmp_path / "run").exists()
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from atomdd.errors import AtomddError
-from atomdd.models import MODELS, ModelRef, create_model, parse_models
+from atomdd.models import MODELS, ModelRef, ModelSpec, create_model, parse_models
 from atomdd.models.layers import ACTIVATIONS, NORMS, POOLINGS
 
 CLASSES = 5
@@ -67,6 +67,33 @@ def test_bad_options_are_user_errors(name: str) -> None:
         create_model(name, 2, CLASSES, 32)
     with pytest.raises(AtomddError):
         create_model(name, 3, CLASSES, 65)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_option_of_every_model_is_checked(name: str) -> None:
+    """Issue 29: 5. Each numeric option, from its declared range alone: the ends pass; past them,
+    a non-finite value or another type is refused naming the option, in a reference and in
+    `create_model` alike (before: ZeroDivisionError for a width of 0, a negative dimension for
+    -4, a 3.6e17-byte allocation for 100 000 000, ValueError for a NaN ratio)."""
+    spec = MODELS[name]
+    assert set(spec.options) == set(spec.choices) | set(spec.ranges)  # no option left unchecked
+    for key, (lo, hi) in spec.ranges.items():
+        ModelRef(name, ((key, lo),)), ModelRef(name, ((key, hi),))
+        number = type(spec.options[key])
+        step = 1 if number is int else hi / 4
+        bad = [lo - step, hi + step, float("nan"), float("inf"), True, "x", *([2.5] if number is int else [])]
+        for value in bad:
+            with pytest.raises(AtomddError, match=f"model {name}: {key}="):
+                ModelRef(name, ((key, value),))
+            with pytest.raises(AtomddError, match=f"model {name}: {key}="):
+                create_model(name, 3, CLASSES, 32, **{key: value})
+
+
+def test_a_model_past_the_memory_bound_is_refused_with_its_size() -> None:
+    with pytest.raises(AtomddError, match=r"mlp\(width=65536\) would hold 4\.5e\+09 parameters \(18 GB of"):
+        create_model("mlp", 3, CLASSES, 32, width=65536)
+    with pytest.raises(ValueError, match=r"declare choices or a range for every option \(\['width'\]\)"):
+        ModelSpec("bad", "", MODELS["mlp"].builder, options={"width": 128})
 
 
 @pytest.mark.parametrize("options", [{"dim": 100, "heads": 3}, {"patch": 40}, {"patch": -1}, {"depth": 0}])

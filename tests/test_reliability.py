@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -573,8 +574,13 @@ def test_a_usable_set_still_evaluates(digits) -> None:
 
 
 def _digest(folder: Path) -> dict[str, str]:
+    """Every output file's digest (the lock file, which names its last holder, is no output)."""
+    from atomdd.lock import LOCK_FILE
+
     return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
@@ -654,7 +660,7 @@ def test_run_json_is_written_done_after_the_figures(tmp_path: Path, monkeypatch:
 
 
 # --------------------------------------------------------------------------------------------------
-# case 5: an evaluation shows its progress (a bar on a terminal, a line per 30 s in a log)
+# case 5: an evaluation shows its progress (a bar on a terminal, a line every 20 s in a log)
 
 
 class _Terminal:
@@ -681,24 +687,24 @@ def test_evaluation_progress_in_a_log_and_on_a_terminal(
 
     syn = _digits_set(digits, torch.arange(10))
     syn.save(tmp_path)
-    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # a line at every epoch instead of every 30 s
-    code = _cli(
-        capsys, "evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"
-    )
-    assert code[0] == 0
-    lines = [line for line in code[1].splitlines() if line.startswith("convnet(width=8): ")]
-    assert len(lines) == 2 * 3 + 1, lines  # one per epoch of each repeat, then the result
-    assert lines[0].startswith("convnet(width=8): repeat 1/2, epoch 1/3 (17 %), 0:") and "ETA 0:" in lines[0]
-    assert lines[5].startswith("convnet(width=8): repeat 2/2, epoch 3/3 (100 %)") and lines[5].endswith(
-        "ETA 0:00"
-    )
-    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 models \(\d+\.\d s\)", lines[6])
-
-    monkeypatch.setattr(progress, "LOG_EVERY_S", 30.0)  # a log file: nothing between the lines
+    monkeypatch.setenv(progress.EVERY_ENV, "0.02")  # a line every 20 ms instead of every 20 s
     argv = ["evaluate", str(tmp_path), "--models", "convnet(width=8)", "--epochs", "3", "--repeats", "2"]
+    code, err = _cli(capsys, *argv)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("convnet(width=8): ")]
+    assert lines[0] == "convnet(width=8): 2 models × 3 epochs", lines  # what the task is
+    assert re.fullmatch(r"convnet\(width=8\): \d+\.\d\d ± \d+\.\d\d % over 2 models \(\d+\.\d s\)", lines[-1])
+    where = r"(2 models × 3 epochs|repeat [12]/2, epoch [1-3]/3|testing repeat [12]/2 on \d+ test images)"
+    for line in lines[1:-1]:  # where it is, how far, how long until the end
+        assert re.fullmatch(rf"convnet\(width=8\): {where} \(\d+ %\), \d+:\d\d elapsed, ETA [\d:?]+", line), (
+            line
+        )
+    assert len(lines) > 2, err
+
+    monkeypatch.setenv(progress.EVERY_ENV, "30")  # a log file: nothing between the start and the end
     code, err = _cli(capsys, *argv, "--seed", "1")  # another seed: the repeats above are not reused
-    lines = [line for line in err.splitlines() if "epoch" in line]
-    assert code == 0 and len(lines) == 1 and "repeat 2/2, epoch 3/3 (100 %)" in lines[0], err
+    lines = [line for line in err.splitlines() if line.startswith("convnet(width=8): ")]
+    assert code == 0 and len(lines) == 2 and "over 2 models" in lines[1], err
 
     screen = _Terminal()
     bar = progress.Progress("convnet", 2 * 3, file=screen)
@@ -772,7 +778,11 @@ def test_eval_json_merges_models_and_protocols(tmp_path: Path, digits) -> None:
 
 
 def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept, and said where at the start: in the user's cache, not the working folder (issue 33: 8)."""
+    import atomdd.cli
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(atomdd.cli, "WHOLE_CACHE", tmp_path / "cache" / "whole")
     argv = [
         "evaluate",
         "--whole",
@@ -786,10 +796,13 @@ def test_whole_writes_its_result_without_out(capsys, tmp_path: Path, monkeypatch
         "1",
     ]
     code, err = _cli(capsys, *argv)
-    assert code == 0 and "whole-digits/eval.json" in err
-    saved = json.loads((tmp_path / "whole-digits" / "eval.json").read_text())
+    kept = tmp_path / "cache" / "whole" / "digits"
+    assert code == 0 and err.index(f"kept in {kept}") < err.index(f"results in {kept}/eval.json")
+    saved = json.loads((kept / "eval.json").read_text())
     assert saved["set"]["kind"] == "whole" and len(saved["models"]["mlp"]["runs"]) == 1
-    assert len((tmp_path / "whole-digits" / "eval.jsonl").read_text().splitlines()) == 1
+    assert len((kept / "eval.jsonl").read_text().splitlines()) == 1 and sorted(tmp_path.iterdir()) == [
+        tmp_path / "cache"
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -848,3 +861,411 @@ def test_write_errors_name_the_path_and_keep_what_was_there(
         code, err = _cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "c"))
     assert code == 2 and f"cannot write {tmp_path / 'c' / 'synthetic.safetensors'}" in err
     assert "read-only" in err and "Traceback" not in err
+
+
+# ==================================================================================================
+# Issue 29: faults a hostile but fair user found. Each test below failed on main before its fix
+# (the lock: tests/test_lock.py; signals: tests/test_signals.py; torchrun's SIGTERM: tests/test_launch.py;
+# every model's options: tests/test_models.py).
+
+_RUN = dict(width=8, batch_real=8, checkpoint_every=1, log_every=1)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.3: a damaged journal (metrics.jsonl, eval.jsonl, NAS results.jsonl) is skipped line by line
+
+
+def test_a_damaged_journal_is_skipped_with_one_warning_and_the_rest_reused(
+    capsys, caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits
+) -> None:
+    """Before: `UnicodeDecodeError` tracebacks (exit 1) from every later run."""
+    damage = b"\xff\n" + b'{"run": "zero"}\n' + b"[1]\n"  # bad bytes, a wrong shape, not an object
+
+    folder = tmp_path / "set"
+    _digits_set(digits, torch.arange(10)).save(folder)
+    argv = ["evaluate", str(folder), "--models", "mlp(width=8)", "--epochs", "1"]
+    assert _cli(capsys, *argv, "--repeats", "2")[0] == 0
+    with open(folder / "eval.jsonl", "ab") as f:
+        f.write(damage + b'{"set": "torn')
+    honest, trained = evaluation.train_models, []
+    monkeypatch.setattr(evaluation, "train_models", lambda *a, **k: trained.extend(a[5]) or honest(*a, **k))
+    assert _cli(capsys, *argv, "--repeats", "3")[0] == 0
+    assert trained == [2]  # runs 0 and 1 reused from the damaged journal
+    (warning,) = _warnings(caplog, "skipped")  # one, though the journal is read once per model and more
+    assert warning.startswith(f"{folder / 'eval.jsonl'}: skipped damaged line(s) 3, 4, 5, 6 (not a row")
+
+    run = tmp_path / "run"
+    distill_args = ["distill", *_TINY, "--checkpoint-every", "1", "--log-every", "1", "--out", str(run)]
+    assert _cli(capsys, *distill_args, "--iterations", "2")[0] == 0
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(damage)
+    assert _cli(capsys, *distill_args, "--iterations", "4", "--resume")[0] == 0
+    assert _warnings(caplog, "metrics.jsonl: skipped damaged line(s) 3, 4, 5")
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the damaged lines are gone, the run reads as one
+
+    nas = tmp_path / "nas"
+    (tmp_path / "space.txt").write_text("convnet(depth=1,width=8)\n")
+    search = ["nas", "--dataset", "digits", "--proxies", "random", "--space", str(tmp_path / "space.txt")]
+    search += ["--epochs", "1", "--truth-epochs", "1", "--dsa", "none", "--quiet", "--out", str(nas)]
+    assert _cli(capsys, *search)[0] == 0
+    with open(nas / "results.jsonl", "ab") as f:
+        f.write(damage)
+    assert _cli(capsys, *search)[0] == 0
+    assert _warnings(caplog, "results.jsonl: skipped damaged line(s) 2, 3, 4")
+    assert len((nas / "results.jsonl").read_bytes().splitlines()) == 4  # nothing trained again
+
+
+def test_a_folder_where_a_journal_should_be_is_a_message(capsys, tmp_path: Path) -> None:
+    """`mkdir RUN_DIR/metrics.jsonl`: before, an `IsADirectoryError` traceback."""
+    run = tmp_path / "run"
+    distill_args = ["distill", *_TINY, "--out", str(run)]
+    assert _cli(capsys, *distill_args, "--iterations", "2")[0] == 0
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    code, err = _cli(capsys, *distill_args, "--iterations", "3", "--resume")
+    assert code == 2 and f"cannot read the journal {run / 'metrics.jsonl'}: Is a directory" in err
+    (run / "eval.jsonl").mkdir()
+    code, err = _cli(
+        capsys, "evaluate", str(run), "--models", "mlp(width=8)", "--epochs", "1", "--repeats", "1"
+    )
+    assert code == 2 and f"cannot read the journal {run / 'eval.jsonl'}: Is a directory" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.4: read-only data: a decode cache elsewhere, or decoded in memory; an empty read-only --out
+
+
+@contextlib.contextmanager
+def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path):
+    """`folder` as on a read-only mount: every write under it fails with EROFS, the kernel's answer
+    (the open for writing, a new folder, a removal)."""
+    import errno
+
+    honest_open, honest_mkdir, honest_unlink = os.open, os.mkdir, os.unlink
+
+    def refuse(path) -> None:
+        if Path(os.path.abspath(path)).is_relative_to(folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return honest_open(path, flags, *args, **kwargs)
+
+    def mkdir_(path, *args, **kwargs):
+        if not os.path.isdir(path):
+            refuse(path)
+        return honest_mkdir(path, *args, **kwargs)
+
+    def unlink_(path, *args, **kwargs):
+        refuse(path)
+        return honest_unlink(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", open_)
+        m.setattr(os, "mkdir", mkdir_)
+        m.setattr(os, "unlink", unlink_)
+        yield
+
+
+def test_read_only_data_takes_its_cache_elsewhere_or_decodes_in_memory(
+    capsys, caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "cannot write RO_DIR/atomdd-cache-32px.safetensors …", no way to put it elsewhere."""
+    from PIL import Image
+    from test_data import make_tinyimagenet
+
+    from atomdd.data import files
+    from atomdd.data.cache import CACHE_ENV, cache_folder
+
+    tree = tmp_path / "tree"
+    for c, color in (("cat", (200, 0, 0)), ("dog", (0, 0, 200))):
+        for i in range(3):
+            (tree / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), color).save(tree / c / f"{i}.png")
+    tiny = make_tinyimagenet(tmp_path / "data")
+    cache = tmp_path / "cache"
+    with _read_only(monkeypatch, tree), _read_only(monkeypatch, tiny):
+        decoded = load_dataset("imagefolder", tree)
+        assert _warnings(caplog, "decoded in memory and will be decoded again next time: give --cache-dir")
+        assert not list(tree.glob("*.safetensors"))
+        assert load_dataset("tinyimagenet", tmp_path / "data").num_classes == 3
+        assert _warnings(caplog, f"cannot write {tiny / 'atomdd-cache.safetensors'}: Read-only file system")
+
+        with cache_folder(cache):  # the setting (`--cache-dir`)
+            assert load_dataset("imagefolder", tree).content_hash == decoded.content_hash
+        (written,) = cache.glob("tree-*-atomdd-cache-32px.safetensors")
+        monkeypatch.setenv(CACHE_ENV, str(cache))  # the environment variable
+        with monkeypatch.context() as m:
+            m.setattr(files, "_decode_image", lambda *a: pytest.fail("decoded although cached"))
+            assert load_dataset("imagefolder", tree).content_hash == decoded.content_hash
+        load_dataset("tinyimagenet", tmp_path / "data")
+        assert len(list(cache.glob("tiny-imagenet-200-*-atomdd-cache.safetensors"))) == 1
+        monkeypatch.delenv(CACHE_ENV)
+
+        other = tmp_path / "other-cache"
+        code = _cli(capsys, "datasets", "imagefolder", "--data-root", str(tree), "--cache-dir", str(other))[0]
+        assert code == 0 and list(other.glob("tree-*.safetensors")) and CACHE_ENV not in os.environ
+    assert written.exists()
+
+
+def test_distill_into_an_empty_read_only_folder_is_a_message(
+    capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: an `OSError [Errno 30]` traceback from removing a metrics file that was not there."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    with _read_only(monkeypatch, out):
+        code, err = _cli(capsys, "distill", *_TINY, "--iterations", "1", "--out", str(out))
+    assert code == 2 and f"cannot write {out}" in err and "Read-only file system" in err
+    assert "Traceback" not in err and not list(out.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.5: model options out of range, non-finite, or past the memory bound (every model:
+# tests/test_models.py::test_every_option_of_every_model_is_checked)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("convnet(width=0)", "width=0 is out of range; choose 1–4096"),
+        ("convnet(width=-4)", "width=-4 is out of range"),
+        ("convnet(width=100000000)", "width=100000000 is out of range"),
+        ("vit(mlp_ratio=nan)", "mlp_ratio=nan is not a finite number"),
+        ("mlp(width=65536)", r"would hold 4\.3e\+09 parameters \(17\.2 GB of float32 weights\) for 1×8×8"),
+    ],
+)
+def test_model_options_are_checked_before_anything_runs(capsys, tmp_path: Path, model, message) -> None:
+    """Before: ZeroDivisionError, RuntimeError (a negative dimension), an attempt to allocate
+    3.6e17 bytes, ValueError."""
+    folder = tmp_path / "set"
+    _digits_set_saved = _cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(folder))
+    assert _digits_set_saved[0] == 0
+    code, err = _cli(capsys, "evaluate", str(folder), "--models", model, "--epochs", "1", "--repeats", "1")
+    assert code == 2 and re.search(message, err) and "Traceback" not in err, err
+    code, err = _cli(
+        capsys, "distill", *_TINY[:-5], "--model", model, "--iterations", "1", "--out", str(tmp_path / "r")
+    )
+    assert code == 2 and re.search(message, err), err
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.6: a config file's values of the wrong type
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("c.toml", "models = 5\n", "models=5: expected model references"),
+        ("c.yaml", "models: [convnet, 7]\n", "model 7: write a name"),
+        ("c.yaml", "repeats: true\n", "repeats=True: expected int"),
+    ],
+)
+def test_evaluate_config_values_of_the_wrong_type(capsys, tmp_path: Path, name, content, message) -> None:
+    """Before: `TypeError` tracebacks; `repeats: true` meant one repeat."""
+    (tmp_path / name).write_text(content)
+    folder = tmp_path / "set"
+    assert _cli(capsys, "coreset", "--dataset", "digits", "--ipc", "1", "--out", str(folder))[0] == 0
+    code, err = _cli(capsys, "evaluate", str(folder), "--config", str(tmp_path / name), "--epochs", "1")
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_boolean_is_no_number_in_a_config_file(capsys, tmp_path: Path) -> None:
+    """Before: `iterations: true` ran one step (while `ipc: true` was refused)."""
+    for content, message in (
+        ("iterations: true\n", "iterations=True: expected int"),
+        ("lr_img: false\n", "lr_img=False: expected float"),
+        ("zca: 5\n", "zca=5: expected bool"),
+        ("dsa: [color]\n", "dsa=['color']: expected str"),
+    ):
+        (tmp_path / "c.yaml").write_text(content)
+        code, err = _cli(
+            capsys, "distill", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")
+        )
+        assert code == 2 and message in err, err
+        assert not (tmp_path / "r" / "run.json").exists()
+    (tmp_path / "c.yaml").write_text("ipc: true\n")
+    code, err = _cli(
+        capsys,
+        "coreset",
+        "--dataset",
+        "digits",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--out",
+        str(tmp_path / "c"),
+    )
+    assert code == 2 and "ipc=True: expected int" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.7: a run folder whose run.json or eval.json is not what atomdd wrote
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        ("run.json", "[1]", "it is list, not a mapping"),
+        ("run.json", '{"config": "x"}', "config is str, not a mapping"),
+        ("run.json", '{"config": {"ipc": "3"}}', "config.ipc is str '3', not int"),
+        ("run.json", '{"git": {"dirty": true}}', "git.commit is missing"),
+        (
+            "eval.json",
+            '{"models": {"mlp": {"runs": [], "mean": 1, "std": 0}}, "config": {"epochs": 1}}',
+            "models.mlp.runs is not a non-empty list",
+        ),
+        (
+            "eval.json",
+            '{"models": {"mlp": {"runs": [NaN], "mean": 1, "std": 0}}, "config": {"epochs": 1}}',
+            "models.mlp.runs is nan, not a finite number",
+        ),
+    ],
+)
+def test_report_of_a_malformed_run_folder_names_the_key(
+    capsys, tmp_path: Path, file, content, message
+) -> None:
+    """Before: `AttributeError` tracebacks (the missing commit and the NaN accuracy: found by fuzzing)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / file).write_text(content)
+    code, err = _cli(capsys, "report", str(run), "--out", str(tmp_path / "page"))
+    assert code == 2 and f"{run / file} is not a record atomdd wrote ({message})" in err, err
+    assert "Traceback" not in err
+
+
+def test_eval_json_with_a_damaged_entry_is_merged_found_by_fuzzing(tmp_path: Path, digits) -> None:
+    """Before: `AttributeError` when a model's entry under "results" was not a mapping."""
+    import atomdd.evaluate as ev
+
+    syn = _digits_set(digits, torch.arange(10))
+    cfg = ev.EvalConfig(epochs=1, repeats=1)
+    ev.evaluate_set(syn, "mlp(width=8)", cfg, out_dir=tmp_path, dataset=digits)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    (protocol,) = saved["results"]
+    saved["results"][protocol]["convnet"] = 5  # another model's entry
+    (tmp_path / "eval.json").write_text(json.dumps(saved))
+    again = ev.evaluate_set(syn, "mlp(width=8)", cfg, out_dir=tmp_path, dataset=digits)
+    assert json.loads((tmp_path / "eval.json").read_text())["models"] == json.loads(
+        json.dumps(again["models"])
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.8: a checkpoint that cannot be this run's
+
+
+def _forge(checkpoint: Path, **meta: str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from atomdd.io import save_safetensors
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        old = f.metadata()
+    save_safetensors(checkpoint, load_file(str(checkpoint)), old | meta)
+
+
+def test_impossible_checkpoints_are_refused(capsys, tmp_path: Path) -> None:
+    """Before: step -5 resumed into 65 steps and another set; step 99999 with --iterations 6 wrote
+    "done" at step 99999 with the pixels of step 4; --resume --iterations 2 on a step-4 checkpoint
+    was accepted."""
+    run = tmp_path / "run"
+    args = ["distill", *_TINY, "--out", str(run)]
+    assert _cli(capsys, *args, "--iterations", "4")[0] == 0
+    code, err = _cli(capsys, *args, "--iterations", "2", "--resume")
+    assert code == 2 and "is at step 4, past iterations=2; resume with --iterations 4 or more" in err
+    _forge(run / "checkpoint.safetensors", step="99999")
+    code, err = _cli(capsys, *args, "--iterations", "6", "--resume")
+    assert code == 2 and "is at step 99999, past iterations=6" in err
+    _forge(run / "checkpoint.safetensors", step="-5")
+    code, err = _cli(capsys, *args, "--iterations", "6", "--resume")
+    assert code == 2 and "is corrupt or not an atomdd checkpoint: its step is -5" in err
+    assert json.loads((run / "run.json").read_text())["step"] == 4  # nothing was recorded
+
+    from safetensors.torch import load_file
+
+    from atomdd.io import save_safetensors
+
+    _forge(run / "checkpoint.safetensors", step="4")
+    tensors = load_file(str(run / "checkpoint.safetensors"))
+    for name, bad in (("syn", tensors["syn"][:3]), ("cpu_rng", torch.zeros_like(tensors["cpu_rng"]))):
+        save_safetensors(run / "checkpoint.safetensors", tensors | {name: bad}, {"step": "4", "config": "{}"})
+        code, err = _cli(capsys, *args, "--iterations", "6", "--resume")
+        assert code == 2 and "is corrupt or not an atomdd checkpoint" in err and name in err, err
+
+
+# --------------------------------------------------------------------------------------------------
+# 29.9: a failure that cannot be recorded says so; start-or-continue; a killed rank's finished runs
+
+
+def test_a_full_disk_at_a_checkpoint_says_run_json_could_not_record_it(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the failure to write "failed" into run.json was silent, and it still said "running"."""
+    import errno
+
+    import atomdd.io as io
+    from atomdd.api import distill
+    from atomdd.errors import WriteError
+
+    honest, full = os.replace, []
+
+    def replace_(src, dst, *args, **kwargs):  # the disk fills up at the first checkpoint
+        full.extend([True] if Path(dst).name == "checkpoint.safetensors" else [])
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return honest(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(io.os, "replace", replace_)
+        with pytest.raises(WriteError, match="No space left on device"):
+            distill("digits", 1, "dm", out=tmp_path, iterations=3, **_RUN)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
+    (warning,) = _warnings(caplog, "could not record")
+    assert f"could not record the failed run in {tmp_path / 'run.json'} (cannot write" in warning
+    assert 'it may still say "running"' in warning
+
+
+def test_resume_or_start_starts_then_continues_bitwise(tmp_path: Path) -> None:
+    """`distill --resume-or-start` (`resume="auto"`): a retry loop's one command."""
+    from atomdd import distill
+
+    whole = distill("digits", 1, "dm", iterations=4, **_RUN)
+    out = tmp_path / "run"
+    distill("digits", 1, "dm", out=out, resume="auto", iterations=2, **_RUN)  # no checkpoint: starts
+    resumed = distill("digits", 1, "dm", out=out, resume="auto", iterations=4, **_RUN)  # continues
+    assert torch.equal(whole.images, resumed.images)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_rank_killed_in_a_torchrun_evaluation_leaves_every_finished_run(tmp_path: Path, digits) -> None:
+    """Rank 1 finishes one run, then is killed: rank 0's runs and rank 1's finished one are in
+    eval.jsonl, and the rerun trains only the rest. Before: no row at all, the rerun started over."""
+    from ranks import launch
+
+    folder = tmp_path / "set"
+    _digits_set(digits, torch.arange(10)).save(folder)
+    job = {
+        "kind": "evaluate",
+        "set": str(folder),
+        "models": ["mlp(width=8)"],
+        "config": {"epochs": 1, "repeats": 6, "batch_size": 16, "device": "cpu"},
+        "slow": {"rank": 1, "kill_after": 1},
+        "out": str(folder),
+    }
+    (rc0, err0, _), (rc1, _, _) = launch(2, job, tmp_path / "r", collective_timeout=5)[0]
+    assert rc1 == -9 and rc0 != 0 and "rank 1 has not answered" in err0
+    rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
+    assert sorted(r["run"] for r in rows) == [0, 1, 2, 4]  # rank 0's 0, 2, 4; rank 1's first, 1
+    results, _ = launch(1, job | {"slow": None}, tmp_path / "again")
+    ((rc, err, report),) = results
+    assert rc == 0, err
+    again = [json.loads(line)["run"] for line in (folder / "eval.jsonl").read_text().splitlines()]
+    assert again[len(rows) :] == [3, 5] and len(report["models"]["mlp(width=8)"]["runs"]) == 6

@@ -11,6 +11,8 @@ from typing import Any
 from atomdd.data import Dataset
 from atomdd.distillation.config import make_config
 from atomdd.distillation.driver import Distiller
+from atomdd.lock import hold
+from atomdd.progress import silenced
 from atomdd.sets import SyntheticSet
 
 
@@ -28,7 +30,7 @@ def distill(
     method: str | None = None,
     out: str | Path | None = None,
     resume: bool | str = False,
-    quiet: bool = True,
+    quiet: bool = False,
     config_file: str | Path | None = None,
     stop: object = None,
     overwrite: bool = False,
@@ -44,7 +46,8 @@ def distill(
     refused). A truthy `stop` (e.g. the flag of `signals.stop_on_signals()`) ends the run after
     the current step, checkpointed (`Interrupted`). `tensorboard`: a folder for TensorBoard event
     files, the loss and its terms per logged step and the set's grid now and then (needs the
-    `tensorboard` extra; checked before the run starts).
+    `tensorboard` extra; checked before the run starts). Its progress shows on stderr (a bar on a
+    terminal, a line every 20 s in a log or a notebook) unless `quiet`.
     """
     cfg = make_config(dataset, ipc, method, config_file, **overrides)
     tb = None
@@ -53,15 +56,17 @@ def distill(
 
         tb = DistillLog(tensorboard)
     try:
-        result = Distiller(cfg).run(
-            out,
-            resume=resume,
-            quiet=quiet,
-            stop=stop,
-            overwrite=overwrite,
-            on_log=tb.step if tb is not None else None,
-            on_saved=draw_figures,
-        )
+        # the folder is locked before the data is read: a second writer is refused at once
+        with hold(out), silenced(quiet):
+            result = Distiller(cfg).run(
+                out,
+                resume=resume,
+                quiet=quiet,
+                stop=stop,
+                overwrite=overwrite,
+                on_log=tb.step if tb is not None else None,
+                on_saved=draw_figures,
+            )
         if tb is not None:
             tb.image(result.meta["steps"], result)
         return result

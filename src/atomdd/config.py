@@ -47,7 +47,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
+def field_defaults(fields: list) -> dict[str, Any]:
+    """Each field's default, without making the dataclass (whose checks may load more, e.g. torch)."""
+    out = {}
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def config_text(values: dict[str, Any]) -> str:
+    """`values` as a YAML config file that `load_config_file` reads back (`--print-config`)."""
+    import yaml
+
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+
+
+def coerce_value(name: str, value: Any, hint: Any) -> Any:
+    """`value` (from a config file or a flag) as type `hint`, or an `AtomddError` naming `name`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -55,7 +75,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is tuple:  # tuple[X, ...]: a list (flags, a file's list) or one value
         items = list(value) if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(name, v, typing.get_args(hint)[0]) for v in items)
+        return tuple(coerce_value(name, v, typing.get_args(hint)[0]) for v in items)
+    if isinstance(value, (list, dict)) or (isinstance(value, bool) and hint in (int, float)):
+        # a config file's `iterations: true` (which ran one step) or `dataset: [cifar10]`
+        raise AtomddError(f"{name}={value!r}: expected {getattr(hint, '__name__', hint)}")
     try:
         if hint is bool:
             if isinstance(value, str):
@@ -63,6 +86,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                     return True
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
+                raise ValueError(value)
+            if value not in (0, 1):  # `zca: 5` is a typo, not "yes"
                 raise ValueError(value)
             return bool(value)
         if hint is int:
@@ -94,7 +119,7 @@ def coerce(cls: type, values: dict[str, Any], what: str = "option") -> dict[str,
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise AtomddError(f"unknown {what}(s) {unknown}; valid: {', '.join(names)}")
-    return {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    return {k: coerce_value(k, v, hints[k]) for k, v in values.items()}
 
 
 def build(cls: type, values: dict[str, Any], what: str = "option") -> Any:

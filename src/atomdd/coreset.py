@@ -28,6 +28,7 @@ from atomdd.data.transforms import Preprocess
 from atomdd.errors import AtomddError
 from atomdd.hardware import resolve_device
 from atomdd.models import FeatureModel, ModelRef
+from atomdd.progress import Progress, silenced, stage
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EMBEDDINGS, CoresetConfig, TrainConfig
 from atomdd.train import init_models, train_models
@@ -106,7 +107,15 @@ def embedding_model(
         (net,) = init_models(model, data.channels, data.num_classes, data.image_size[0], [0], seed)
         return net.to(resolve_device(device))
     cfg = TrainConfig(epochs=epochs, repeats=1, seed=seed, device=device)
-    (net,) = train_models(model, prep(data.train_images), data.train_labels, data.num_classes, cfg)
+    with Progress("coreset: training the embedding network", epochs) as bar:
+        (net,) = train_models(
+            model,
+            prep(data.train_images),
+            data.train_labels,
+            data.num_classes,
+            cfg,
+            on_epoch=lambda _repeats, epoch, _loss: bar.advance(1, f"epoch {epoch}/{epochs}"),
+        )
     return net
 
 
@@ -115,6 +124,7 @@ def select(
     ipc: int,
     config: CoresetConfig | str = CoresetConfig(),
     data_root: str | os.PathLike | None = None,
+    progress: bool = True,
     **settings: Any,
 ) -> SyntheticSet:
     """A coreset of exactly `ipc` train images per class, as a `SyntheticSet` in model space.
@@ -122,15 +132,28 @@ def select(
     `config` is a `CoresetConfig`, or just its method ("random", "herding", "kcenter"); `settings`
     are `CoresetConfig` fields over it (e.g. seed=1, embed="trained"), checked like a config file's.
     `meta` records the method, seed, selected train indices (class by class, in selection order),
-    the dataset hash and, for herding/k-center, the embedding network used.
+    the dataset hash and, for herding/k-center, the embedding network used. `progress`: show the
+    loading, the embedding network's training and each class's selection (on stderr).
     """
+    with silenced(not progress):
+        return _select(dataset, ipc, config, data_root, settings)
+
+
+def _select(
+    dataset: str | Dataset,
+    ipc: int,
+    config: CoresetConfig | str,
+    data_root: str | os.PathLike | None,
+    settings: dict[str, Any],
+) -> SyntheticSet:
     cfg = CoresetConfig(method=config) if isinstance(config, str) else config
     cfg = apply_overrides(cfg, settings, "coreset setting")
     method, seed, embed, embed_epochs = cfg.method, cfg.seed, cfg.embed, cfg.embed_epochs
     if ipc < 1:
         raise AtomddError(f"images per class must be at least 1, got {ipc}")
     embed_model = ModelRef.parse(cfg.embed_model)
-    data = as_dataset(dataset, data_root)
+    with stage("coreset", f"loading {dataset}" if isinstance(dataset, str) else "checking the data"):
+        data = as_dataset(dataset, data_root)
     per_class = data.class_indices()
     for c, idx in enumerate(per_class):
         if len(idx) < ipc:
@@ -138,7 +161,8 @@ def select(
                 f"class {c} ({data.classes[c]!r}) of {data.name} has {len(idx)} train images, fewer than "
                 f"ipc={ipc}"
             )
-    prep = data.preprocess(cfg.zca)
+    with stage("coreset", "fitting ZCA on the train images" if cfg.zca else "preparing the images"):
+        prep = data.preprocess(cfg.zca)
     meta: dict = {
         "method": method,
         "kind": "coreset",
@@ -156,11 +180,13 @@ def select(
             parallel.broadcast(t, "the embedding network's broadcast")
         choose = herding if method == "herding" else kcenter
         own = parallel.share(len(per_class))
-        with peers.reporting_failures():
-            mine = [
-                idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)]
-                for idx in per_class[own.start : own.stop]
-            ]
+        with peers.reporting_failures(), Progress(f"coreset: {method}", len(own), unit="class") as bar:
+            mine = []
+            for c in own:
+                idx = per_class[c]
+                bar.note(f"class {c + 1}/{len(per_class)} ({data.classes[c]}, {len(idx)} images)")
+                mine.append(idx[choose(embed_images(net, prep(data.train_images[idx])), ipc)])
+                bar.advance(1)
         picks = [p for part in parallel.gather_results(mine, "the coreset's classes") for p in part]
         meta |= {"embed": embed, "embed_model": str(embed_model)}
         if method == "kcenter":

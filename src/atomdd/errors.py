@@ -10,8 +10,8 @@ class AtomddError(Exception):
 
 
 class Interrupted(AtomddError):
-    """A stop was asked for (SIGINT/SIGTERM through the entry point); a checkpoint was written first.
-    `signum` says which signal: the CLI exits with status 128 + it (SIGINT 130, SIGTERM 143)."""
+    """A stop was asked for (SIGINT/SIGTERM/SIGHUP through the entry point); a checkpoint was written
+    first. `signum` says which signal: the CLI exits with status 128 + it (130, 143, 129)."""
 
     def __init__(self, message: str, signum: int = 2) -> None:  # 2: SIGINT
         super().__init__(message)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,9 +38,10 @@ from atomdd.errors import AtomddError, WriteError
 from atomdd.folders.evals import RepeatStore, merge_result, repeat_protocol_key, set_id
 from atomdd.folders.layout import EVAL_FILE
 from atomdd.hardware import resolve_device, resolve_precision
-from atomdd.io import make_folder, versions
-from atomdd.models import ModelRef, parse_models
-from atomdd.progress import Progress
+from atomdd.io import versions
+from atomdd.lock import hold
+from atomdd.models import ModelRef, check_model, parse_models
+from atomdd.progress import Progress, silenced, stage
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
 from atomdd.settings import EvalConfig
@@ -68,9 +70,11 @@ class _ModelResultBase(Accuracy):
 
 
 class ModelResult(_ModelResultBase, total=False):
-    """One architecture's result: accuracies in %, std with ddof 0; "first" with `test_limit`."""
+    """One architecture's result: accuracies in %, std with ddof 0; "first" with `test_limit`;
+    "reused": how many repeats came from eval.jsonl rather than training (`seconds` is this call's)."""
 
     first: FirstAccuracy
+    reused: int
 
 
 class EvalResult(TypedDict):
@@ -128,17 +132,21 @@ def train_repeats(
     num_classes: int,
     config: EvalConfig,
     hook: Callable[[list[int], int, torch.Tensor], None] | None = None,
+    note: Callable[[str], None] | None = None,
     teacher: Teacher | None = None,
 ) -> Iterator[tuple[int, float, float | None, float]]:
     """(repeat, accuracy, accuracy on the first `test_limit` images, seconds) of each repeat in
-    `todo`, as each group that trains together finishes (`teacher`: its soft labels replace the
-    labels)."""
+    `todo`, as each group that trains together finishes; `note` is told when a test pass starts
+    (minutes on a CPU for a large test set); `teacher`: its soft labels replace the labels."""
     n = min(config.test_limit, len(test[1])) if config.test_limit else 0
     batched = use_batched(config, resolve_device(config.device))
     size = (config.stack_size or len(todo)) if batched else 1
     for i in range(0, len(todo), max(size, 1)):  # the groups train_models would train together
         part, t0 = todo[i : i + size], time.perf_counter()
         models = train_models(ref, *train, num_classes, config, part, hook, teacher=teacher)
+        if note is not None:
+            who = f"repeat {part[0] + 1}" if len(part) == 1 else f"repeats {part[0] + 1}–{part[-1] + 1}"
+            note(f"testing {who}/{config.repeats} on {len(test[1])} test images")
         got = test_models(models, *test, config)
         got_first = test_models(models, test[0][:n], test[1][:n], config) if n else [None] * len(part)
         seconds = (time.perf_counter() - t0) / len(part)
@@ -156,18 +164,38 @@ def shard_repeats(
 ) -> None:
     """Under torchrun: the (model, repeat) jobs not yet in `store`, spread over the ranks, each
     rank's results gathered into every rank's `store` (eval.jsonl, written by the main process),
-    where the usual assembly finds them."""
+    where the usual assembly finds them. Each finished repeat reaches eval.jsonl at once (the other
+    ranks' through `peers.Relay`), so a rank killed in its share loses none that finished anywhere."""
     jobs = [(str(ref), r) for ref in refs for r in range(config.repeats) if r not in store.done(str(ref))]
     mine = parallel.shard(jobs)
     rows: list[tuple] = []
-    with peers.reporting_failures():
-        for ref in refs:
-            todo = [r for name, r in mine if name == str(ref)]
-            got = train_repeats(ref, todo, train, test, num_classes, config, teacher=teacher)
-            rows += [(str(ref), *row) for row in got]
-    for got in parallel.gather_results(rows, "the evaluation's (model, repeat) jobs"):
-        for row in got:
+    relay = peers.Relay()
+
+    def keep(row: tuple) -> None:  # into `store` once (a row may come back in the gather)
+        if row[1] not in store.done(row[0]):
             store.add(*row)
+
+    bar = Progress("evaluate (this rank's share)", len(mine) * config.epochs)
+    hook = _epoch_hook(bar, None, config)
+    with peers.reporting_failures(), bar:
+        try:
+            for ref in refs:
+                todo = [r for name, r in mine if name == str(ref)]
+                for row in train_repeats(
+                    ref, todo, train, test, num_classes, config, hook, bar.note, teacher
+                ):
+                    rows.append((str(ref), *row))
+                    keep(rows[-1])
+                    relay.send(rows[-1])
+                    for sent in relay.receive():
+                        keep(tuple(sent))
+            gathered = parallel.gather_results(rows, "the evaluation's (model, repeat) jobs")
+        finally:  # also when a rank failed, or a signal ends this one
+            for sent in relay.receive():
+                keep(tuple(sent))
+    for got in gathered:
+        for row in got:
+            keep(row)
 
 
 def evaluate_model(
@@ -186,9 +214,10 @@ def evaluate_model(
     """Train and test one architecture `config.repeats` times: {"mean", "std", "runs" (each
     repeat's accuracy), "seconds"} (accuracies in %), and with `config.test_limit` N the same on
     the first N test images as "first". With `progress`, a bar on a terminal (one line per 30 s
-    elsewhere) shows the repeat, the epoch and the time left. With `store`, each finished repeat
-    is appended there at once, and the repeats it already holds are reused, not trained again.
-    `teacher`: the soft labels of `config.teacher`, loaded (`_teacher`)."""
+    elsewhere) shows the repeat, the epoch, the test passes and the time left. With `store`, each
+    finished repeat is appended there at once, and the repeats it already holds are reused, not
+    trained again ("reused" counts them). `teacher`: the soft labels of `config.teacher`, loaded
+    (`_teacher`)."""
     start = time.perf_counter()
     ref = ModelRef.parse(model)
     name = str(ref)
@@ -198,10 +227,14 @@ def evaluate_model(
     todo = [r for r in range(config.repeats) if r not in accs]
     if accs and store is not None:
         log.info("%s: %d of %d repeats reused from %s", name, len(accs), config.repeats, store.path)
-    bar = Progress(name, len(todo) * config.epochs) if progress and todo else None
+    what = f"{len(todo)} model{'s' if len(todo) > 1 else ''} × {config.epochs} epochs"
+    bar = Progress(name, len(todo) * config.epochs, shown=progress, what=what) if todo else None
     hook = _epoch_hook(bar, on_epoch, config)
+    note = bar.note if bar is not None else None
     train, test = (train_images, train_labels), (test_images, test_labels)
-    for r, acc, first, seconds in train_repeats(ref, todo, train, test, num_classes, config, hook, teacher):
+    for r, acc, first, seconds in train_repeats(
+        ref, todo, train, test, num_classes, config, hook, note, teacher
+    ):
         accs[r], firsts[r] = acc, first
         if store is not None:
             store.add(name, r, acc, first, seconds)
@@ -215,7 +248,9 @@ def evaluate_model(
     log.info("%s: %s", name, summary)
     if bar is not None:
         bar.close(summary)
-    return result | {"seconds": seconds, "options": ref.options_for(train_images.shape[-1])}
+    reused = config.repeats - len(todo)
+    options = ref.options_for(train_images.shape[-1])
+    return result | {"seconds": seconds, "options": options} | ({"reused": reused} if reused else {})
 
 
 def _evaluate(
@@ -226,7 +261,6 @@ def _evaluate(
     models: str | Sequence[str | ModelRef],
     config: EvalConfig,
     out_dir: str | os.PathLike | None,
-    progress: bool = False,
     set_key: str = "",
     on_epoch: EpochHook | None = None,
     zca: bool = False,
@@ -235,6 +269,10 @@ def _evaluate(
     refs = parse_models(models)  # every name and option checked before any work
     if not refs:
         raise AtomddError("no model to evaluate; name at least one (e.g. convnet)")
+    size = data.image_size[0]
+    for ref in refs:  # and each model on these images (a size past the memory bound)
+        check_model(ref.name, data.channels, data.num_classes, size, **ref.options_for(size))
+    warn_few_steps(len(train[1]), config)
     device = parallel.init(config.device)  # joins torchrun's group, if it started this process
     precision = resolve_precision(config.precision, device)
     config, teacher = _teacher(config, data, zca, device)
@@ -242,14 +280,12 @@ def _evaluate(
     test_x = test[0].to(device)  # preprocessed once, kept on the device for every model
     train_x = train[0].to(device)
     main = parallel.is_main_process()
-    if out_dir is not None and main:
-        make_folder(out_dir)  # before any training: a folder that cannot be made fails now
     store = RepeatStore(out_dir, set_key, repeat_protocol_key(asdict(config), precision), write=main)
     if parallel.world_size() > 1:
         shard_repeats(
             refs, (train_x, train[1]), (test_x, test[1]), data.num_classes, resolved, store, teacher
         )
-        progress, on_epoch = False, None  # nothing is left to train
+        on_epoch = None  # nothing is left to train
     results = {
         str(ref): evaluate_model(
             ref,
@@ -259,7 +295,7 @@ def _evaluate(
             test[1],
             data.num_classes,
             resolved,
-            progress,
+            True,  # shown unless silenced (the callers' `progress`)
             store,
             _hook(on_epoch, str(ref)),
             teacher,
@@ -300,6 +336,28 @@ def _teacher(
     model, digest = pool.teacher(folder, data, zca)
     teacher = Teacher(model.to(device), config.teacher_temperature)
     return replace(config, teacher=f"{folder}@{digest[:16]}"), teacher
+
+
+# fewer SGD steps than this in a whole training, and the epochs say little about the set: the
+# published protocol takes 1 000 (1 000 epochs of at most 256 images)
+FEW_STEPS = 300
+
+
+def warn_few_steps(images: int, config: EvalConfig) -> None:
+    """Say so when `config.epochs` over `images` training images amount to few SGD steps: a small
+    set at batch 256 takes one step an epoch, so 100 epochs are 100 steps."""
+    per_epoch = math.ceil(images / config.batch_size)
+    if per_epoch * config.epochs < FEW_STEPS and parallel.is_main_process():
+        log.warning(
+            "evaluate: %d epochs of %d images at batch %d are %d SGD steps in all (%d an epoch); "
+            "models may be undertrained (the published protocol: 1 000 epochs). Raise --epochs, or "
+            "lower --batch-size",
+            config.epochs,
+            images,
+            config.batch_size,
+            per_epoch * config.epochs,
+            per_epoch,
+        )
 
 
 def check_set(syn: SyntheticSet, data: Dataset) -> None:
@@ -364,17 +422,22 @@ def evaluate_set(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     dataset: Dataset | None = None,
-    progress: bool = False,
+    progress: bool = True,
     on_epoch: EpochHook | None = None,
 ) -> EvalResult:
     """Run the protocol for each architecture on `syn`; write `out_dir/eval.json` if given.
 
     The test images go through the set's own fitted preprocessing (normalisation, ZCA), once.
-    Returns an `EvalResult` (accuracies in %). `progress`: show each model's training (`Progress`).
+    Returns an `EvalResult` (accuracies in %). `progress`: show the loading, each model's training
+    and its test passes (`progress.Progress`; on stderr).
     """
-    data = as_dataset(dataset if dataset is not None else syn.dataset, data_root)
-    check_set(syn, data)
-    test_x = syn.preprocess()(data.test_images)
+    with silenced(not progress):
+        data = _load("evaluate", dataset if dataset is not None else syn.dataset, data_root)
+        check_set(syn, data)
+        with stage(
+            "evaluate", "preprocessing the test images" + (" (ZCA)" if syn.preprocess_meta.get("zca") else "")
+        ):
+            test_x = syn.preprocess()(data.test_images)
     train = syn.decoded()  # a factor set trains on its decoded images
     kind = {"kind": "synthetic", "images": len(syn.labels), "ipc": syn.ipc}
     if syn.factor != 1:
@@ -384,7 +447,8 @@ def evaluate_set(
     key = set_id(syn.images, syn.labels, *syn.preprocess_tensors.values(), extra=extra)
     test = (test_x, data.test_labels)
     zca = bool(syn.preprocess_meta.get("zca"))
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch, zca)
+    with hold(out_dir), silenced(not progress):  # made, and this evaluation's alone, before any training
+        return _evaluate(kind, train, test, data, models, config, out_dir, key, on_epoch, zca)
 
 
 def evaluate_whole(
@@ -394,17 +458,30 @@ def evaluate_whole(
     data_root: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     zca: bool = False,
-    progress: bool = False,
+    progress: bool = True,
     on_epoch: EpochHook | None = None,
 ) -> EvalResult:
     """The upper bound: the same protocol on the full train set (preprocessing fitted on it).
 
     Mind `config.epochs`: the default 1 000 is meant for a few hundred images, not 50 000.
     """
-    data = as_dataset(dataset, data_root)
-    prep = data.preprocess(zca)
-    train = (prep(data.train_images), data.train_labels)
+    with silenced(not progress):
+        data = _load("evaluate", dataset, data_root)
+        with stage(
+            "evaluate", "fitting ZCA and preprocessing the images" if zca else "preprocessing the images"
+        ):
+            prep = data.preprocess(zca)
+            train = (prep(data.train_images), data.train_labels)
+            test = (prep(data.test_images), data.test_labels)
     kind = {"kind": "whole", "images": len(data.train_labels), "zca": zca}
-    test = (prep(data.test_images), data.test_labels)
     key = set_id(extra=f"whole:{data.name}:{data.content_hash}:zca={zca}")
-    return _evaluate(kind, train, test, data, models, config, out_dir, progress, key, on_epoch, zca)
+    with hold(out_dir), silenced(not progress):
+        return _evaluate(kind, train, test, data, models, config, out_dir, key, on_epoch, zca)
+
+
+def _load(label: str, dataset: str | Dataset, data_root: str | os.PathLike | None) -> Dataset:
+    """`as_dataset`, its loading shown under `label` (seconds to a minute for CIFAR or an image folder)."""
+    if not isinstance(dataset, str):
+        return dataset
+    with stage(label, f"loading {dataset}"):
+        return as_dataset(dataset, data_root)

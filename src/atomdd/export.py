@@ -22,6 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from atomdd.errors import AtomddError
 from atomdd.io import make_folder, write_bytes, write_json
+from atomdd.lock import hold
 from atomdd.sets import SyntheticSet
 
 FORMATS = ("imagefolder", "pt", "hf")
@@ -51,7 +52,9 @@ def export(syn: SyntheticSet, fmt: str, out: str | Path) -> Path:
     """Write `syn` as `fmt` (one of FORMATS) at `out` (a folder; for "pt" a file); returns the path."""
     if fmt not in FORMATS:
         raise AtomddError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return {"imagefolder": _image_folder, "pt": _peer_pt, "hf": _hf}[fmt](syn, Path(out))
+    write = {"imagefolder": _image_folder, "pt": _peer_pt, "hf": _hf}[fmt]
+    with hold(None if fmt == "pt" else out):  # a folder is one process's while it is written
+        return write(syn, Path(out))
 
 
 def _image_folder(syn: SyntheticSet, out: Path) -> Path:

@@ -1,18 +1,70 @@
 """Config dataclasses as command-line flags: one flag per field, then the precedence defaults <
 --config file < flags, with unknown keys an error naming the valid ones. Every command that runs
-(`distill`, `coreset`, `evaluate`, `nas`, `grid`) gets its flags and its `--config` from here."""
+(`distill`, `coreset`, `evaluate`, `nas`, `grid`) gets its flags and its `--config` from here.
+
+A flag's help is its field's `help` metadata and the value it takes now (the default, or the
+preset's); each setting also answers to its underscore spelling (`--lr_img`, as researchers paste
+it from the published code) and to the published code's name where that differs (`PUBLISHED`):
+aliases that work but that `--help` does not list (`Help`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from atomdd.config import field_defaults
+
+# the published code's (DC/DSA/DM/DataDAM `main_*.py`) flag for a setting, where its name differs
+PUBLISHED = {
+    "data_root": ("data_path",),
+    "iterations": ("Iteration",),
+    "repeats": ("num_eval",),
+    "epochs": ("epoch_eval_train",),
+    "dsa": ("dsa_strategy",),
+    "batch_size": ("batch_train",),
+}
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def option_names(name: str) -> list[str]:
+    """The flags of setting `name`: `--lr-img` (the one `--help` shows), then its aliases
+    `--lr_img` and the published code's names."""
+    names = [_flag(name), *(["--" + name] if "_" in name else [])]
+    return names + ["--" + alias for alias in PUBLISHED.get(name, ())]
+
+
+class Help(argparse.HelpFormatter):
+    """Help that lists each flag under its first name (and its --no- form): the aliases of
+    `option_names` work, but would double every line."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if len(long) > 1:
+            action = copy.copy(action)
+            shown = (long[0], "--no-" + long[0][2:])
+            action.option_strings = [o for o in action.option_strings if o in shown or o not in long]
+        return super()._format_action_invocation(action)
+
+
+def shown_value(value: Any) -> str:
+    """A setting's value as `--help` and `--print-config` say it."""
+    if value is None:
+        return "unset"
+    if value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 class _Renamed(argparse.Action):
@@ -36,23 +88,30 @@ def add_config_flags(
     config_cls: type | list,
     skip: Sequence[str] = (),
     title: str = "overrides (default: the published preset for the dataset × IPC × method)",
+    now: Mapping[str, str] | None = None,
 ) -> None:
-    """One flag per config field (its `help` metadata the flag's help; a tuple field takes several
-    values); a flag left out keeps the preset / config-file / default value. A renamed field's old
-    name (`RENAMED`) is a hidden flag that warns."""
+    """One flag per config field, under the names `option_names` gives (its `help` metadata the
+    flag's help, with the value it takes now: `now[name]`, e.g. "preset: 0.01", else the field's
+    default; a tuple field takes several values); a flag left out keeps the preset / config-file /
+    default value. A renamed field's old name (`RENAMED`) is a hidden flag that warns."""
     group = p.add_argument_group(title)
-    for f in _fields(config_cls):
+    fields = _fields(config_cls)
+    defaults = field_defaults(fields)
+    for f in fields:
         if f.name in skip:
             continue
-        helptext = f.metadata.get("help")
+        value = (now or {}).get(f.name) or (
+            f"default: {shown_value(defaults[f.name])}" if f.name in defaults else ""
+        )
+        helptext = f"{f.metadata.get('help', '')} ({value})" if value else f.metadata.get("help")
         if f.type in (bool, "bool", "bool | None"):
             group.add_argument(
-                _flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=helptext
+                *option_names(f.name), action=argparse.BooleanOptionalAction, default=None, help=helptext
             )
         else:
             nargs = "+" if _is_tuple(f) else None
             group.add_argument(
-                _flag(f.name), default=None, nargs=nargs, metavar=f.name.upper(), help=helptext
+                *option_names(f.name), default=None, nargs=nargs, metavar=f.name.upper(), help=helptext
             )
     for old, new in getattr(config_cls, "RENAMED", {}).items():  # hidden, stored as the new name
         group.add_argument(_flag(old), dest=new, action=_Renamed, new=_flag(new), help=argparse.SUPPRESS)

@@ -12,18 +12,20 @@ overrides, for ablations: `atom[p_spatial=2,p_channel=6]`.
 
 from __future__ import annotations
 
-import re
+import itertools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from atomdd.distillation.config import parse_method
 from atomdd.errors import AtomddError, refuse
 from atomdd.folders.layout import GRID_SUMMARY, RUN_FILE, SET_FILE, grid_member
 from atomdd.folders.read import gather, read_folder
-from atomdd.settings import CORESET_METHODS, help_meta
+from atomdd.lock import hold
+from atomdd.settings import CORESET_METHODS, helped
 
 if TYPE_CHECKING:
     from atomdd.distillation.config import DistillConfig
@@ -38,17 +40,12 @@ class Budget:
     # settings renamed: the old name (a config key, a flag) still works, with a warning
     RENAMED: ClassVar[dict[str, str]] = {"runs": "repeats"}
 
-    dataset: str = "mnist"
-    iterations: int = field(default=200, metadata=help_meta("distillation steps (default 200)"))
-    epochs: int = field(default=300, metadata=help_meta("evaluation epochs (default 300)"))
-    repeats: int = field(default=3, metadata=help_meta("evaluation models per set (default 3)"))
-    test_limit: int = field(
-        default=0,
-        metadata=help_meta(
-            "also report accuracy on the first N test images (CIFAR-10 here: 1000, its exact part)"
-        ),
-    )
-    data_root: str | None = None
+    dataset: str = helped("mnist", "a registered dataset (`atomdd datasets` lists them)")
+    iterations: int = helped(200, "distillation steps")
+    epochs: int = helped(300, "evaluation epochs")
+    repeats: int = helped(3, "evaluation models per set")
+    test_limit: int = helped(0, "also report the accuracy on the first N test images (0: no)")
+    data_root: str | None = helped(None, "folder holding MNIST/, cifar-10-batches-py/, … (or $ATOMDD_DATA)")
 
     def __post_init__(self) -> None:
         refuse("grid setting(s)", self.problems())
@@ -67,17 +64,13 @@ class Budget:
 class GridSettings(Budget):
     """A grid: its budget, and the methods × IPCs × seeds it holds; `atomdd grid`'s flags."""
 
-    methods: tuple[str, ...] = field(
-        default=("random", "herding", "kcenter", "dm", "datadam", "atom"),
-        metadata=help_meta("method specs: a method (`atomdd methods`), a coreset, or atom[key=value,...]"),
+    methods: tuple[str, ...] = helped(
+        ("random", "herding", "kcenter", "dm", "datadam", "atom"),
+        "method specs: a method (`atomdd methods`), a coreset, or atom[key=value,...]",
     )
-    ipc: tuple[int, ...] = field(default=(1, 10), metadata=help_meta("images per class (default 1 10)"))
-    seeds: tuple[int, ...] = field(
-        default=(0,), metadata=help_meta("distillation / selection seeds (default 0)")
-    )
-    against: str = field(
-        default="atom", metadata=help_meta("the method paired differences are taken against (default atom)")
-    )
+    ipc: tuple[int, ...] = helped((1, 10), "images per class")
+    seeds: tuple[int, ...] = helped((0,), "distillation / selection seeds")
+    against: str = helped("atom", "the method paired differences are taken against")
 
     def problems(self) -> list[str]:
         bad = super().problems()
@@ -96,20 +89,8 @@ class GridSettings(Budget):
         return Budget(**{f.name: getattr(self, f.name) for f in fields(Budget)})
 
 
-def parse_method(spec: str) -> tuple[str, dict[str, str]]:
-    """`name` or `name[key=value,...]` (overrides for ablations) → (name, overrides)."""
-    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
-    if not m:
-        raise AtomddError(f"bad method spec {spec!r}; e.g. atom or atom[p_spatial=2,p_channel=6]")
-    pairs = [kv for kv in (m.group(2) or "").split(",") if kv]
-    bad = [kv for kv in pairs if "=" not in kv]
-    if bad:
-        raise AtomddError(f"bad method spec {spec!r}: overrides are key=value, got {bad}")
-    return m.group(1), dict(kv.split("=", 1) for kv in pairs)
-
-
 def make_set(
-    spec: str, ipc: int, seed: int, budget: Budget, folder: Path, quiet: bool = True, stop: object = None
+    spec: str, ipc: int, seed: int, budget: Budget, folder: Path, quiet: bool = False, stop: object = None
 ):
     """The set of one job: made in `folder`, or the one a previous invocation finished there
     (a distillation resumes from its checkpoint). Returns a `SyntheticSet`."""
@@ -124,8 +105,11 @@ def make_set(
             return load_synthetic(folder)
         # coresets are stored in the space the distilled sets of the same dataset use (ZCA for CIFAR)
         zca = preset(budget.dataset, ipc, "atom")["zca"]
-        syn = select(budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides)
-        syn.save(folder)
+        with hold(folder):
+            syn = select(
+                budget.dataset, ipc, name, seed=seed, data_root=budget.data_root, zca=zca, **overrides
+            )
+            syn.save(folder)
         return syn
     if (folder / RUN_FILE).exists():
         # a folder is named by its spec, and a preset's defaults can change: never reuse a set made
@@ -169,7 +153,7 @@ def finished(folder: Path, budget: Budget) -> dict | None:
     if result is None:
         return None
     config = result["config"]
-    if config.get("cutmix", 0) or config.get("teacher"):
+    if config.get("cutmix", 0) or config.get("teacher") or EVAL_MODEL not in result["models"]:
         return None
     if config["epochs"] != budget.epochs or len(result["models"][EVAL_MODEL]["runs"]) != budget.repeats:
         return None
@@ -214,7 +198,8 @@ def tabulate(out: str | Path, grid: GridSettings, command: str = "") -> str:
     stats = accuracy_stats(found, EVAL_MODEL, grid.against)
     record = {"dataset": grid.dataset, "budget": budget, "results": stats, "versions": versions()}
     if found:
-        write_json(Path(out) / GRID_SUMMARY, record | {"command": command or " ".join(sys.argv)})
+        with hold(out):  # one process writes under a grid's folder at a time
+            write_json(Path(out) / GRID_SUMMARY, record | {"command": command or " ".join(sys.argv)})
     title = (
         f"{grid.dataset}, {grid.iterations} distillation steps, {grid.repeats} {EVAL_MODEL} models × "
         f"{grid.epochs} epochs per set: test accuracy (%), mean ± std over every model of every seed "
@@ -225,29 +210,31 @@ def tabulate(out: str | Path, grid: GridSettings, command: str = "") -> str:
 
 
 def run_grid(
-    grid: GridSettings, out: str | Path, quiet: bool = True, say: Callable[[str], None] | None = None
+    grid: GridSettings, out: str | Path, quiet: bool = False, say: Callable[[str], None] | None = None
 ) -> str:
-    """Make and evaluate every job of `grid` not yet finished under `out`; the table of all."""
+    """Make and evaluate every job of `grid` not yet finished under `out`; the table of all. Each
+    job's progress shows unless `quiet`; `say` gets a line per finished job."""
+    from atomdd.progress import silenced
     from atomdd.signals import stop_on_signals
 
     out = Path(out)
-    for ipc in grid.ipc:
-        for spec in grid.methods:
-            for seed in grid.seeds:
-                folder = grid_member(out, spec, ipc, seed)
-                t = time.perf_counter()
-                result = finished(folder, grid.budget)  # evaluated: its set file is not needed
-                if result is None:
-                    with stop_on_signals() as stop:  # interrupted: the checkpoint is kept, a rerun resumes
-                        syn = make_set(spec, ipc, seed, grid.budget, folder, quiet, stop)
-                    result = evaluate_job(syn, folder, grid.budget)
-                if say is not None:
-                    accs = result["models"][EVAL_MODEL]["runs"]
-                    say(
-                        f"ipc {ipc:>2} {spec:<40} seed {seed}: {sum(accs) / len(accs):6.2f} "
-                        f"(made in {time.perf_counter() - t:.0f} s, evaluated in {result['seconds']:.0f} s)"
-                    )
-    return tabulate(out, grid)
+    # one process writes under a grid's folder at a time (each job's folder too)
+    with hold(out), silenced(quiet):
+        for ipc, spec, seed in itertools.product(grid.ipc, grid.methods, grid.seeds):
+            folder = grid_member(out, spec, ipc, seed)
+            t = time.perf_counter()
+            result = finished(folder, grid.budget)  # evaluated: its set file is not needed
+            if result is None:
+                with stop_on_signals() as stop:  # interrupted: the checkpoint is kept, a rerun resumes
+                    syn = make_set(spec, ipc, seed, grid.budget, folder, quiet, stop)
+                result = evaluate_job(syn, folder, grid.budget)
+            if say is not None:
+                accs = result["models"][EVAL_MODEL]["runs"]
+                say(
+                    f"ipc {ipc:>2} {spec:<40} seed {seed}: {sum(accs) / len(accs):6.2f} "
+                    f"(made in {time.perf_counter() - t:.0f} s, evaluated in {result['seconds']:.0f} s)"
+                )
+        return tabulate(out, grid)
 
 
 __all__ = ["Budget", "GridSettings", "make_set", "parse_method", "run_grid", "tabulate"]

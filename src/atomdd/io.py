@@ -12,6 +12,8 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
+import math
 import os
 import platform
 import re
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.error import URLError
 
-from atomdd.errors import WriteError
+from atomdd.errors import AtomddError, WriteError
+
+log = logging.getLogger(__name__)
 
 _TMP = re.compile(r"^\.(?P<name>.+)\.atomdd-(?P<pid>\d{1,10})-[0-9a-f]{8}\.tmp$")
 # what `tempfile.mkstemp` named them before the pid was part of the name
@@ -175,13 +179,77 @@ def make_folder(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+# The shape of a record read back (a journal's row, run.json, eval.json), as `mismatch` checks it: a
+# type; a tuple of alternatives (a bool is never a number); a list of one shape (a non-empty list of
+# such values); a dict of key → shape, where "key?" may be absent and "*" stands for every key.
+Shape = Any
+NUMBER = (int, float)
+_warned: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def mismatch(value: Any, shape: Shape, where: str = "") -> str | None:
+    """Where `value` departs from `shape`, in words ("config.ipc is str '3', not int"); None if it fits."""
+    at = where.removesuffix(".") or "it"
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{at} is {type(value).__name__}, not a mapping"
+        for key, inner in shape.items():
+            name = key.removesuffix("?")
+            if key == "*":
+                items = list(value.items())
+            elif name in value:
+                items = [(name, value[name])]
+            elif key.endswith("?"):
+                continue
+            else:
+                return f"{where}{name} is missing"
+            for k, v in items:
+                if why := mismatch(v, inner, f"{where}{k}."):
+                    return why
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list) or not value:
+            return f"{at} is not a non-empty list"
+        return next((why for v in value if (why := mismatch(v, shape[0], where))), None)
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    if any(isinstance(k, (dict, list)) for k in kinds):  # alternatives of nested shapes
+        whys = [mismatch(value, k, where) for k in kinds]
+        return None if None in whys else whys[0]
+    if isinstance(value, float) and not math.isfinite(value):  # no record of ours holds one
+        return f"{at} is {value}, not a finite number"
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return None
+    return f"{at} is {type(value).__name__} {repr(value)[:40]}, not {' or '.join(k.__name__ for k in kinds)}"
+
+
+def read_jsonl(path: str | os.PathLike, shape: Shape | None = None) -> list[dict]:
+    """The rows of a journal (one JSON object a line, appended by `append_jsonl`): the files a
+    crash-resume rests on, so a damaged line (bad bytes, a torn tail, not an object, or a row
+    that does not fit `shape`) is skipped with one warning naming the file and the line, and
+    every valid row is still used. A journal that cannot be read at all is an `AtomddError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AtomddError(
+            f"cannot read the journal {path}: {e.strerror or e}; move it aside to start it afresh"
+        ) from None
+    rows, bad = [], []
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            row = None
+        if isinstance(row, dict) and (shape is None or mismatch(row, shape) is None):
+            rows.append(row)
+        else:
+            bad.append(n)
+    if bad and (str(path), tuple(bad)) not in _warned:  # once per process, not once per read
+        _warned.add((str(path), tuple(bad)))
+        where = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        log.warning("%s: skipped damaged line(s) %s (not a row of this journal); used the rest", path, where)
     return rows
 
 

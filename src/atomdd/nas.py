@@ -30,7 +30,8 @@ import numpy as np
 from atomdd import parallel, peers
 from atomdd.errors import AtomddError, refuse
 from atomdd.folders.layout import NAS_PLOT, NAS_RESULTS, NAS_SETTINGS, NAS_SUMMARY, NAS_TRUTH
-from atomdd.io import append_jsonl, derive_seed, read_jsonl, write_json
+from atomdd.io import NUMBER, append_jsonl, derive_seed, read_jsonl, write_json
+from atomdd.lock import hold
 from atomdd.parallel import is_main_process, map_local
 from atomdd.ranking import kendall, spearman
 from atomdd.settings import DSA_DEFAULT, dsa_problem, help_meta
@@ -42,6 +43,8 @@ DEPTHS, WIDTHS = (1, 2, 3, 4), (32, 64, 128, 256)
 ACTS, POOLS = ("relu", "leakyrelu", "sigmoid"), ("none", "maxpool", "avgpool")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 EARLY, RANDOM, TRUTH = "early-stop", "random", "whole"
+# a results.jsonl (or truth file) row: which job it is, and what it measured
+RESULT_ROW = {"arch": str, "proxy": str, "seed": int, "accuracy": NUMBER, "seconds": NUMBER}
 
 
 def convnet(depth: int, width: int, act: str, norm: str, pool: str) -> ModelRef:
@@ -94,9 +97,7 @@ def search_space(name: str | os.PathLike) -> list[ModelRef]:
 def unbuildable(ref: ModelRef, channels: int, image_size: int) -> str | None:
     """Why `ref` cannot take C×S×S images, or None. A ConvNet skips a pool that would act on a map
     under 4 px (it never pools below 2×2), which would make it another architecture of the space."""
-    import torch
-
-    from atomdd.models import create_model
+    from atomdd.models import check_model
 
     options = ref.options_for(image_size)
     if ref.name == "convnet" and options.get("pool", "avgpool") != "none":
@@ -106,9 +107,8 @@ def unbuildable(ref: ModelRef, channels: int, image_size: int) -> str | None:
                 return f"block {block + 1} would pool a {size}×{size} map ({image_size} px input)"
             size //= 2
     try:
-        with torch.device("meta"):
-            create_model(ref.name, channels, 10, image_size, **options)
-    except (AtomddError, ValueError, RuntimeError) as e:
+        check_model(ref.name, channels, 10, image_size, **options)
+    except AtomddError as e:
         return str(e)
     return None
 
@@ -130,15 +130,17 @@ class NasSettings:
     )
     space: tuple[str, ...] = ()  # canonical model references (`search_space`; the CLI's --space)
     space_name: str = "small"
-    epochs: int = field(default=300, metadata=help_meta("training epochs on a proxy set (default 300)"))
-    truth_epochs: int = field(default=30, metadata=help_meta("epochs on the whole data (default 30)"))
-    early_epochs: int = field(default=1, metadata=help_meta("the early-stop proxy's epochs (default 1)"))
+    epochs: int = field(default=300, metadata=help_meta("training epochs on a proxy set"))
+    truth_epochs: int = field(default=30, metadata=help_meta("epochs on the whole data"))
+    early_epochs: int = field(default=1, metadata=help_meta("the early-stop proxy's epochs"))
     seeds: tuple[int, ...] = field(default=(0,), metadata=help_meta("one model per architecture × seed"))
     ipc: int = field(default=10, metadata=help_meta("random proxy's images per class without a set folder"))
     dsa: str = field(default=DSA_DEFAULT, metadata=help_meta("augmentation, or none"))
     zca: bool = field(default=False, metadata=help_meta("whole data, random and early stop ZCA-whitened"))
-    device: str = "auto"
-    data_root: str | None = field(default=None, compare=False)
+    device: str = field(default="auto", metadata=help_meta("auto (CUDA where there is one) | cpu | cuda"))
+    data_root: str | None = field(
+        default=None, compare=False, metadata=help_meta("folder holding the datasets (or $ATOMDD_DATA)")
+    )
 
     def __post_init__(self) -> None:
         refuse("search setting(s)", self.problems())
@@ -310,14 +312,23 @@ def run_search(
 ) -> dict[str, Any]:
     """Run the jobs not yet in `out` (over `workers` processes, each torchrun rank its `shard`),
     then write and return the summary (nas.json) and its scatter plot (nas.png)."""
-    from atomdd.models import ModelRef
-    from atomdd.report.charts import nas_scatter
-
     if workers < 1:
         raise AtomddError(f"workers={workers}: at least 1 worker process")
     parallel.init(settings.device)  # joins torchrun's group, if it started this process
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out):  # made, and one search's at a time, before the data is read
+        return _search(settings, Path(out), workers, truth_dir, log)
+
+
+def _search(
+    settings: NasSettings,
+    out: Path,
+    workers: int,
+    truth_dir: str | os.PathLike | None,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    from atomdd.models import ModelRef
+    from atomdd.report.charts import nas_scatter
+
     ctx = Context(settings)
     archs, skipped = [], []
     for text in settings.space:
@@ -327,7 +338,7 @@ def run_search(
     truth_path = truth_file(settings, Path(truth_dir or out / NAS_TRUTH), ctx.data.content_hash)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     files = {True: truth_path, False: out / NAS_RESULTS}
-    old = [r for f in files.values() if f.exists() for r in read_jsonl(f)]
+    old = [r for f in files.values() if f.exists() for r in read_jsonl(f, RESULT_ROW)]
     done = {(r["arch"], r["proxy"], r["seed"]) for r in old}
     todo = [j for j in jobs(settings, archs) if (j.arch, j.proxy, j.seed) not in done]
     if log:
@@ -356,6 +367,10 @@ def run_search(
         write_json(out / NAS_SUMMARY, summary)
         nas_scatter(summary, out / NAS_PLOT)
     return summary
+
+
+# a rank correlation over fewer architectures says nothing (two are ±1 whatever the proxy)
+MIN_RANKED = 5
 
 
 def _finite(x: float) -> float | None:
@@ -390,8 +405,9 @@ def summarize(
         }
         for name, cut in (("all", both), ("top20", [a for a in both if a in top])):
             p, t = [mean[a] for a in cut], [truth[a] for a in cut]
-            entry[f"spearman_{name}"] = _finite(spearman(p, t)) if len(cut) > 1 else None
-            entry[f"kendall_{name}"] = _finite(kendall(p, t)) if len(cut) > 1 else None
+            enough = len(cut) >= MIN_RANKED  # two or three points are ranked alike by chance: ±1
+            entry[f"spearman_{name}"] = _finite(spearman(p, t)) if enough else None
+            entry[f"kendall_{name}"] = _finite(kendall(p, t)) if enough else None
         entry["accuracy"] = mean
         proxies[label] = entry
     return {

@@ -53,7 +53,10 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Whether this process writes files: rank 0, or the only process."""
+    """Whether this process writes files: rank 0, or the only process (torchrun's RANK says so
+    before the group is joined, e.g. when an output folder is locked before the data is read)."""
+    if launched() and not _group_ready():
+        return os.environ.get("RANK", "0") == "0"
     return rank() == 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import os
 import threading
 import time
@@ -24,7 +25,9 @@ _NOTE = "atomdd/failed/"  # store key of a rank's own error, so the others can n
 _SEEN = "atomdd/seen/"  # store key a surviving rank sets when a collective broke
 _BEAT = "atomdd/beat/"  # store counter each rank's heartbeat thread adds to, every second
 _DONE = "atomdd/done/"  # store key a rank sets when it reaches a finish line (numbered in call order)
+_RELAY = "atomdd/relay/"  # store keys of a rank's finished results, for the main process to keep
 _finish_lines = itertools.count()
+_relays = itertools.count()
 _heart_stop = threading.Event()
 
 
@@ -151,3 +154,40 @@ def finish_line(what: str) -> None:
     except Exception as e:  # noqa: BLE001  (the store itself is gone)
         why = f"{culprit(e)} (the {first_line(e)!r} error)"
         raise RankFailure(f"rank {me} stopped at {what}: {why}") from None
+
+
+class Relay:
+    """Each rank's finished results, handed to the main process as they finish, through the store:
+    the main process keeps them (a journal) at once, so a rank killed later, or a SIGTERM from
+    torchrun ending every rank, loses none that finished (issue 29: 9). Every rank makes its relays
+    in the same order (their store keys are numbered in that order); one process needs none."""
+
+    def __init__(self) -> None:
+        self.me, self.world = _ranks()
+        self.key = f"{_RELAY}{next(_relays)}/"
+        self.sent = 0
+        self.taken = dict.fromkeys(range(1, self.world), 0)  # per other rank: results received
+
+    def send(self, result: Any) -> None:
+        """Leave one JSON-able result for the main process (no-op there: it keeps its own)."""
+        if self.me == 0:
+            return
+        store = _store()
+        store.set(f"{self.key}{self.me}/{self.sent}", json.dumps(result))
+        self.sent += 1
+        store.set(f"{self.key}{self.me}/count", str(self.sent))  # after the result: never ahead of it
+
+    def receive(self) -> list[Any]:
+        """On the main process, the results the other ranks sent since the last call."""
+        if self.me != 0 or self.world == 1:
+            return []
+        got = []
+        with contextlib.suppress(Exception):  # the store gone: what was received is kept
+            store = _store()
+            for r, taken in self.taken.items():
+                count = f"{self.key}{r}/count"
+                sent = int(store.get(count)) if store.check([count]) else 0
+                for i in range(taken, sent):
+                    got.append(json.loads(store.get(f"{self.key}{r}/{i}")))
+                    self.taken[r] = i + 1
+        return got

@@ -35,6 +35,7 @@ from atomdd.data import Dataset, as_dataset, resolve_data_root
 from atomdd.errors import AtomddError
 from atomdd.folders.layout import POOL_RECORD, POOL_WEIGHTS, safe_name
 from atomdd.io import save_safetensors, versions, write_json
+from atomdd.lock import hold
 from atomdd.models import FeatureModel, ModelRef, get_spec, seeded_model
 from atomdd.progress import Progress
 from atomdd.provenance import git_state
@@ -226,53 +227,54 @@ def build(
         "snapshots": settings.snapshots(),
         "members": settings.members,
     }
-    record = _read_record(folder)
-    if record is not None and {k: record[k] for k in _IDENTITY} != identity:
-        differ = sorted(k for k in _IDENTITY if record[k] != identity[k])
-        raise AtomddError(
-            f"{folder} holds another pool (it differs in {', '.join(differ)}); give another --out"
-        )
-    if record is None:
-        shape = {"channels": data.channels, "classes": data.num_classes, "image_size": size}
-        record = identity | shape | {"done": []}
-    weights = load_file(str(folder / POOL_WEIGHTS)) if record["done"] else {}
-    todo = list(range(len(record["done"]), settings.members))
-    if not todo:
-        return folder, record
-    train_x, test_x = prep(data.train_images), prep(data.test_images)
-    bar = Progress("pool", len(todo) * settings.epochs, unit="epoch", shown=progress)
+    with hold(folder):  # one build per folder: two would interleave their members
+        record = _read_record(folder)
+        if record is not None and {k: record[k] for k in _IDENTITY} != identity:
+            differ = sorted(k for k in _IDENTITY if record[k] != identity[k])
+            raise AtomddError(
+                f"{folder} holds another pool (it differs in {', '.join(differ)}); give another --out"
+            )
+        if record is None:
+            shape = {"channels": data.channels, "classes": data.num_classes, "image_size": size}
+            record = identity | shape | {"done": []}
+        weights = load_file(str(folder / POOL_WEIGHTS)) if record["done"] else {}
+        todo = list(range(len(record["done"]), settings.members))
+        if not todo:
+            return folder, record
+        train_x, test_x = prep(data.train_images), prep(data.test_images)
+        bar = Progress("pool", len(todo) * settings.epochs, unit="epoch", shown=progress)
 
-    def advance(repeats: list[int], epoch: int, loss: torch.Tensor) -> None:
-        bar.advance(1, f"network {repeats[0] + 1}/{settings.members}, epoch {epoch}/{settings.epochs}")
+        def advance(repeats: list[int], epoch: int, loss: torch.Tensor) -> None:
+            bar.advance(1, f"network {repeats[0] + 1}/{settings.members}, epoch {epoch}/{settings.epochs}")
 
-    for m in todo:
-        start = time.perf_counter()
-        (first,) = init_models(ref, data.channels, data.num_classes, size, [m], config.seed)
-        kept = {0: {k: v.detach().clone() for k, v in first.state_dict().items()}}
-        keep = partial(_keep, kept, identity["snapshots"])
-        models = train_models(
-            ref, train_x, data.train_labels, data.num_classes, config, [m], advance, on_weights=keep
-        )
-        trained = time.perf_counter() - start
-        (accuracy,) = test_models(models, test_x, data.test_labels, config)
-        weights |= {f"m{m}/e{e}/{k}": v for e, state in kept.items() for k, v in state.items()}
-        save_safetensors(folder / POOL_WEIGHTS, weights, {})
-        record["done"].append(
-            {
-                "member": m,
-                "accuracy": accuracy,
-                "seconds": time.perf_counter() - start,
-                "seconds_per_epoch": trained / settings.epochs,
+        for m in todo:
+            start = time.perf_counter()
+            (first,) = init_models(ref, data.channels, data.num_classes, size, [m], config.seed)
+            kept = {0: {k: v.detach().clone() for k, v in first.state_dict().items()}}
+            keep = partial(_keep, kept, identity["snapshots"])
+            models = train_models(
+                ref, train_x, data.train_labels, data.num_classes, config, [m], advance, on_weights=keep
+            )
+            trained = time.perf_counter() - start
+            (accuracy,) = test_models(models, test_x, data.test_labels, config)
+            weights |= {f"m{m}/e{e}/{k}": v for e, state in kept.items() for k, v in state.items()}
+            save_safetensors(folder / POOL_WEIGHTS, weights, {})
+            record["done"].append(
+                {
+                    "member": m,
+                    "accuracy": accuracy,
+                    "seconds": time.perf_counter() - start,
+                    "seconds_per_epoch": trained / settings.epochs,
+                }
+            )
+            record |= {
+                "weights_sha256": hashlib.sha256((folder / POOL_WEIGHTS).read_bytes()).hexdigest(),
+                "wall_seconds": sum(d["seconds"] for d in record["done"]),
+                "versions": versions(),
+                "git": git_state(),
             }
-        )
-        record |= {
-            "weights_sha256": hashlib.sha256((folder / POOL_WEIGHTS).read_bytes()).hexdigest(),
-            "wall_seconds": sum(d["seconds"] for d in record["done"]),
-            "versions": versions(),
-            "git": git_state(),
-        }
-        write_json(folder / POOL_RECORD, record)
-        if say is not None:
-            say(f"network {m + 1}/{settings.members}: test accuracy {accuracy:.2f} % ({trained:.0f} s)")
-    bar.close()
-    return folder, record
+            write_json(folder / POOL_RECORD, record)
+            if say is not None:
+                say(f"network {m + 1}/{settings.members}: test accuracy {accuracy:.2f} % ({trained:.0f} s)")
+        bar.close()
+        return folder, record

@@ -45,8 +45,14 @@ def not_finite(obj: Any, names: tuple[str, ...]) -> list[str]:
 
 
 def help_meta(text: str) -> dict[str, Any]:
-    """A field's metadata: `text` is its flag's help (`flags.add_config_flags`)."""
+    """A field's metadata: `text` is its flag's help (`flags.add_config_flags`), the one home of
+    what the setting means; the flag's help adds the value it takes now."""
     return {"help": text}
+
+
+def helped(default: Any, text: str, **kwargs: Any) -> Any:
+    """A dataclass field with its default and its flag's help (`help_meta`)."""
+    return field(default=default, metadata=help_meta(text), **kwargs)
 
 
 @dataclass(frozen=True)
@@ -56,35 +62,31 @@ class TrainConfig:
     # settings renamed: the old name (a config key, a flag) still works, with a warning
     RENAMED: ClassVar[dict[str, str]] = {"runs": "repeats"}
 
-    epochs: int = 1000
+    epochs: int = helped(1000, "training epochs of each model (the published protocol: 1000)")
     # fresh models trained per architecture, each from its own seeds (published: 10 or 20)
-    repeats: int = field(default=5, metadata=help_meta("models trained per architecture (default 5)"))
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    lr_decay: float = 0.1  # lr factor applied from epoch int(epochs · decay_at) on
-    decay_at: float = 0.5
-    dsa: str = DSA_DEFAULT  # DSA strategy for the training batches, "none" to train without
+    repeats: int = helped(5, "models trained per architecture, each from its own seeds (published: 10–20)")
+    lr: float = helped(0.01, "SGD learning rate of the models")
+    momentum: float = helped(0.9, "SGD momentum of the models")
+    weight_decay: float = helped(5e-4, "SGD weight decay of the models")
+    batch_size: int = helped(256, "training batch (a set of 100 images at 256: one SGD step an epoch)")
+    lr_decay: float = helped(0.1, "the learning rate's factor from epoch epochs × decay_at on")
+    decay_at: float = helped(0.5, "when the learning rate drops, as a fraction of the epochs")
+    dsa: str = helped(DSA_DEFAULT, "augmentation of every training batch: ops joined by _, or none")
     # test images per forward pass, summed over the models of a stack: DM's 256; on the CPU measured,
     # 16–64 ran up to 1.5× faster (activations stay in cache), on a GPU larger is faster
-    test_batch: int = 256
-    seed: int = 0
-    device: str = "auto"
-    precision: str = field(
-        default="fp32", metadata=help_meta("fp32 (default) | bf16 (where the hardware is fast)")
-    )
+    test_batch: int = helped(256, "test images per forward pass (speed only; 16–64 faster on a CPU)")
+    seed: int = helped(0, "the models' seed: repeat r draws its weights and batches from (seed, r)")
+    device: str = helped("auto", "auto (CUDA where there is one) | cpu | cuda | cuda:N")
+    precision: str = helped("fp32", "fp32 | bf16 (autocast, where the hardware is fast at it)")
     # the repeats together under vmap; None: on CUDA yes, on a CPU no (train.use_batched)
-    batched: bool | None = field(
-        default=None,
-        metadata=help_meta("train the repeats together (default: on CUDA only; slower on CPU, see README)"),
+    batched: bool | None = helped(
+        None,
+        "train the repeats together under vmap (unset: on CUDA only; slower on a CPU, docs/performance.md)",
     )
-    stack_size: int = 0  # at most this many repeats per stack (bounds memory); 0 = all at once
+    stack_size: int = helped(0, "at most this many repeats trained together (bounds memory); 0: all")
     # CutMix (Yun et al.; DD-Ranking's evaluation option): each training batch, with this
     # probability, gets a box of its images pasted from a shuffled copy, labels mixed by area (β 1)
-    cutmix: float = field(
-        default=0.0, metadata=help_meta("CutMix probability per training batch (β 1); 0: none (default)")
-    )
+    cutmix: float = helped(0.0, "CutMix probability per training batch (β 1); 0: none")
     runs: InitVar[int | None] = None  # the old name of `repeats`
 
     def __post_init__(self, runs: int | None = None) -> None:
@@ -152,28 +154,19 @@ class EvalConfig(TrainConfig):
 
     # a published code's evaluation (EVAL_PRESETS): its settings come before the config file's and
     # the flags, and its model is the default; recorded in eval.json with the rest
-    preset: str = field(
-        default="", metadata=help_meta(f"a published code's evaluation: {' | '.join(EVAL_PRESETS)}")
+    preset: str = helped(
+        "", f"a published code's evaluation, under the flags: {' | '.join(EVAL_PRESETS)} (`atomdd methods`)"
     )
 
     # also test on the first N test images alone (0: no): a test set only partly exact, as the
     # CIFAR-10 copy this project is checked on, reports its exact part beside the whole
-    test_limit: int = field(
-        default=0,
-        metadata=help_meta(
-            "also report accuracy on the first N test images (e.g. 1000: CIFAR-10's exact part here)"
-        ),
-    )
+    test_limit: int = helped(0, "also report the accuracy on the first N test images (0: no)")
 
     # soft labels from a trained network (DD-Ranking's evaluation option): a pool folder (`atomdd
     # pool`) whose first member's last snapshot labels each augmented training batch; the models
     # train on the KL divergence to its softened outputs instead of the hard labels
-    teacher: str = field(
-        default="", metadata=help_meta("a pool folder: its first network's soft labels (KL) replace labels")
-    )
-    teacher_temperature: float = field(
-        default=1.0, metadata=help_meta("the teacher's softmax temperature (default 1)")
-    )
+    teacher: str = helped("", "a pool folder: its first network's soft labels (KL) replace labels")
+    teacher_temperature: float = helped(1.0, "the teacher's softmax temperature")
 
     @classmethod
     def from_preset(cls, name: str = "", **overrides: Any) -> EvalConfig:
@@ -197,20 +190,13 @@ class EvalConfig(TrainConfig):
 class CoresetConfig:
     """How a coreset is selected (see `coreset.py`)."""
 
-    method: str = field(default="random", metadata=help_meta(" | ".join(CORESET_METHODS)))
-    seed: int = 0
-    embed: str = field(
-        default="random",
-        metadata=help_meta("herding/k-center feature space: random (ConvNet at init) | trained"),
-    )
-    embed_model: str = field(
-        default="convnet", metadata=help_meta("the embedding network, a model reference: convnet(depth=2)")
-    )
-    embed_epochs: int = field(
-        default=10, metadata=help_meta("training epochs of a trained embedding network")
-    )
-    zca: bool = field(default=False, metadata=help_meta("store the images ZCA-whitened (as CIFAR runs use)"))
-    device: str = "auto"
+    method: str = helped("random", " | ".join(CORESET_METHODS))
+    seed: int = helped(0, "the random pick's seed, and the embedding network's")
+    embed: str = helped("random", "herding/k-center feature space: random (ConvNet at init) | trained")
+    embed_model: str = helped("convnet", "the embedding network, a model reference: convnet(depth=2)")
+    embed_epochs: int = helped(10, "training epochs of a trained embedding network")
+    zca: bool = helped(False, "store the images ZCA-whitened (as CIFAR runs use)")
+    device: str = helped("auto", "auto (CUDA where there is one) | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
         refuse("coreset setting(s)", self.problems())
@@ -237,23 +223,19 @@ class PoolSettings:
     weight decay, lr drop at half the epochs, DSA), on the whole real train set. The defaults
     are the affordable form of DSDM's 10 × 20 epochs and DANCE's 20 × 60 on two CPU cores."""
 
-    dataset: str = field(default="cifar10", metadata=help_meta("its real train images (default cifar10)"))
-    model: str = field(default="convnet", metadata=help_meta("the architecture, a model reference"))
+    dataset: str = helped("cifar10", "its real train images, a registered dataset")
+    model: str = helped("convnet", "the architecture, a model reference")
     # None: as the dataset's distillation preset (ZCA for CIFAR), so a run with defaults can use it
-    zca: bool | None = field(
-        default=None, metadata=help_meta("train on ZCA-whitened images (default: as the dataset's preset)")
-    )
-    members: int = field(default=3, metadata=help_meta("networks in the pool (default 3)"))
-    epochs: int = field(default=10, metadata=help_meta("training epochs of each network (default 10)"))
-    snapshot_every: int = field(
-        default=2, metadata=help_meta("keep the weights every N epochs, and at the last (default 2)")
-    )
-    lr: float = 0.01
-    batch_size: int = 256
-    dsa: str = DSA_DEFAULT
-    seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
+    zca: bool | None = helped(None, "train on ZCA-whitened images (unset: as the dataset's preset)")
+    members: int = helped(3, "networks in the pool")
+    epochs: int = helped(10, "training epochs of each network")
+    snapshot_every: int = helped(2, "keep the weights every N epochs, and at the last")
+    lr: float = helped(0.01, "SGD learning rate of the networks")
+    batch_size: int = helped(256, "training batch")
+    dsa: str = helped(DSA_DEFAULT, "augmentation of every training batch: ops joined by _, or none")
+    seed: int = helped(0, "member m draws its weights and batches from (seed, m)")
+    device: str = helped("auto", "auto (CUDA where there is one) | cpu | cuda | cuda:N")
+    data_root: str | None = helped(None, "folder holding MNIST/, cifar-10-batches-py/, … (or $ATOMDD_DATA)")
 
     def __post_init__(self) -> None:
         refuse("pool setting(s)", self.problems())
@@ -290,26 +272,21 @@ class MatchConfig:
     """The matching loss (`matching.py`): the weights of its terms, the attention powers, the
     blocks matched, the distance between class means and a common factor."""
 
-    spatial: float = 1.0  # w_s
-    channel: float = 1.0  # w_c
-    embedding: float = 0.01  # λ
-    p_spatial: float = 4.0
-    p_channel: float = 4.0
-    layers: str = "all-but-last"  # "all", "all-but-last", or comma-separated block indices ("0,1")
-    scale: float = 100.0  # common factor; behaves like the image learning rate
-    distance: str = field(
-        default=DISTANCE,
-        metadata=help_meta(
-            f"of the embedding term, real against synthetic: {' | '.join(DISTANCES)} (docs/beyond.md)"
-        ),
+    spatial: float = helped(1.0, "w_s: the weight of the spatial attention term")
+    channel: float = helped(1.0, "w_c: the weight of the channel attention term")
+    embedding: float = helped(0.01, "λ: the weight of the final embedding's term")
+    p_spatial: float = helped(4.0, "the power of the spatial attention maps")
+    p_channel: float = helped(4.0, "the power of the channel attention maps")
+    layers: str = helped("all-but-last", "the blocks matched: all | all-but-last | indices such as 0,1")
+    scale: float = helped(100.0, "a common factor of the loss (behaves like the image learning rate)")
+    distance: str = helped(
+        DISTANCE,
+        f"of the embedding term, real against synthetic samples: {' | '.join(DISTANCES)} (docs/beyond.md)",
     )
     # calibration (IDM, DANCE, NCFM): + calib · Σ_k mean cross-entropy of class k's augmented
     # synthetic images under the step's network (its classifier); not multiplied by `scale`
-    calib: float = field(
-        default=0.0,
-        metadata=help_meta(
-            "weight of the synthetic images' cross-entropy under the step's network (needs pool_dir)"
-        ),
+    calib: float = helped(
+        0.0, "weight of the synthetic images' cross-entropy under the step's network (needs pool_dir)"
     )
 
     def __post_init__(self) -> None:

@@ -1,33 +1,68 @@
-"""Decoded images cached beside the image files they came from, and read back as memory maps.
+"""Decoded images cached beside the image files they came from (or in the folder `--cache-dir` /
+$ATOMDD_CACHE names), and read back as memory maps.
 
 Decoding a JPEG tree takes minutes (Tiny ImageNet's 110 000 files) to hours (an ImageNet-sized
 folder), so the first read writes one safetensors file of the uint8 train and test splits, keyed by
 the exact file list (names, sizes, mtimes, labels) and the decoding settings, and checksummed. Read
 back, its arrays are copy-on-write memory maps, not copies: their pages belong to the page cache,
 so the torchrun ranks of a machine hold one copy between them, and each rank copies only its own
-classes' images into model space.
+classes' images into model space. Data mounted read-only (the norm on clusters and in containers)
+takes its cache from `--cache-dir`; without one, it is decoded in memory, with a warning that says
+so (issue 29: 4).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from atomdd.errors import AtomddError
+from atomdd.errors import AtomddError, WriteError
 from atomdd.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 Splits = tuple[np.ndarray, np.ndarray]  # train images, test images: uint8 N×C×H×W
+CACHE_ENV = "ATOMDD_CACHE"  # a folder for every decode cache, instead of beside the images
+
+
+@contextlib.contextmanager
+def cache_folder(folder: str | os.PathLike | None) -> Iterator[None]:
+    """Within the block (and in the processes it starts), decode caches go to `folder`, as with
+    ATOMDD_CACHE=folder; None changes nothing. The CLI's `--cache-dir`."""
+    if folder is None:
+        yield
+        return
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
+
+
+def cache_location(beside: Path) -> Path:
+    """Where the cache that would lie at `beside` lives: there, or in $ATOMDD_CACHE under a name
+    that keeps the caches of different data folders apart."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        return beside
+    source = beside.parent.resolve()
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    return Path(folder).expanduser() / f"{source.name}-{digest}-{beside.name}"
 
 
 def files_key(tag: str, files: Sequence[Path], labels: np.ndarray, root: Path, listed_in: str) -> str:
@@ -51,13 +86,16 @@ def cached_splits(
     shape: tuple[int | None, ...],
     decode: Callable[[], Splits],
 ) -> Splits:
-    """The splits from `cache` if it holds `key`'s (`counts` images of `shape`, where None matches
-    any size), else `decode()`d and cached; mapped from the cache whenever it could be written."""
+    """The splits from the cache (`cache_location(cache)`) if it holds `key`'s (`counts` images of
+    `shape`, where None matches any size), else `decode()`d and cached; mapped from the cache
+    whenever it could be written, else held in memory."""
+    cache = cache_location(cache)
     if (found := _load(cache, key, counts, shape)) is not None:
         return found
     log.info("decoding %d images once (cached in %s)", sum(counts), cache)
     decoded = decode()
-    _save(cache, key, *decoded)
+    if not _save(cache, key, *decoded):
+        return decoded
     return _load(cache, key, counts, shape) or decoded
 
 
@@ -104,10 +142,19 @@ def _crc32(*arrays: np.ndarray) -> str:
     return f"{crc:08x}"
 
 
-def _save(cache: Path, key: str, train: np.ndarray, test: np.ndarray) -> None:
+def _save(cache: Path, key: str, train: np.ndarray, test: np.ndarray) -> bool:
+    """Write the cache; False (and a warning) where it cannot be written: a read-only or full disk
+    only costs the next read its speed."""
     try:
         with atomic_path(cache) as tmp:
             meta = {"key": key, "crc32": _crc32(train, test)}
             save_file({"train_images": train, "test_images": test}, str(tmp), metadata=meta)
-    except OSError as e:  # a read-only or full disk only costs the next read its speed
-        log.warning("could not write the decode cache %s: %s", cache, e)
+    except (WriteError, SafetensorError) as e:  # atomic_path turns every OS error into a WriteError
+        log.warning(
+            "%s; the images were decoded in memory and will be decoded again next time: give "
+            "--cache-dir DIR (or set %s) for a writable folder to keep them",
+            e,
+            CACHE_ENV,
+        )
+        return False
+    return True

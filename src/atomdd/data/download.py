@@ -40,9 +40,9 @@ def locate(name: str, data_root: str | os.PathLike | None = None) -> dict:
     elif spec.files:
         missing = spec.missing(path)
         found = path.is_dir() and not missing
-    else:  # a free-form tree: found once it has a class folder
+    else:  # a free-form tree: found once a class folder holds an image (or train/ one does)
         missing = []
-        found = path.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in path.iterdir())
+        found = path.is_dir() and _holds_class_images(path)
     return {
         "name": spec.name,
         "found": found,
@@ -54,6 +54,21 @@ def locate(name: str, data_root: str | os.PathLike | None = None) -> dict:
         "downloadable": bool(spec.downloads),
         "missing": missing,
     }
+
+
+def _holds_class_images(root: Path) -> bool:
+    """Whether `root` is an image-folder tree: a class sub-folder (or one inside train/) holding an
+    image file; a data root of other datasets' folders is not. Reads names only."""
+    from atomdd.data.imagefolder import IMAGE_EXTENSIONS
+
+    def folders(p: Path) -> list[Path]:
+        return [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
+
+    for tops in (folders(root), folders(root / "train") if (root / "train").is_dir() else []):
+        for d in tops:
+            if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir() if f.is_file()):
+                return True
+    return False
 
 
 def fetch_dataset(spec: DatasetSpec, path: str | os.PathLike, timeout: float = 60.0) -> None:

@@ -4,11 +4,12 @@ builds its flags from `DistillConfig` without loading it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomdd.config import coerce, load_config_file
+from atomdd.config import coerce, field_defaults, load_config_file
 from atomdd.errors import AtomddError, refuse
 from atomdd.io import derive_seed
 from atomdd.methods import get_method
@@ -18,7 +19,7 @@ from atomdd.settings import (
     PRECISIONS,
     MatchConfig,
     dsa_problem,
-    help_meta,
+    helped,
     not_finite,
 )
 
@@ -38,14 +39,14 @@ class RunConfig:
     """How a distillation executes: none of it changes what it computes, but `fused` and `precision`
     change its rounding."""
 
-    fused: bool = True  # all classes in one pass; False = one class per pass (the published loop)
-    chunk_images: int = 0  # images per forward pass; 0 = auto (256 on CPU: cache-friendly, 8192 on GPU)
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast; falls back to fp32 without fast bf16)
-    device: str = "auto"
-    checkpoint_every: int = 500
-    log_every: int = 10
-    data_root: str | None = None
-    download: bool = False
+    fused: bool = helped(True, "all classes in one forward pass (--no-fused: one class a pass, as published)")
+    chunk_images: int = helped(0, "images per forward pass; 0: automatic (256 on a CPU, 8192 on a GPU)")
+    precision: str = helped("fp32", "fp32 | bf16 (autocast; fp32 where bf16 is not fast)")
+    device: str = helped("auto", "auto (CUDA where there is one) | cpu | cuda | cuda:N")
+    checkpoint_every: int = helped(500, "steps between checkpoints (a stop or a crash resumes from one)")
+    log_every: int = helped(10, "steps between two rows of metrics.jsonl")
+    data_root: str | None = helped(None, "folder holding MNIST/, cifar-10-batches-py/, … (or $ATOMDD_DATA)")
+    download: bool = helped(False, "fetch a missing dataset (checksum-verified)")
 
     def __post_init__(self) -> None:
         refuse("run setting(s)", self.problems())
@@ -62,44 +63,39 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    dataset: str = "digits"
-    ipc: int = 10
-    method: str = "atom"
-    iterations: int = 8000
-    seed: int = 0
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 64  # real images per class per step
-    init: str = "real"  # "real" | "noise"
-    zca: bool = False
-    # whiten the initial synthetic images once more, with a ZCA (same ε) fitted on them alone: what
-    # the published DataDAM code does with --zca (docs/reproduce.md); needs zca
-    zca_refit: bool = False
-    # after each step, project the pixels back onto valid images ([0, 1] before normalisation/ZCA)
-    clip: bool = False
-    dsa: str = DSA_DEFAULT  # or "none"
-    # the backbone: a model reference, e.g. "convnet", "convnet(depth=4)", "resnet18(norm=batchnorm)"
-    model: str = "convnet"
-    # with a batch-norm backbone, the images one forward call normalises together: "class" (each
-    # class's real images in one call, its synthetic images in another) or "all" (every class's real
-    # images in one call, every synthetic image in another: the published DataDAM code; one process)
-    bn_batch: str = "class"
+    dataset: str = helped("digits", "a registered dataset (`atomdd datasets` lists them)")
+    ipc: int = helped(10, "synthetic images per class")
+    method: str = helped("atom", "a method preset (`atomdd methods` says what each sets)")
+    iterations: int = helped(8000, "distillation steps (the published tables: 8000)")
+    seed: int = helped(0, "the run's seed: the initial images, each step's network and augmentation")
+    lr_img: float = helped(1.0, "the synthetic pixels' SGD learning rate")
+    momentum: float = helped(0.5, "the synthetic pixels' SGD momentum")
+    batch_real: int = helped(64, "real images per class per step")
+    init: str = helped("real", "the initial synthetic images: real (random real ones) | noise")
+    zca: bool = helped(False, "ZCA-whiten the images (the published CIFAR protocol)")
+    # what the published DataDAM code does with --zca (docs/reproduce.md)
+    zca_refit: bool = helped(
+        False, "whiten the initial images once more, by a ZCA fitted on them (needs zca)"
+    )
+    clip: bool = helped(False, "after each step, project the pixels back onto valid images ([0, 1])")
+    dsa: str = helped(DSA_DEFAULT, "augmentation of real and synthetic batches: ops joined by _, or none")
+    model: str = helped(
+        "convnet", "the backbone, a model reference: convnet(depth=4), resnet18(norm=batchnorm)"
+    )
+    # with a batch-norm backbone, "class": each class's real images in one call, its synthetic
+    # images in another; "all": every class's real images in one call, every synthetic image in
+    # another (the published DataDAM code; one process)
+    bn_batch: str = helped("class", "batch-norm backbones: what one forward call normalises, class | all")
     # factor images (IDC, IDM, DANCE, DSDM, NCFM): each stored image holds factor×factor tiles,
     # each upsampled to a whole image when decoded (`sets.decode`), so IPC n trains on n·factor²
-    factor: int = field(
-        default=1, metadata=help_meta("tiles per side of each stored image (IDC's factor; default 1: none)")
-    )
+    factor: int = helped(1, "tiles per side of each stored image (IDC's factor; 1: none)")
     # the step's network from a pool of trained networks (DSDM, DANCE, NCFM) instead of a random one
     # (named pool_dir: `pool` is ConvNet's pooling, a flat model key)
-    pool_dir: str = field(
-        default="",
-        metadata=help_meta(
-            f"a pool folder (`atomdd pool`), or '{POOL_DEFAULT}': DATA_ROOT/pools/<dataset>-<model>[-zca]"
-        ),
+    pool_dir: str = helped(
+        "", f"a pool folder (`atomdd pool`), or '{POOL_DEFAULT}': DATA_ROOT/pools/<dataset>-<model>[-zca]"
     )
-    pool_interp: bool = field(
-        default=False,
-        metadata=help_meta("each step's pool network mixed with its initial weights, l ~ U(0, 1) (DANCE)"),
+    pool_interp: bool = helped(
+        False, "each step's pool network mixed with its initial weights, l ~ U(0, 1) (DANCE)"
     )
     match: MatchConfig = field(default_factory=MatchConfig)  # the loss (defaults: ATOM's)
     run: RunConfig = field(default_factory=RunConfig)
@@ -272,6 +268,97 @@ def make_config(
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = layered(preset(dataset, ipc, method), file_values, given)
     return dataclasses.replace(cfg, model=str(cfg.model_ref()))  # one spelling per model
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, str]]:
+    """A method spec, `name` or `name[key=value,...]` (settings over the preset, for ablations:
+    `atomdd grid --methods`, a report's row labels) → (name, settings)."""
+    m = re.fullmatch(r"([\w-]+)(?:\[(.*)\])?", spec)
+    if not m:
+        raise AtomddError(f"bad method spec {spec!r}; e.g. atom or atom[p_spatial=2,p_channel=6]")
+    pairs = [kv for kv in (m.group(2) or "").split(",") if kv]
+    bad = [kv for kv in pairs if "=" not in kv]
+    if bad:
+        raise AtomddError(f"bad method spec {spec!r}: overrides are key=value, got {bad}")
+    return m.group(1), dict(kv.split("=", 1) for kv in pairs)
+
+
+def method_spec(name: str, settings: dict[str, Any]) -> str:
+    """The method spec `parse_method` reads back: `atom`, or `atom[embedding=0.1,clip=true]`."""
+    if not settings:
+        return name
+    shown = (f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
+    return f"{name}[{','.join(shown)}]"
+
+
+# ConvNet's options as run.json held them before `model` took options (flat MODEL_KEYS), and their
+# defaults then: what a run of that format did not change
+_LEGACY_CONVNET = {"depth": 3, "width": 128, "norm": "instancenorm", "act": "relu", "pool": "avgpool"}
+# what a method spec does not name: the run's identity and budget, and how it executed (which
+# changes no number beyond rounding), where its data was
+_NOT_SPEC = {
+    "dataset",
+    "ipc",
+    "method",
+    "seed",
+    "iterations",
+    *(f.name for f in dataclasses.fields(RunConfig)),
+}
+
+
+def _model_options(model: str, flat: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """A backbone's name and the options it sets beyond ConvNet's defaults, from a model reference
+    and flat option keys. Plain text, not `models.ModelRef` (which loads torch; a report needs none)."""
+    m = re.fullmatch(r"\s*([\w-]+)\s*(?:\((.*)\))?\s*", str(model))
+    name, inner = (m.group(1), m.group(2) or "") if m else (str(model), "")
+    options = dict(kv.split("=", 1) for kv in inner.split(",") if "=" in kv)
+    options = {k.strip(): v.strip() for k, v in options.items()} | {k: str(v) for k, v in flat.items()}
+    if name == "convnet":
+        options = {k: v for k, v in options.items() if str(_LEGACY_CONVNET.get(k)) != v}
+    return name, options
+
+
+def recorded_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (run.json's, of either format) as flat settings: the sections
+    merged, ConvNet's flat options folded into `model` (those set beyond its defaults, sorted), a
+    setting the run's format did not have at the default it then had. No torch: a report calls it."""
+    flat = dict(config)
+    for section in _SECTIONS:
+        if isinstance(flat.get(section), dict):
+            flat |= flat.pop(section)
+    name, options = _model_options(flat.pop("model", "convnet"), _pop(flat, MODEL_KEYS))
+    model = name + (f"({','.join(f'{k}={v}' for k, v in sorted(options.items()))})" if options else "")
+    return field_defaults(flat_fields()) | flat | {"model": model}
+
+
+def spec_differences(config: dict[str, Any]) -> dict[str, tuple[Any, Any]] | None:
+    """What a run's recorded config sets otherwise than today's preset for its dataset, IPC and
+    method: setting → (made with, now), a backbone's options one by one; the budget, the seed and
+    the execution aside. None where the method is not known today."""
+    made = recorded_settings(config)
+    try:
+        now = recorded_settings(preset(made["dataset"], int(made["ipc"]), made["method"]))
+    except (AtomddError, KeyError, TypeError, ValueError):
+        return None
+    diffs = {k: (v, now[k]) for k, v in made.items() if k not in _NOT_SPEC | {"model"} and v != now.get(k)}
+    (made_name, made_options), (now_name, options) = (
+        _model_options(made["model"], {}),
+        _model_options(now["model"], {}),
+    )
+    if made_name != now_name:
+        diffs["model"] = (made["model"], now["model"])
+    else:
+        for k in sorted(made_options.keys() | options.keys()):  # an option missing: ConvNet's default
+            if made_options.get(k) != options.get(k):
+                diffs[k] = (
+                    made_options.get(k, _LEGACY_CONVNET.get(k)),
+                    options.get(k, _LEGACY_CONVNET.get(k)),
+                )
+    return diffs
+
+
+def _pop(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: values.pop(k) for k in keys if k in values}
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:

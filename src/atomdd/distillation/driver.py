@@ -18,6 +18,8 @@ loop checkpoints and raises `Interrupted` once it is set.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import resource
 import sys
@@ -35,13 +37,16 @@ from atomdd.distillation import step as steps
 from atomdd.distillation.config import RESUMABLE, DistillConfig
 from atomdd.distillation.shards import Shards, preprocess, zca_refit
 from atomdd.errors import AtomddError, Interrupted
+from atomdd.folders.layout import RUN_FILE
 from atomdd.folders.run import RunFolder
 from atomdd.hardware import resolve_precision
 from atomdd.io import versions
+from atomdd.lock import hold
 from atomdd.models import FeatureModel
-from atomdd.progress import Progress
+from atomdd.progress import Progress, silenced, stage
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
+from atomdd.signals import StopFlag
 
 __all__ = ["Distiller", "LogHook", "SavedHook"]
 
@@ -53,6 +58,8 @@ LogHook = Callable[[int, float, dict[str, float], Callable[[], SyntheticSet] | N
 # run.json says "done", so a kill meanwhile leaves the run resumable (the caller's figures)
 SavedHook = Callable[[Path, Dataset], None]
 
+log = logging.getLogger(__name__)
+
 
 class Distiller:
     """Holds the state of one run: data on the device, synthetic pixels, optimiser, steps done."""
@@ -62,17 +69,24 @@ class Distiller:
         self.device = parallel.init(cfg.run.device)  # joins torchrun's group, if it started this
         self.precision = resolve_precision(cfg.run.precision, self.device)
         run = cfg.run
-        self.data = data if data is not None else load_dataset(cfg.dataset, run.data_root, run.download)
+        if data is None:
+            with stage("distill", f"loading {cfg.dataset}"):
+                data = load_dataset(cfg.dataset, run.data_root, run.download)
+        self.data = data
         self.k = self.data.num_classes
         self.shards = Shards.of(self.k, cfg.ipc)  # this rank's classes (all of them in one process)
-        self.prep = preprocess(self.data, cfg.zca, self.device)
-        self.task = steps.Task.build(cfg, self.data, self.prep, self.device, self.precision, self.shards.own)
-        self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
-        init, self.refit = self.task.initial_images(), None
-        if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
-            init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
-        self.syn = torch.nn.Parameter(init)
-        self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
+        # the optimiser too: its first one loads torch's compiler modules, seconds on a busy machine
+        with stage("distill", "fitting ZCA on the train images" if cfg.zca else "preparing the real images"):
+            self.prep = preprocess(self.data, cfg.zca, self.device)
+            self.task = steps.Task.build(
+                cfg, self.data, self.prep, self.device, self.precision, self.shards.own
+            )
+            self.labels = torch.arange(self.k).repeat_interleave(cfg.ipc)
+            init, self.refit = self.task.initial_images(), None
+            if cfg.zca_refit:  # before a checkpoint's pixels replace them on resume: recorded each time
+                init, self.refit = zca_refit(init, self.shards, self.prep.zca.eps)
+            self.syn = torch.nn.Parameter(init)
+            self.opt = torch.optim.SGD([self.syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.steps_done = 0
         self.folder: RunFolder | None = None  # the run's folder, while `run` keeps one
         self.wall_before = 0.0  # seconds the run took before its last checkpoint (kept across resumes)
@@ -113,7 +127,18 @@ class Distiller:
 
     def load_checkpoint(self, out: str | Path) -> None:
         saved = RunFolder(out).read_checkpoint()
-        then = DistillConfig.from_dict(saved.config).flat()  # also a checkpoint of the flat format
+        try:
+            self._check_state(saved.tensors, saved.config, saved.step)
+            then = DistillConfig.from_dict(saved.config).flat()  # also a checkpoint of the flat format
+        except (ValueError, AtomddError) as e:
+            raise AtomddError(
+                f"checkpoint {saved.path} is corrupt or not an atomdd checkpoint: {e}"
+            ) from None
+        if saved.step > self.cfg.iterations:
+            raise AtomddError(
+                f"checkpoint {saved.path} is at step {saved.step}, past iterations={self.cfg.iterations}; "
+                f"resume with --iterations {saved.step} or more"
+            )
         mine = self.cfg.flat()
         differ = {k: (then.get(k), v) for k, v in mine.items() if k not in RESUMABLE and then.get(k) != v}
         if differ:
@@ -136,6 +161,27 @@ class Distiller:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.steps_done = saved.step
         self.wall_before = saved.wall_seconds
+
+    def _check_state(self, tensors: dict[str, torch.Tensor], config: Any, step: int) -> None:
+        """A checkpoint's state is this run's shape before any of it is used (issue 29: 8)."""
+        if not isinstance(config, dict):
+            raise ValueError(f"its config is {type(config).__name__}, not a mapping")
+        if step < 0:
+            raise ValueError(f"its step is {step}")
+        pixels, rng = (len(self.labels), *self.syn.shape[1:]), torch.get_rng_state()
+        want = {"syn": (pixels, torch.float32), "momentum": (pixels, torch.float32)}
+        want["cpu_rng"] = (tuple(rng.shape), rng.dtype)
+        for name, (shape, dtype) in want.items():
+            t = tensors.get(name)
+            if t is None and name == "momentum":  # none before the first step
+                continue
+            if t is None or tuple(t.shape) != shape or t.dtype != dtype:
+                got = f"{t.dtype} {tuple(t.shape)}" if t is not None else "missing"
+                raise ValueError(f"its {name} is {got}, this run's is {dtype} {shape}")
+        try:
+            torch.Generator().set_state(tensors["cpu_rng"])  # torch's own check of the state
+        except RuntimeError as e:
+            raise ValueError(f"its cpu_rng is no random state: {e}") from None
 
     def wall_seconds(self) -> float:
         """Seconds of work in this run so far, over every resume."""
@@ -169,7 +215,7 @@ class Distiller:
         self,
         out: str | Path | None = None,
         resume: bool | str = False,
-        quiet: bool = True,
+        quiet: bool = False,
         stop: object = None,
         overwrite: bool = False,
         on_log: LogHook | None = None,
@@ -180,14 +226,21 @@ class Distiller:
         after every step) checkpoints and raises `Interrupted`. With `out`, an error leaves run.json
         "failed" or "interrupted" and why. A folder holding another set or run is refused unless
         `overwrite` (which removes the old one's files). `on_log` and `on_saved`: the hooks of the
-        module's docstring."""
+        module's docstring. Its progress shows (`progress.Progress`) unless `quiet`."""
         self._t0 = None
         self.folder = RunFolder(out) if out is not None else None
+        # the folder is this process's for the whole run; a signal only asks for a stop, which the
+        # loop turns into a checkpoint (signals.py)
+        deferred = stop.deferred() if isinstance(stop, StopFlag) else contextlib.nullcontext()
         try:
-            return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
+            with hold(out), deferred, silenced(quiet):
+                try:
+                    return self._run(resume, quiet, stop, overwrite, on_log, on_saved)
+                except BaseException as e:
+                    self._record_failure(e)  # while the folder is still this process's
+                    raise
         except BaseException as e:
             peers.report_failure(e)  # for the ranks waiting on this one to name it
-            self._record_failure(e)
             raise
 
     def _record_failure(self, error: BaseException) -> None:
@@ -197,8 +250,13 @@ class Distiller:
         try:
             record = self._record(status, time.perf_counter() - self._t0)
             self.folder.record(record | {"error": str(error) or type(error).__name__})
-        except Exception:  # noqa: BLE001  (never hide the error being reported)
-            pass
+        except Exception as e:  # noqa: BLE001  (never hide the error being reported)
+            log.warning(
+                'could not record the %s run in %s (%s); it may still say "running"',
+                status,
+                self.folder.path / RUN_FILE,
+                peers.first_line(e),
+            )
 
     def _run(
         self,
@@ -221,31 +279,29 @@ class Distiller:
             folder.record(self._record("running", 0.0))
         start, t0 = self.steps_done, time.perf_counter()
         self._t0 = t0
-        shown = not quiet and parallel.is_main_process()
-        bar = Progress("distill", cfg.iterations, unit="step", done=start, shown=shown)
         loss = ""
-        while self.steps_done < cfg.iterations:
-            value, terms, stopping = self.step(stop)
-            n = self.steps_done
-            if n % cfg.run.log_every == 0 or n == cfg.iterations:
-                terms = {k: float(v) for k, v in terms.items()}
-                loss = f", loss {value:.4g}"
-                if on_log is not None:
-                    on_log(n, value, terms, self.result if self.shards.world == 1 else None)
-                if folder is not None:
-                    folder.log({"step": n, "loss": value, "seconds": self.wall_seconds()} | terms)
-            bar.advance(1, f"step {n}/{cfg.iterations}{loss}")
-            if folder is not None and (n % cfg.run.checkpoint_every == 0 or stopping):
-                self.save_checkpoint(folder.path)
-            if stopping:
-                bar.close()
-                raise Interrupted(
-                    f"interrupted at step {n}; checkpoint saved in {folder.path}; continue with --resume"
-                    if folder is not None
-                    else f"interrupted at step {n}",
-                    getattr(stop, "signum", 2),  # 2: SIGINT
-                )
-        bar.close()
+        with Progress("distill", cfg.iterations, unit="step", done=start) as bar:
+            while self.steps_done < cfg.iterations:
+                value, terms, stopping = self.step(stop)
+                n = self.steps_done
+                if n % cfg.run.log_every == 0 or n == cfg.iterations:
+                    terms = {k: float(v) for k, v in terms.items()}
+                    loss = f", loss {value:.4g}"
+                    if on_log is not None:
+                        on_log(n, value, terms, self.result if self.shards.world == 1 else None)
+                    if folder is not None:
+                        folder.log({"step": n, "loss": value, "seconds": self.wall_seconds()} | terms)
+                bar.advance(1, f"step {n}/{cfg.iterations}{loss}")
+                if folder is not None and (n % cfg.run.checkpoint_every == 0 or stopping):
+                    self.save_checkpoint(folder.path)
+                if stopping:
+                    raise Interrupted(
+                        f"interrupted at step {n}; checkpoint saved in {folder.path}; continue with --resume"
+                        if folder is not None
+                        else f"interrupted at step {n}",
+                        getattr(stop, "signum", 2),  # 2: SIGINT
+                    )
+            bar.close(f"{cfg.iterations} steps{loss}, {time.perf_counter() - t0:.0f} s")
         seconds = time.perf_counter() - t0
         result = self.result()
         mine = {
@@ -255,10 +311,13 @@ class Distiller:
         }
         self.rank_stats = parallel.gather_objects(mine, "the per-rank statistics gather")
         if folder is not None:
-            self.save_checkpoint(folder.path)
-            folder.save_set(result)
-            if on_saved is not None and folder.main:
-                on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
+            with stage(
+                "distill", f"saving the set in {folder.path}" + (" and drawing it" if on_saved else "")
+            ):
+                self.save_checkpoint(folder.path)
+                folder.save_set(result)
+                if on_saved is not None and folder.main:
+                    on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
             folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
         return result
 

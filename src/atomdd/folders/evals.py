@@ -28,9 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from atomdd.folders.layout import EVAL_ROWS
-from atomdd.io import append_jsonl, read_jsonl, write_json
+from atomdd.io import NUMBER, append_jsonl, read_jsonl, write_json
 from atomdd.settings import EvalConfig
 
+# an eval.jsonl row: whose repeat it is ("run"), its accuracy, and on the first `test_limit` images
+REPEAT_ROW = {
+    "set": str,
+    "protocol": str,
+    "model": str,
+    "run": int,
+    "accuracy": NUMBER,
+    "first": (*NUMBER, type(None)),
+}
 # the settings that decide a repeat's accuracy (the number of repeats decides only which there are)
 _PER_REPEAT = (
     "epochs",
@@ -91,16 +100,9 @@ class RepeatStore:
     def done(self, model: str) -> dict[int, dict[str, Any]]:
         """Repeat number → its row, for the repeats of `model` already finished."""
         on_disk = self.path is not None and self.path.exists()
-        rows = (read_jsonl(self.path) if on_disk else []) + self.added
+        rows = (read_jsonl(self.path, REPEAT_ROW) if on_disk else []) + self.added
         mine = (
-            r
-            for r in rows
-            if isinstance(r, dict)
-            and r.get("set") == self.set_key
-            and r.get("protocol") == self.protocol
-            and r.get("model") == model
-            and isinstance(r.get("run"), int)
-            and isinstance(r.get("accuracy"), (int, float))
+            r for r in rows if (r["set"], r["protocol"], r["model"]) == (self.set_key, self.protocol, model)
         )
         return {r["run"]: r for r in mine}
 
@@ -122,8 +124,12 @@ def merge_result(path: Path, result: dict[str, Any], set_key: str) -> dict[str, 
     except (OSError, ValueError):
         old = {}
     if isinstance(old, dict):
-        if isinstance(old.get("results"), dict):
-            results = {k: dict(v) for k, v in old["results"].items() if isinstance(v, dict)}
+        if isinstance(old.get("results"), dict):  # each protocol's models, each model's result
+            results = {
+                k: {m: r for m, r in v.items() if isinstance(r, dict)}
+                for k, v in old["results"].items()
+                if isinstance(v, dict)
+            }
         elif isinstance(old.get("models"), dict) and isinstance(old.get("config"), dict):  # before "results"
             try:
                 was = protocol_key(old["config"], old.get("precision", old["config"].get("precision")))

@@ -28,14 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from atomdd.errors import AtomddError
+from atomdd.io import NUMBER
 
 SET_FILE = "synthetic.safetensors"
 RUN_FILE = "run.json"
 METRICS = "metrics.jsonl"
+METRICS_ROW = {"step": int, "loss": NUMBER}  # a metrics.jsonl row: what the summaries and plots read
 CHECKPOINT = "checkpoint.safetensors"
+LOCK_FILE = ".atomdd.lock"  # lock.hold: which process writes the folder
 GRID_PNG = "grid.png"
 ATTENTION_PNG = "attention.png"
 SHOW_PNG = "show.png"  # `atomdd show`'s default, beside the set
+FIGURE_FORMATS = ("png", "pdf", "svg")  # a figure on request: PNG, or vector PDF / SVG
 EVAL_FILE = "eval.json"
 EVAL_ROWS = "eval.jsonl"
 # an architecture search's folder

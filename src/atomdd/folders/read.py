@@ -11,6 +11,29 @@ from pathlib import Path
 
 from atomdd.errors import AtomddError
 from atomdd.folders.layout import EVAL_FILE, GRID_MEMBERS, NAS_SUMMARY, RECORDS, RUN_FILE, member_parts
+from atomdd.io import NUMBER, Shape, mismatch
+
+# what the report reads from run.json and eval.json, and its type (`io.mismatch`): a folder whose
+# files do not fit is refused with the key at fault, not met by a traceback (issue 29: 7)
+_GIT = ({"commit": str}, type(None))
+RUN_RECORD = {
+    "config?": {"dataset?": str, "method?": str, "ipc?": int, "seed?": int, "iterations?": int},
+    "command?": str,
+    "versions?": dict,
+    "git?": _GIT,
+    "wall_seconds?": NUMBER,
+}
+_ACCURACY = {"runs": [NUMBER], "mean": NUMBER, "std": NUMBER}  # "runs": the repeats' accuracies
+EVAL_RECORD = {
+    "models": {"*": _ACCURACY | {"first?": {"runs": [NUMBER], "images": int}}},
+    "config": {"epochs": int, "test_limit?": int},
+    "set?": {"kind?": str, "ipc?": int, "method?": str},
+    "dataset?": str,
+    "device?": str,
+    "seconds?": NUMBER,
+    "versions?": dict,
+    "git?": _GIT,
+}
 
 
 @dataclass
@@ -50,11 +73,15 @@ class Group:
     members: list[Folder] = field(default_factory=list)
 
 
-def _read_json(path: Path) -> dict:
+def read_record(path: Path, shape: Shape) -> dict:
+    """A run's JSON record (run.json, eval.json), refused unless it fits `shape`."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
         raise AtomddError(f"{path} is not readable JSON: {e}") from None
+    if why := mismatch(record, shape):
+        raise AtomddError(f"{path} is not a record atomdd wrote ({why}); move it aside or remake it")
+    return record
 
 
 def holds_results(folder: Path) -> bool:
@@ -62,8 +89,8 @@ def holds_results(folder: Path) -> bool:
 
 
 def read_folder(folder: Path, group: str, label: str | None = None) -> Folder:
-    run = _read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
-    ev = _read_json(folder / EVAL_FILE) if (folder / EVAL_FILE).exists() else None
+    run = read_record(folder / RUN_FILE, RUN_RECORD) if (folder / RUN_FILE).exists() else {}
+    ev = read_record(folder / EVAL_FILE, EVAL_RECORD) if (folder / EVAL_FILE).exists() else None
     if label is None and (ev or {}).get("set", {}).get("kind") == "whole":
         label = "whole dataset"  # `atomdd evaluate --whole`: the upper bound, in the IPC 0 column
     if label is None:

@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from atomdd.errors import AtomddError
-from atomdd.folders.layout import CHECKPOINT, METRICS, RUN_FILE, SET_FILE, describe, remove_described
-from atomdd.io import append_jsonl, make_folder, read_jsonl, save_safetensors, write_bytes, write_json
+from atomdd.folders.layout import (
+    CHECKPOINT,
+    METRICS,
+    METRICS_ROW,
+    RUN_FILE,
+    SET_FILE,
+    describe,
+    remove_described,
+)
+from atomdd.io import (
+    append_jsonl,
+    make_folder,
+    read_jsonl,
+    save_safetensors,
+    write_bytes,
+    write_error,
+    write_json,
+)
 from atomdd.parallel import is_main_process
 
 if TYPE_CHECKING:
@@ -53,7 +70,7 @@ class RunFolder:
                 remove_described(self.path)
         if self.main:
             make_folder(self.path)
-            (self.path / METRICS).unlink(missing_ok=True)
+            _remove(self.path / METRICS)
 
     def record(self, run: dict[str, Any]) -> None:
         if self.main:
@@ -67,12 +84,12 @@ class RunFolder:
         """Drop rows logged after the checkpoint, so a resumed run's log reads as one run."""
         path = self.path / METRICS
         if self.main and path.exists():
-            rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            rows = [r for r in read_jsonl(path, METRICS_ROW) if r["step"] <= step]
             write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     def loss_summary(self) -> dict[str, float]:
         """The first, last and lowest logged loss, and how many rows were logged."""
-        rows = read_jsonl(self.path / METRICS) if (self.path / METRICS).exists() else []
+        rows = read_jsonl(self.path / METRICS, METRICS_ROW) if (self.path / METRICS).exists() else []
         if not rows:
             return {}
         losses = [r["loss"] for r in rows]
@@ -115,3 +132,12 @@ class RunFolder:
     def save_set(self, result: SyntheticSet) -> None:
         if self.main:
             result.save(self.path)
+
+
+def _remove(path: Path) -> None:
+    """Remove an earlier run's file, if there is one (an empty read-only folder has none to remove)."""
+    if os.path.lexists(path):
+        try:
+            path.unlink()
+        except OSError as e:
+            raise write_error(path, e) from None

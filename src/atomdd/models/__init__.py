@@ -12,6 +12,8 @@ models reshape their tokens to a grid) and the final embedding (B×D, the classi
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,13 +48,29 @@ class FeatureModel(nn.Module):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered model: its builder and the options it declares. Every option is checked from
+    the declaration alone (`check_options`): one of its `choices`, or a number of the default's
+    type in its `ranges`; every numeric option must have one, so no model is left unchecked."""
+
     name: str
     description: str
     builder: Callable[..., FeatureModel]  # builder(channels, num_classes, image_size, **options)
     options: dict[str, Any] = field(default_factory=dict)  # option -> default
     choices: dict[str, tuple] = field(default_factory=dict)  # option -> allowed values (when finite)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # option -> (lowest, highest)
     # defaults that depend on the image size, for evaluation: ((from_size, {option: value}), ...)
     size_defaults: tuple[tuple[int, dict[str, Any]], ...] = ()
+
+    def __post_init__(self) -> None:
+        unchecked = [k for k in self.options if k not in self.choices and k not in self.ranges]
+        if unchecked or (set(self.choices) | set(self.ranges)) - set(self.options):
+            raise ValueError(f"model {self.name}: declare choices or a range for every option ({unchecked})")
+        check_options(self, self.options)  # the defaults themselves must pass
+
+
+# the parameters a model may hold (4 GiB of float32 weights): a larger one is a typo (a width of
+# 100 000 000 asked for 3.6e17 bytes), refused with its size before anything is allocated
+MAX_PARAMETERS = 2**30
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -64,6 +82,15 @@ def create_model(
     name: str, channels: int, num_classes: int, image_size: int | tuple[int, int], **options: Any
 ) -> FeatureModel:
     """Build a freshly initialised model; unknown or out-of-range options are a clear error."""
+    spec, size, merged = check_model(name, channels, num_classes, image_size, **options)
+    return spec.builder(channels, num_classes, size, **merged)
+
+
+def check_model(
+    name: str, channels: int, num_classes: int, image_size: int | tuple[int, int], **options: Any
+) -> tuple[ModelSpec, int, dict[str, Any]]:
+    """Everything `create_model` checks, before any weight is allocated (an evaluation checks each
+    model before the first is trained): its spec, the image size and every option."""
     spec = get_spec(name)
     size = image_size if isinstance(image_size, int) else image_size[0]
     if isinstance(image_size, tuple) and image_size[0] != image_size[1]:
@@ -78,10 +105,53 @@ def create_model(
             f"model {name}: unknown option(s) {sorted(unknown)}; valid: {sorted(spec.options) or 'none'}"
         )
     merged = {**spec.options, **options}
-    for key, allowed in spec.choices.items():
-        if merged[key] not in allowed:
-            raise AtomddError(f"model {name}: {key}={merged[key]!r} is not one of {list(allowed)}")
-    return spec.builder(channels, num_classes, size, **merged)
+    check_options(spec, merged)
+    _check_size(name, channels, num_classes, size, tuple(sorted(merged.items())))
+    return spec, size, merged
+
+
+def check_options(spec: ModelSpec, options: dict[str, Any]) -> None:
+    """Each option one of its declared choices, or a finite number of its default's type within its
+    declared range (issue 29: 5: a width of 0 divided by zero, a negative one failed in torch)."""
+    for key, value in options.items():
+        if key in spec.choices:
+            if value not in spec.choices[key]:
+                allowed = ", ".join(map(str, spec.choices[key]))
+                raise AtomddError(f"model {spec.name}: {key}={value!r} is not one of {allowed}")
+            continue
+        kind = type(spec.options[key])
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)):
+            raise AtomddError(f"model {spec.name}: {key}={value!r} is not of type {kind.__name__}")
+        lo, hi = spec.ranges[key]
+        if not math.isfinite(value):
+            raise AtomddError(f"model {spec.name}: {key}={value!r} is not a finite number")
+        if not lo <= value <= hi:
+            raise AtomddError(f"model {spec.name}: {key}={value!r} is out of range; choose {lo}–{hi}")
+
+
+@functools.lru_cache(maxsize=256)
+def _check_size(name: str, channels: int, num_classes: int, size: int, options: tuple) -> None:
+    """Build the model without memory (the meta device) once per shape: its own refusals become
+    messages, and a model past `MAX_PARAMETERS` is refused with its size."""
+    try:
+        with torch.device("meta"):
+            model = get_spec(name).builder(channels, num_classes, size, **dict(options))
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise AtomddError(
+            f"model {_spelled(name, options)} cannot take {channels}×{size}×{size} images: {e}"
+        ) from None
+    count = sum(p.numel() for p in model.parameters())
+    if count > MAX_PARAMETERS:
+        raise AtomddError(
+            f"model {_spelled(name, options)} would hold {count:.3g} parameters ({count * 4 / 1e9:.3g} GB "
+            f"of float32 weights) for {channels}×{size}×{size} images; at most {MAX_PARAMETERS:.3g} "
+            "(4.3 GB): choose smaller options"
+        )
+
+
+def _spelled(name: str, options: tuple) -> str:
+    return f"{name}({','.join(f'{k}={v}' for k, v in options)})" if options else name
 
 
 def _coerce_option(model: str, key: str, value: Any, default: Any) -> Any:
@@ -119,10 +189,7 @@ class ModelRef:
             valid = ", ".join(f"{k} (default {v!r})" for k, v in spec.options.items()) or "none"
             raise AtomddError(f"model {self.name}: unknown option(s) {unknown}; valid options: {valid}")
         clean = {k: _coerce_option(self.name, k, v, spec.options[k]) for k, v in given.items()}
-        for key, value in clean.items():
-            if key in spec.choices and value not in spec.choices[key]:
-                allowed = ", ".join(map(str, spec.choices[key]))
-                raise AtomddError(f"model {self.name}: {key}={value!r} is not one of {allowed}")
+        check_options(spec, clean)
         object.__setattr__(self, "options", tuple(sorted(clean.items())))
 
     @classmethod
@@ -130,6 +197,8 @@ class ModelRef:
         """`name` or `name(key=value,...)`, e.g. `convnet(depth=2,norm=batchnorm)`."""
         if isinstance(text, ModelRef):
             return text
+        if not isinstance(text, str):  # e.g. a config file's `models: [convnet, 7]`
+            raise AtomddError(f"model {text!r}: write a name or name(key=value,...), e.g. convnet(depth=2)")
         m = re.fullmatch(r"\s*([\w-]+)\s*(?:\((.*)\))?\s*", text)
         if not m:
             raise AtomddError(f"model {text!r}: write a name or name(key=value,...), e.g. convnet(depth=2)")
@@ -156,9 +225,12 @@ class ModelRef:
 
 
 def parse_models(text: str | Sequence[str | ModelRef]) -> list[ModelRef]:
-    """A comma-separated list of model references (commas inside parentheses belong to options)."""
-    if not isinstance(text, str):
+    """A comma-separated list of model references (commas inside parentheses belong to options),
+    or a list of them (a config file's `models:`)."""
+    if isinstance(text, (list, tuple)):
         return [ModelRef.parse(t) for t in text]
+    if not isinstance(text, str):  # e.g. a config file's `models = 5`
+        raise AtomddError(f"models={text!r}: expected model references, e.g. 'convnet,mlp' or [convnet, mlp]")
     parts, depth, current = [], 0, ""
     for ch in text:
         depth += {"(": 1, ")": -1}.get(ch, 0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atomdd.errors import AtomddError
 from atomdd.models import FeatureModel, Features, ModelSpec, register
 from atomdd.models.layers import NORMS, norm_layer, run_conv_blocks
 
@@ -97,8 +96,6 @@ def lenet(channels: int, num_classes: int, image_size: int) -> PlainNet:
 
 def mlp(channels: int, num_classes: int, image_size: int, width: int = 128) -> PlainNet:
     """DC's MLP: flatten, fc width, ReLU, fc width, ReLU, linear classifier."""
-    if width < 1:
-        raise AtomddError(f"model mlp: width must be positive, got {width}")
     return PlainNet(channels, num_classes, image_size, [], hidden=(width, width))
 
 
@@ -133,5 +130,6 @@ register(
         description="MLP (DC): flatten, two hidden ReLU layers (default 128), linear head",
         builder=mlp,
         options={"width": 128},
+        ranges={"width": (1, 65536)},
     )
 )

@@ -66,6 +66,7 @@ register(
         builder=ConvNet,
         options={"depth": 3, "width": 128, "norm": "instancenorm", "act": "relu", "pool": "avgpool"},
         choices={"norm": NORMS, "act": ACTIVATIONS, "pool": POOLINGS, "depth": (1, 2, 3, 4, 5, 6)},
+        ranges={"width": (1, 4096)},
         size_defaults=((64, {"depth": 4}),),  # the published evaluation network from 64 px on
     )
 )

@@ -88,5 +88,12 @@ register(
         description="small ViT: patch grid ≤ 8×8, pre-norm blocks (dim 192, depth 6, 4 heads), mean-pooled",
         builder=ViT,
         options={"depth": 6, "dim": 192, "heads": 4, "patch": 0, "mlp_ratio": 2.0},
+        ranges={
+            "depth": (1, 24),
+            "dim": (1, 4096),
+            "heads": (1, 64),
+            "patch": (0, 64),
+            "mlp_ratio": (0.25, 16.0),
+        },
     )
 )

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from atomdd.folders.layout import ATTENTION_PNG, GRID_PNG, NAS_SUMMARY, SET_FILE, safe_name
+from atomdd.distillation.config import preset, recorded_settings, spec_differences
+from atomdd.errors import AtomddError
+from atomdd.folders.layout import ATTENTION_PNG, FIGURE_FORMATS, GRID_PNG, NAS_SUMMARY, SET_FILE, safe_name
 from atomdd.folders.read import Folder, Group, gather
 from atomdd.methods import method_order
 from atomdd.report import charts
-from atomdd.report.tables import accuracy_table, by_model, markdown_table, nas_table
+from atomdd.report.tables import accuracy_table, by_model, markdown_table, nas_table, row_label, row_order
 
 
 def _budget(group: Group) -> str:
@@ -37,7 +40,7 @@ def _budget(group: Group) -> str:
     if steps:
         parts.append("distillation steps " + ", ".join(map(str, steps)))
     if evals:
-        parts.append("evaluation " + ", ".join(f"{n} models × {e} epochs" for e, n in evals))
+        parts.append("evaluation " + ", ".join(f"{n} model{'s' * (n > 1)} × {e} epochs" for e, n in evals))
     return "; ".join(parts)
 
 
@@ -53,7 +56,8 @@ def _link(target: Path, page_dir: Path) -> str:
 
 
 def runs_table(group: Group, page_dir: Path) -> str:
-    """Every evaluated run's numbers as eval.json holds them, with the commit and versions."""
+    """Every run's numbers as eval.json holds them (to 0.01, as they were measured), with its row
+    label, the commit and versions; a run not evaluated says so."""
     rows = []
     for r in sorted(group.members, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed)):
         ev = r.evaluation or {}
@@ -61,12 +65,14 @@ def runs_table(group: Group, page_dir: Path) -> str:
         where = f"[{_name(r, group)}]({_link(r.path, page_dir)})"
         commit = _commit(r.run) if r.run else _commit(ev)
         made = f"{commit}, atomdd {v.get('atomdd', '?')}, torch {v.get('torch', '?')}"
+        label = row_label(r)
         if not ev:
-            rows.append([where, r.ipc, r.seed, "–", "not evaluated", "", "", made])
+            rows.append([where, label, r.ipc, r.seed, "–", "not evaluated", "", "", made])
         for model, m in ev.get("models", {}).items():
-            each = ", ".join(map(repr, m["runs"]))
-            rows.append([where, r.ipc, r.seed, model, each, repr(m["mean"]), repr(m["std"]), made])
-    header = ["run", "IPC", "seed", "model", "accuracy of each model (%)", "mean", "std", "made by"]
+            each = ", ".join(f"{a:.2f}" for a in m["runs"])
+            mean, std = f"{m['mean']:.2f}", f"{m['std']:.2f}" if len(m["runs"]) > 1 else "–"
+            rows.append([where, label, r.ipc, r.seed, model, each, mean, std, made])
+    header = ["run", "row", "IPC", "seed", "model", "accuracy of each model (%)", "mean", "std", "made by"]
     return markdown_table(header, rows)
 
 
@@ -74,31 +80,90 @@ def _name(r: Folder, group: Group) -> str:
     return r.path.relative_to(group.folder).as_posix() if group.folder else r.path.name
 
 
-def configs_section(group: Group) -> str:
-    """The distinct distillation and evaluation configs of a group (seed aside), and which runs."""
+def configs_section(group: Group, page_dir: Path) -> str:
+    """The settings of a group's runs: of the distillations, those every run shares beyond its
+    preset (each run is otherwise the preset of its dataset, IPC and method, but for what its row
+    label's brackets say), and any other that varies; of the evaluations, those all share, then each
+    distinct rest; the commands that made them."""
     out = []
-    for kind, get in (("distillation", lambda r: r.run.get("config")), ("evaluation", _eval_config)):
-        distinct: dict[str, list[str]] = {}
-        for r in group.members:
-            cfg = get(r)
-            if cfg:
-                key = json.dumps({k: v for k, v in cfg.items() if k != "seed"}, sort_keys=True)
-                distinct.setdefault(key, []).append(_name(r, group))
-        for n, (key, names) in enumerate(distinct.items(), 1):
-            out.append(
-                f"<details><summary>{kind} config {n} (seed aside) of {len(names)} run"
-                f"{'s' if len(names) > 1 else ''}</summary>\n\n"
-                f"Runs: {', '.join(names)}\n\n```json\n{json.dumps(json.loads(key), indent=1)}\n```\n"
-                "</details>\n"
-            )
-    commands = sorted({r.run["command"] for r in group.members if r.run.get("command")})
+    runs = {_name(r, group): recorded_settings(r.run["config"]) for r in group.members if r.run.get("config")}
+    labelled = set().union(*(_labelled(r.run["config"]) for r in group.members if r.run.get("config")))
+    shared, varying = _split({k: {n: c[k] for n, c in runs.items() if k in c} for k in _keys(runs)}, labelled)
+    if runs:
+        shared.pop("seed", None)
+        out.append(
+            f"Distillation settings every run shares: {_settings(shared)}. Each run is otherwise the preset "
+            "of its dataset, IPC and method, but for what its row's label says in brackets.\n"
+        )
+        out += [f"- {n}: {_settings(v)}" for n, v in varying.items()] + ([""] if varying else [])
+    evals = {_name(r, group): _eval_config(r) for r in group.members if r.evaluation}
+    shared, varying = _split({k: {n: c[k] for n, c in evals.items() if k in c} for k in _keys(evals)}, set())
+    if evals:
+        out.append(f"Evaluation settings every run shares: {_settings(shared)}.\n")
+        out += [f"- {n}: {_settings(v)}" for n, v in varying.items()] + ([""] if varying else [])
+    commands = sorted(
+        {_relative(r.run["command"], group, page_dir) for r in group.members if r.run.get("command")}
+    )
     if commands:
         out.append("Commands that made these runs:\n\n```\n" + "\n".join(commands) + "\n```\n")
     return "\n".join(out)
 
 
+def _keys(configs: dict[str, dict]) -> list[str]:
+    return sorted({k for c in configs.values() for k in c})
+
+
+def _split(values: dict[str, dict[str, object]], aside: set[str]) -> tuple[dict, dict[str, dict]]:
+    """Settings (key → run → value) as those all runs share, and each run's that vary (but those
+    `aside`, and the seed: a grid's runs differ in it by design)."""
+    runs = {n for v in values.values() for n in v}
+    shared = {k: next(iter(v.values())) for k, v in values.items() if len(v) == len(runs) and _same(v)}
+    varying: dict[str, dict] = {}
+    for k, v in values.items():
+        if k not in shared and k not in aside and k != "seed":
+            for n, x in v.items():
+                varying.setdefault(n, {})[k] = x
+    return shared, dict(sorted(varying.items()))
+
+
+def _same(values: dict[str, object]) -> bool:
+    return len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1
+
+
+def _labelled(config: dict) -> set[str]:
+    """The settings a run's row label accounts for: those its preset sets (for its dataset, IPC
+    and method), and those it was made with otherwise (the label's brackets)."""
+    settings = recorded_settings(config)
+    try:
+        keys = set(preset(settings["dataset"], int(settings["ipc"]), settings["method"])) | {"model"}
+    except (AtomddError, KeyError, TypeError, ValueError):
+        return set()
+    return keys | set(spec_differences(config) or {})
+
+
+def _settings(values: dict) -> str:
+    shown = {k: "DATA" if k == "data_root" and v else v for k, v in values.items()}  # the user's own folder
+    return ", ".join(f"{k} `{json.dumps(v)}`" for k, v in shown.items()) or "none"
+
+
 def _eval_config(r: Folder) -> dict | None:
     return r.evaluation and r.evaluation["config"] | {"device": r.evaluation.get("device")}
+
+
+def _relative(command: str, group: Group, page_dir: Path) -> str:
+    """A recorded command without this machine's paths: the data root as DATA, a path into the
+    group's folder (in whichever checkout it ran) relative to the page, any other absolute path by
+    its last part."""
+    command = re.sub(r"(--data[-_]root[ =])\S+", r"\1DATA", command)
+
+    def local(m: re.Match) -> str:
+        parts = Path(m.group(0)).parts
+        if group.folder is not None and group.folder.name in parts:
+            inside = parts[len(parts) - parts[::-1].index(group.folder.name) :]
+            return _link(group.folder.joinpath(*inside), page_dir)
+        return f"…/{parts[-1]}"
+
+    return re.sub(r"(?<![\w.])/[^\s'\"]+", local, command)
 
 
 def nas_section(folder: Path, out: Path | None) -> str:
@@ -145,14 +210,15 @@ def _set_grid(r: Folder, target: Path) -> str | None:
     return how
 
 
-def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
-    """Markdown lines of the group's loss curves and each set's grid and attention maps, copied
-    beside the page; of a grid, the lowest seed of each (method, IPC) only."""
+def run_figures(group: Group, out: Path, prefix: str, fmt: str = "png") -> list[str]:
+    """Markdown lines of the group's loss curves (in `fmt`) and each set's grid and attention maps
+    (PNG: pictures), copied beside the page; of a grid, the lowest seed of each (method, IPC) only."""
     members = _lowest_seeds(group) if group.folder is not None else group.members
-    chosen = sorted(members, key=lambda r: (r.dataset, r.ipc, method_order(r.label), r.seed))
+    chosen = sorted(members, key=lambda r: (r.dataset, r.ipc, row_order(row_label(r)), r.seed))
     md = []
-    if png := charts.loss_curves(chosen, out / f"{prefix}-loss.png"):
-        md.append(f"![matching loss against step]({png.name})\n")
+    labels = {r.path: row_label(r) for r in chosen}
+    if chart := charts.loss_curves(chosen, out / f"{prefix}-loss.{fmt}", labels):
+        md.append(f"![matching loss against step]({chart.name})\n")
         which = "the lowest seed of each method" if group.folder is not None else "each run"
         md.append(f"Loss curves: {which} (DM's loss is on another scale).\n")
     for n, r in enumerate(chosen):
@@ -167,7 +233,7 @@ def run_figures(group: Group, out: Path, prefix: str) -> list[str]:
                 "(step 0's network; spatial maps per matched block, channel profile of the last).\n"
             )
         if shown:
-            md.append(f"#### {r.label}, IPC {r.ipc}, seed {r.seed}\n\n" + "\n".join(shown))
+            md.append(f"#### {labels[r.path]}, IPC {r.ipc}, seed {r.seed}\n\n" + "\n".join(shown))
     return md
 
 
@@ -178,48 +244,57 @@ def render(
     title: str = "Report",
     intro: str = "",
     evaluated_only: bool = False,
+    fmt: str = "png",
 ) -> str:
     """The markdown of the report over `paths`, to be written at `page` (links are relative to it).
-    With `figures`, PNGs are drawn or copied into the page's folder; with `evaluated_only`, folders
-    without an eval.json (e.g. a run still distilling) are left out."""
+    With `figures`, charts are drawn in `fmt` (png, or vector pdf / svg) and the sets' pictures
+    copied or drawn into the page's folder; with `evaluated_only`, folders without an eval.json
+    (e.g. a run still distilling) are named, not tabulated."""
     groups, nas = gather(paths)
+    waiting: dict[str, list[str]] = {}
     if evaluated_only:
         for group in groups:
+            waiting[group.name] = [_name(r, group) for r in group.members if not r.evaluation]
             group.members = [r for r in group.members if r.evaluation]
-        groups = [g for g in groups if g.members]
     out = page.parent
     md = [f"# {title}\n", *([intro + "\n"] if intro else [])]
     md.append(
         "Accuracy: test accuracy (%) as mean ± std (population std, as eval.json and the published "
         "code compute it) over every evaluation model of every set (n = sets, i.e. distillation seeds); "
-        "rows methods, columns images per class (IPC). "
-        "Each run's own numbers, as its eval.json holds them, follow each table.\n"
+        "rows methods, columns images per class (IPC). A row's label is the method as `atomdd grid "
+        "--methods` would spell it today: the settings it was made with that today's preset does not "
+        "hold are in brackets. Each run's own numbers, as its eval.json holds them, follow each table.\n"
     )
     for group in groups:
         md.append(f"## {group.name}\n")
+        if names := waiting.get(group.name):
+            md.append(f"Not evaluated yet (no eval.json), so in no table: {', '.join(names)}.\n")
+        if not group.members:
+            continue
         if budget := _budget(group):
             md.append(budget.capitalize() + ".\n")
         for (dataset, model), by_method in by_model(group).items():
             md.append(f"**{dataset}, {model}**\n\n" + accuracy_table(by_method, model) + "\n")
             if figures and len({i for v in by_method.values() for i in v} - {0}) > 1:
-                png = charts.accuracy_vs_ipc(
-                    by_method, model, out / f"{safe_name(group.name)}-{model}-ipc.png"
-                )
-                md.append(f"![accuracy vs IPC, {dataset}, {model}]({png.name})\n")
+                chart = out / f"{safe_name(group.name)}-{model}-ipc.{fmt}"
+                charts.accuracy_vs_ipc(by_method, model, chart, caption=f"{dataset}, {_budget(group)}")
+                md.append(f"![accuracy vs IPC, {dataset}, {model}]({chart.name})\n")
         if figures:
-            md.extend(run_figures(group, out, safe_name(group.name)))
+            md.extend(run_figures(group, out, safe_name(group.name), fmt))
         md.append(f"### Every run of {group.name}\n\n" + runs_table(group, out) + "\n")
-        md.append(configs_section(group))
+        md.append(configs_section(group, out))
     for folder in nas:
         md.append(nas_section(folder, out if figures else None))
     return "\n".join(md)
 
 
-def report(paths: Sequence[str | Path], out: str | Path, title: str = "Report") -> Path:
-    """Write `out/report.md` and its figures; returns the page's path."""
+def report(paths: Sequence[str | Path], out: str | Path, title: str = "Report", fmt: str = "png") -> Path:
+    """Write `out/report.md` and its figures (charts in `fmt`: png, pdf or svg); returns the page."""
     from atomdd.io import make_folder, write_bytes
 
+    if fmt not in FIGURE_FORMATS:
+        raise AtomddError(f"figure format {fmt!r}: choose one of {', '.join(FIGURE_FORMATS)}")
     out = make_folder(out)
     page = out / "report.md"
-    write_bytes(page, render(paths, page, figures=True, title=title).encode())
+    write_bytes(page, render(paths, page, figures=True, title=title, fmt=fmt).encode())
     return page

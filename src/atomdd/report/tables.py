@@ -4,10 +4,13 @@ reference method), an evaluation's table (`atomdd evaluate`) and an architecture
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from atomdd.distillation.config import method_spec, spec_differences
+from atomdd.folders.layout import safe_name
 from atomdd.folders.read import Folder, Group
 from atomdd.methods import method_order
 
@@ -75,17 +78,59 @@ def paired(result: dict, ref: dict, ref_label: str) -> dict | None:
 
 
 def _fmt(values: list[float]) -> str:
+    if len(values) == 1:  # one model: no spread to show
+        return f"{values[0]:.1f}"
     std = statistics.pstdev(values)  # as eval.json and the published code (np.std) compute it
     return f"{statistics.mean(values):.1f} ± {std:.1f}"
 
 
+def row_order(label: str) -> tuple[int, bool, str]:
+    """Where a row goes: by its method (`methods.method_order`), a preset before its variants."""
+    base = label.split("[")[0].removesuffix(" †")
+    return (method_order(base)[0], base != label, label)
+
+
+def row_label(r: Folder) -> str:
+    """The row a folder's numbers go in: for a distillation, the method spec it would be made with
+    today (`atom[embedding=0.1]`: the method and every setting it was made with that today's preset
+    for it does not hold), whatever its folder is called; else the folder's label (a coreset)."""
+    config = r.run.get("config")
+    diffs = spec_differences(config) if config and "method" in config else None
+    if diffs is None:
+        return r.label
+    return method_spec(config["method"], {k: made for k, (made, _) in diffs.items()})
+
+
+def _words(name: str) -> list[str]:
+    """A folder name's words, `1.0` as `1`: two spellings of one spec compare equal."""
+    return sorted(re.sub(r"(\d)\.0(?=_|$)", r"\1", safe_name(name)).split("_"))
+
+
+def made_as(r: Folder, label: str) -> str | None:
+    """A line on a grid folder whose name says other than its row's label, else None: a name given
+    under an earlier preset, whose settings have changed since (marked †), or one that names a
+    setting today's preset holds."""
+    if r.group == "runs" or _words(label) == _words(r.label):
+        return None
+    diffs = spec_differences(r.run.get("config") or {}) or {}
+    stale = {k: v for k, v in diffs.items() if f"{k}_" not in f"{r.label}_"}  # the name does not say them
+    if stale:
+        then = "; ".join(f"{k} {_said(made)} then, {_said(now)} now" for k, (made, now) in stale.items())
+        return f"† `{label}` was made as `{r.label}` under an earlier preset ({then})."
+    return f"`{label}` was made as `{r.label}`: today's preset holds what that name says."
+
+
+def _said(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def by_model(group: Group) -> dict[tuple[str, str], dict[str, dict[int, list[Folder]]]]:
-    """(dataset, model) → method → IPC → the evaluated folders."""
+    """(dataset, model) → row label (`row_label`) → IPC → the evaluated folders."""
     table: dict[tuple[str, str], dict[str, dict[int, list[Folder]]]] = {}
     for r in group.members:
         for model in (r.evaluation or {}).get("models", {}):
             by_method = table.setdefault((r.dataset, model), {})
-            by_method.setdefault(r.label, {}).setdefault(r.ipc, []).append(r)
+            by_method.setdefault(row_label(r), {}).setdefault(r.ipc, []).append(r)
     return table
 
 
@@ -122,7 +167,9 @@ def accuracy_stats(
 def accuracy_table(by_method: dict[str, dict[int, list[Folder]]], model: str, against: str = "atom") -> str:
     """Rows methods, columns IPC (the published tables' layout): mean ± std over every evaluation
     model of every seed, n = sets (seeds); where the grid has `against`, each method's paired
-    difference to it; where the sets were also tested on the first N test images, that column too."""
+    difference to it; where the sets were also tested on the first N test images, that column too.
+    Below the table, the notes (`table_notes`): rows made under another name or an earlier preset
+    (the label marked †), and rows whose sets are the same images."""
     ipcs = sorted({i for by_ipc in by_method.values() for i in by_ipc}, key=lambda i: (i == 0, i))
     stats = accuracy_stats(by_method, model, against)
     every = [r for by_ipc in by_method.values() for found in by_ipc.values() for r in found]
@@ -134,27 +181,63 @@ def accuracy_table(by_method: dict[str, dict[int, list[Folder]]], model: str, ag
         header += [col]
         header += [f"method − {against}, {col}"] if against in by_method and i else []
         header += [f"{col}, {first} test images"] if first else []
+    notes = table_notes(by_method, model)
     rows = []
-    for label in sorted(by_method, key=method_order):
-        cells = [label]
+    for label in sorted(by_method, key=row_order):
+        stale = any(n.startswith(f"† `{label}`") for n in notes)
+        cells = [label + (" †" if stale else "")]
         for i in ipcs:
             r = stats.get(label, {}).get(i)
             accs = [a for s in r["per_seed"] for a in s["runs"]] if r else []
-            cells.append(f"{_fmt(accs)} (n={len(r['seeds'])})" if r else "–")
+            cells.append(_cell(accs, len(r["seeds"])) if r else "–")
             if against in by_method and i:
                 d = r and r.get("paired")
-                cells.append(
-                    f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']} runs ahead"
-                    + (f"; seeds ± {d['seed_std']:.2f}" if d["seeds"] > 1 else "")
-                    + ")"
-                    if d
-                    else "–"
-                )
+                cells.append(_paired_cell(d) if d else "–")
             if first:
                 tested = [a for s in r["per_seed"] for a in s["first"] or []] if r else []
                 cells.append(_fmt(tested) if tested else "–")
         rows.append(cells)
-    return markdown_table(header, rows)
+    return "\n\n".join([markdown_table(header, rows), *notes])
+
+
+def _cell(accs: list[float], seeds: int) -> str:
+    return _fmt(accs) + (" (1 model)" if len(accs) == 1 else f" (n={seeds})")
+
+
+def _paired_cell(d: dict[str, Any]) -> str:
+    if d["n"] == 1:
+        return f"{d['mean']:+.2f} (1 model)"
+    seeds = f"; seeds ± {d['seed_std']:.2f}" if d["seeds"] > 1 else ""
+    return f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['wins']}/{d['n']} models ahead{seeds})"
+
+
+def table_notes(by_method: dict[str, dict[int, list[Folder]]], model: str) -> list[str]:
+    """The notes under an accuracy table: each row made under another name (`made_as`; † where an
+    earlier preset made it), and the rows of an IPC whose sets gave the very same accuracy, model
+    by model and seed by seed: the same images picked (herding and k-center at IPC 1 both take
+    each class's image closest to its mean)."""
+    notes = sorted(
+        {
+            n
+            for label, by_ipc in by_method.items()
+            for f in by_ipc.values()
+            for r in f
+            if (n := made_as(r, label))
+        }
+    )
+    for ipc in sorted({i for by_ipc in by_method.values() for i in by_ipc}):
+        same: dict[tuple, list[str]] = {}
+        for label in sorted(by_method, key=row_order):
+            found = by_method[label].get(ipc, [])
+            key = tuple(sorted((r.seed, tuple(r.evaluation["models"][model]["runs"])) for r in found))
+            if key:
+                same.setdefault(key, []).append(label)
+        for labels in (v for v in same.values() if len(v) > 1):
+            notes.append(
+                f"{' and '.join(f'`{x}`' for x in labels)} at IPC {ipc}: the same accuracy model by "
+                "model, seed by seed: the same images picked."
+            )
+    return notes
 
 
 # --- an evaluation (eval.json) -----------------------------------------------------------------
@@ -173,9 +256,11 @@ def eval_table(result: dict[str, Any]) -> str:
     rows = []
     for name, r in result["models"].items():
         extra = [f"{r['first']['mean']:.2f} ± {r['first']['std']:.2f}"] if first else []
-        rows.append(
-            [name, f"{r['mean']:.2f} ± {r['std']:.2f}", *extra, len(r["runs"]), f"{r['seconds']:.1f}"]
-        )
+        n, reused = len(r["runs"]), r.get("reused", 0)
+        seconds = f"{r['seconds']:.1f}" if reused < n else "–"
+        if reused:  # from eval.jsonl: a rerun trains only what is missing
+            seconds += f" ({reused} of {n} reused)" if reused < n else f" (all {n} reused from eval.jsonl)"
+        rows.append([name, f"{r['mean']:.2f} ± {r['std']:.2f}", *extra, n, seconds])
     s = result.get("set", {})
     what = f"{s.get('kind', '?')} set of {s.get('images', '?')} images"
     title = f"{result.get('dataset', '?')}, {what}, {result['config']['epochs']} epochs"
