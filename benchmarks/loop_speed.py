@@ -1,0 +1,193 @@
+"""The step a run takes, timed inside the run: `Distiller.run()` (the loop `atomdd distill` runs, its
+logging, NaN check, progress and checkpoint cadence at their defaults) against the pure
+`Distiller.step()` in the same process, per CPU kind, with where the time goes by operator.
+
+For each ISA (`native`: what PyTorch picks on this CPU; `avx2`: PyTorch's, oneDNN's and MKL's
+kernels held to AVX2, what an AVX2-only laptop or server runs), method and IPC, one child process:
+the real data (CIFAR-10 from `--data-root`, its preset's ZCA) or, without `--data-root`, the speed
+benchmarks' random CIFAR-shaped problem; then, interleaved, `--steps` pure steps, the run loop for
+`--steps` steps (each step's time is the gap between the ends of two steps, so the loop's own work
+is inside it), and `--steps` pure steps again. The machine's dense matmul rate is measured before and
+after; the limit is the step's FLOPs over it. The load beside each figure is CPU time over wall time
+per thread during the timed steps (1.00: the cores were its own). A torch profile of `--profile`
+pure steps gives the self CPU time by operator.
+
+    python benchmarks/loop_speed.py --data-root ../shared/data --ipc 1 10 --threads 1
+    python benchmarks/loop_speed.py --isa avx2 --methods atom --ipc 10 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+from common import child, cpu_seconds, matmul_gflops, synthetic_problem
+
+ISAS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def _distiller(method: str, ipc: int, iterations: int, data_root: str | None):
+    from atomdd.distillation.config import make_config
+    from atomdd.distillation.driver import Distiller
+
+    if data_root:
+        cfg = make_config("cifar10", ipc, method, iterations=iterations, data_root=data_root)
+        return Distiller(cfg)
+    cfg = make_config("cifar10", ipc, method, iterations=iterations, zca=False)
+    return Distiller(replace(cfg, dataset="random32"), data=synthetic_problem())
+
+
+def _profile(d, steps: int) -> list[dict]:
+    """Self CPU time by operator over `steps` pure steps, largest first (the top 12)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            d.step()
+    rows = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    total = sum(r[1] for r in rows)
+    rows.sort(key=lambda r: -r[1])
+    return [
+        {"op": k, "share": t / total, "ms_per_step": t / 1000 / steps, "calls": c} for k, t, c in rows[:12]
+    ]
+
+
+def one(
+    method: str, ipc: int, steps: int, warmup: int, threads: int, data_root: str | None, profile: int
+) -> dict:
+    """Time one configuration in this (child) process: pure, run loop, pure, interleaved."""
+    torch.set_num_threads(threads)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from atomdd.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the CLI does
+    d = _distiller(method, ipc, warmup + 2 * steps, data_root)
+    for _ in range(warmup):
+        d.step()
+    rate_before = matmul_gflops()
+    pure: list[float] = []
+    ends: list[float] = []
+    step = d.step
+
+    def timed_step(stop: object = None):  # the loop's own step, its end stamped
+        out = step(stop)
+        ends.append(time.perf_counter())
+        return out
+
+    def pure_steps() -> None:
+        for _ in range(steps):
+            t = time.perf_counter()
+            d.step()
+            pure.append(time.perf_counter() - t)
+
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    pure_steps()
+    d.cfg = replace(d.cfg, iterations=d.steps_done + steps)
+    d.step = timed_step
+    with tempfile.TemporaryDirectory() as out:
+        ends.append(time.perf_counter())  # run()'s setup (lock, run.json) is before its first step
+        d.run(out, quiet=True)
+    d.step = step
+    loop = [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]  # the first gap holds the setup
+    pure_steps()
+    load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / threads
+    rate_after = matmul_gflops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        d.loss_and_grad(0)
+    flops, rate = counter.get_total_flops(), (rate_before + rate_after) / 2
+    pure_s, loop_s = statistics.median(pure), statistics.median(loop)
+    return {
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "method": method,
+        "ipc": ipc,
+        "data": "cifar10" if data_root else "random32",
+        "pure_s": pure_s,
+        "loop_s": loop_s,
+        "loop_over_pure": loop_s / pure_s,
+        "gflop_per_step": flops / 1e9,
+        "matmul_gflops": rate,
+        "limit_s": flops / 1e9 / rate,
+        "pure_fraction_of_limit": flops / 1e9 / rate / pure_s,
+        "loop_fraction_of_limit": flops / 1e9 / rate / loop_s,
+        "load": load,
+        "threads": threads,
+        "pure_all": pure,
+        "loop_all": loop,
+        "profile": _profile(d, profile) if profile else [],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--isa", nargs="+", default=list(ISAS), choices=list(ISAS))
+    ap.add_argument("--methods", nargs="+", default=["atom", "datadam", "dm"])
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", type=int, default=3, help="pure steps profiled by operator (0: none)")
+    ap.add_argument("--data-root", help="CIFAR-10's folder; without it, a random CIFAR-shaped problem")
+    ap.add_argument("--json", default="benchmarks/results/loop_speed.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(one(**json.loads(args.child))))
+        return
+    rows = []
+    for ipc in args.ipc:
+        for method in args.methods:
+            for isa in args.isa:  # interleaved: each configuration's ISAs back to back
+                job = dict(method=method, ipc=ipc, steps=args.steps, warmup=args.warmup, threads=args.threads)
+                row = child(
+                    __file__, job | {"data_root": args.data_root, "profile": args.profile}, env=ISAS[isa]
+                )
+                row["isa_asked"] = isa
+                rows.append(row)
+                print(
+                    f"{isa:<6} ({row['isa']}) {method:<8} ipc {ipc:>2}: pure {row['pure_s']:.3f} s, loop "
+                    f"{row['loop_s']:.3f} s ({row['loop_over_pure']:.3f}×), limit {row['limit_s']:.3f} s "
+                    f"({100 * row['pure_fraction_of_limit']:.0f} % / "
+                    f"{100 * row['loop_fraction_of_limit']:.0f} %), "
+                    f"load {row['load']:.2f}",
+                    file=sys.stderr,
+                )
+                with open(args.json, "w") as f:  # after every row: a long run keeps what it measured
+                    json.dump(rows, f, indent=1)
+    print_tables(rows)
+
+
+def print_tables(rows: list[dict]) -> None:
+    """A table per ISA, then each configuration's top operators."""
+    for isa in dict.fromkeys(r["isa_asked"] for r in rows):
+        mine = [r for r in rows if r["isa_asked"] == isa]
+        print(f"\n### {isa} (PyTorch capability {mine[0]['isa']}, {mine[0]['threads']} thread(s))\n")
+        print(
+            "| method | IPC | data | pure s/step | run loop s/step | loop / pure | limit s | "
+            "% of limit (pure / loop) | matmul GFLOP/s | load |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in mine:
+            print(
+                f"| {r['method']} | {r['ipc']} | {r['data']} | {r['pure_s']:.3f} | {r['loop_s']:.3f} | "
+                f"{r['loop_over_pure']:.3f} | {r['limit_s']:.3f} | {100 * r['pure_fraction_of_limit']:.0f} / "
+                f"{100 * r['loop_fraction_of_limit']:.0f} | {r['matmul_gflops']:.0f} | {r['load']:.2f} |"
+            )
+    for r in rows:
+        if r["profile"]:
+            ops = ", ".join(f"{p['op']} {100 * p['share']:.0f} %" for p in r["profile"][:8])
+            print(f"\n{r['isa_asked']} {r['method']} IPC {r['ipc']}: {ops}")
+
+
+if __name__ == "__main__":
+    main()
