@@ -239,6 +239,8 @@ def test_row_labels_say_what_differs_from_today_s_preset(tmp_path):
     _member(grid, "atom-seed0", made("atom", embedding=0.1), [30.0, 31.0], command=command)
     _member(grid, "atom_embedding_0.01-seed0", made("atom", embedding=0.01), [29.0, 30.0])
     _member(grid, "dm_clip_true-seed0", made("dm", clip=True), [26.0])
+    _member(grid, "dm_factor_2_distance_cf-seed0", made("dm", factor=2, distance="cf"), [27.0])
+    _member(grid, "dm-plus-seed0", made("dm-plus"), [28.0])
     _member(grid, "herding-seed0", None, [20.0, 21.0])
     _member(grid, "kcenter-seed0", None, [20.0, 21.0])
     _member(grid, "datadam-seed0", made("datadam"), None)  # still distilling
@@ -246,6 +248,8 @@ def test_row_labels_say_what_differs_from_today_s_preset(tmp_path):
     assert "| atom[embedding=0.1] † | 30.5 ± 0.5 (n=1) |" in text  # what `atom` meant then
     assert "| atom | 29.5 ± 0.5 (n=1) |" in text  # what `atom` means now, whatever its folder's name
     assert "| dm[clip=true] | 26.0 (1 model) |" in text and "± 0.0 (n=1)" not in text
+    assert "| dm[factor=2,distance=cf] | 27.0 (1 model) |" in text  # the engine's options (issue 32)
+    assert "| dm-plus | 28.0 (1 model) |" in text
     assert (
         "† `atom[embedding=0.1]` was made as `atom` under an earlier preset (embedding 0.1 then, 0.01 now)"
         in text
