@@ -117,6 +117,10 @@ def test_a_pool_of_other_data_preprocessing_or_backbone_is_refused(digits_pool, 
     (digits_pool.parent / "bad" / POOL_RECORD).write_text(json.dumps({"dataset": "digits"}))
     with pytest.raises(AtomddError, match="not a pool record written by atomdd"):
         pools.load(digits_pool.parent / "bad")
+    record = json.loads((digits_pool / POOL_RECORD).read_text()) | {"members": "2"}  # damaged in a type
+    (digits_pool.parent / "bad" / POOL_RECORD).write_text(json.dumps(record))
+    with pytest.raises(AtomddError, match="members is str '2', not int"):
+        pools.load(digits_pool.parent / "bad")
 
 
 def test_the_plus_presets_switch_on_factor_images_the_default_pool_and_calibration(tmp_path, digits_pool):

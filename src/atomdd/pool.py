@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from atomdd.data import Dataset, as_dataset, resolve_data_root
 from atomdd.errors import AtomddError
 from atomdd.folders.layout import POOL_RECORD, POOL_WEIGHTS, safe_name
-from atomdd.io import save_safetensors, versions, write_json
+from atomdd.io import mismatch, save_safetensors, versions, write_json
 from atomdd.lock import hold
 from atomdd.models import FeatureModel, ModelRef, get_spec, seeded_model
 from atomdd.progress import Progress
@@ -44,6 +44,21 @@ from atomdd.train import init_models, test_models, train_models
 
 # what a pool must share with the run or evaluation that uses it (the rest is its own record)
 _IDENTITY = ("dataset", "dataset_hash", "preprocess", "model", "train", "snapshots", "members")
+# what pool.json must hold to be read back (`io.mismatch`): a damaged one is refused, not a traceback
+_RECORD = {
+    "dataset": str,
+    "dataset_hash": str,
+    "preprocess": dict,
+    "model": str,
+    "train": dict,
+    "snapshots": [int],
+    "members": int,
+    "channels": int,
+    "classes": int,
+    "image_size": int,
+    "done": list,
+    "weights_sha256?": str,
+}
 
 
 def dataset_zca(dataset: str) -> bool:
@@ -153,8 +168,8 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
         record = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise AtomddError(f"{file} is not readable JSON: {e}") from None
-    if not isinstance(record, dict) or not all(k in record for k in (*_IDENTITY, "done")):
-        raise AtomddError(f"{file} is not a pool record written by atomdd")
+    if why := mismatch(record, _RECORD):
+        raise AtomddError(f"{file} is not a pool record written by atomdd ({why})")
     return record
 
 
