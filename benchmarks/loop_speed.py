@@ -5,9 +5,10 @@ logging, NaN check, progress and checkpoint cadence at their defaults) against t
 For each ISA (`native`: what PyTorch picks on this CPU; `avx2`: PyTorch's, oneDNN's and MKL's
 kernels held to AVX2, what an AVX2-only laptop or server runs), method and IPC, one child process:
 the real data (CIFAR-10 from `--data-root`, its preset's ZCA) or, without `--data-root`, the speed
-benchmarks' random CIFAR-shaped problem; then, interleaved, `--steps` pure steps, the run loop for
-`--steps` steps (each step's time is the gap between the ends of two steps, so the loop's own work
-is inside it), and `--steps` pure steps again. The machine's dense matmul rate is measured before and
+benchmarks' random CIFAR-shaped problem; then `--rounds` rounds of `--steps` pure steps and the run
+loop for `--steps` steps (each a fresh `run()` into a new folder; a step's time there is the gap
+between the ends of two steps, so the loop's own work is inside it), interleaved so that a change of
+load falls on both; the medians are compared. The machine's dense matmul rate is measured before and
 after; the limit is the step's FLOPs over it. The load beside each figure is CPU time over wall time
 per thread during the timed steps (1.00: the cores were its own). A torch profile of `--profile`
 pure steps gives the self CPU time by operator.
@@ -62,20 +63,28 @@ def _profile(d, steps: int) -> list[dict]:
 
 
 def one(
-    method: str, ipc: int, steps: int, warmup: int, threads: int, data_root: str | None, profile: int
+    method: str,
+    ipc: int,
+    steps: int,
+    rounds: int,
+    warmup: int,
+    threads: int,
+    data_root: str | None,
+    profile: int,
 ) -> dict:
-    """Time one configuration in this (child) process: pure, run loop, pure, interleaved."""
+    """Time one configuration in this (child) process: `rounds` of pure steps then the run loop."""
     torch.set_num_threads(threads)
     from torch.utils.flop_counter import FlopCounterMode
 
     from atomdd.hardware import tune_cpu_allocator
 
     tune_cpu_allocator()  # as the CLI does
-    d = _distiller(method, ipc, warmup + 2 * steps, data_root)
+    d = _distiller(method, ipc, warmup + 2 * rounds * steps, data_root)
     for _ in range(warmup):
         d.step()
     rate_before = matmul_gflops()
     pure: list[float] = []
+    loop: list[float] = []
     ends: list[float] = []
     step = d.step
 
@@ -84,22 +93,19 @@ def one(
         ends.append(time.perf_counter())
         return out
 
-    def pure_steps() -> None:
-        for _ in range(steps):
-            t = time.perf_counter()
-            d.step()
-            pure.append(time.perf_counter() - t)
-
     wall, cpu = time.perf_counter(), cpu_seconds()
-    pure_steps()
-    d.cfg = replace(d.cfg, iterations=d.steps_done + steps)
-    d.step = timed_step
-    with tempfile.TemporaryDirectory() as out:
-        ends.append(time.perf_counter())  # run()'s setup (lock, run.json) is before its first step
-        d.run(out, quiet=True)
-    d.step = step
-    loop = [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]  # the first gap holds the setup
-    pure_steps()
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):  # interleaved, so a change of load falls on both
+            for _ in range(steps):
+                t = time.perf_counter()
+                d.step()
+                pure.append(time.perf_counter() - t)
+            d.cfg = replace(d.cfg, iterations=d.steps_done + steps)
+            d.step, ends = timed_step, [time.perf_counter()]
+            d.run(f"{tmp}/{r}", quiet=True)
+            d.step = step
+            # the gap before the first step holds run()'s setup (the lock, run.json): not a step
+            loop += [b - a for a, b in zip(ends[1:], ends[2:], strict=False)]
     load = (cpu_seconds() - cpu) / (time.perf_counter() - wall) / threads
     rate_after = matmul_gflops()
     counter = FlopCounterMode(display=False)
@@ -133,7 +139,8 @@ def main() -> None:
     ap.add_argument("--isa", nargs="+", default=list(ISAS), choices=list(ISAS))
     ap.add_argument("--methods", nargs="+", default=["atom", "datadam", "dm"])
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=4, help="steps of each kind a round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", type=int, default=3, help="pure steps profiled by operator (0: none)")
@@ -148,7 +155,8 @@ def main() -> None:
     for ipc in args.ipc:
         for method in args.methods:
             for isa in args.isa:  # interleaved: each configuration's ISAs back to back
-                job = dict(method=method, ipc=ipc, steps=args.steps, warmup=args.warmup, threads=args.threads)
+                job = dict(method=method, ipc=ipc, steps=args.steps, rounds=args.rounds, warmup=args.warmup)
+                job |= {"threads": args.threads}
                 row = child(
                     __file__, job | {"data_root": args.data_root, "profile": args.profile}, env=ISAS[isa]
                 )

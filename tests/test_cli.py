@@ -330,14 +330,12 @@ def test_print_config_shows_the_resolved_settings_and_touches_no_data(capsys, tm
     assert code == 0 and cfg["dataset"] == "cifar10" and cfg["zca"] is True and cfg["embedding"] == 0.01
     assert cfg["p_spatial"] == 2.0 and cfg["iterations"] == 40 and not (tmp_path / "r").exists()
     (tmp_path / "printed.yaml").write_text(out)
-    code, again, _ = run_cli(
-        capsys, "distill", "--out", "x", "--config", str(tmp_path / "printed.yaml"), "--print-config"
-    )
-    assert code == 0 and again == out  # read back as it was printed
+    code, again, _ = run_cli(capsys, "distill", "--config", str(tmp_path / "printed.yaml"), "--print-config")
+    assert code == 0 and again == out  # read back as it was printed; no --out: nothing is written
     for argv in (
-        ["coreset", "--dataset", "mnist", "--ipc", "3", "--method", "herding", "--out", "x"],
-        ["grid", "--out", "x", "--methods", "dm", "atom[embedding=0.1]", "--ipc", "1"],
-        ["nas", "--dataset", "digits", "--proxies", "random", "--out", "x"],
+        ["coreset", "--dataset", "mnist", "--ipc", "3", "--method", "herding"],
+        ["grid", "--methods", "dm", "atom[embedding=0.1]", "--ipc", "1"],
+        ["nas", "--dataset", "digits", "--proxies", "random"],
     ):
         code, out, _ = run_cli(capsys, *argv, "--print-config")
         assert code == 0 and yaml.safe_load(out), argv

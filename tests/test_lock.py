@@ -112,6 +112,18 @@ def test_every_command_that_writes_a_folder_is_refused_while_another_holds_it(
     assert sorted(p.name for p in folder.iterdir()) == sorted({*before, LOCK_FILE})  # nothing written
 
 
+def test_a_search_sharing_a_truth_cache_in_use_is_refused(capsys, tmp_path: Path) -> None:
+    """`nas --truth-dir` names a cache other searches (other --out) may share: one writer at a time."""
+    from atomdd.cli import main
+
+    truth = tmp_path / "truth"
+    argv = ["nas", "--dataset", "digits", "--proxies", "random", "--epochs", "1", "--truth-dir", str(truth)]
+    with held_elsewhere(truth) as pid:
+        code, err = main([*argv, "--out", str(tmp_path / "b")]), capsys.readouterr().err
+    assert code != 0 and f"{truth} is in use by another atomdd process (pid {pid} on " in err, err
+    assert sorted(p.name for p in truth.iterdir()) == [LOCK_FILE]  # nothing written
+
+
 def test_a_killed_holder_blocks_nothing(capsys, tmp_path: Path) -> None:
     from safetensors import safe_open
 

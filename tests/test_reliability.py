@@ -1194,7 +1194,12 @@ def test_impossible_checkpoints_are_refused(capsys, tmp_path: Path) -> None:
 
     _forge(run / "checkpoint.safetensors", step="4")
     tensors = load_file(str(run / "checkpoint.safetensors"))
-    for name, bad in (("syn", tensors["syn"][:3]), ("cpu_rng", torch.zeros_like(tensors["cpu_rng"]))):
+    bad_states = (
+        ("syn", tensors["syn"][:3]),
+        ("cpu_rng", torch.zeros_like(tensors["cpu_rng"])),
+        ("cuda_rng", torch.zeros(2, 3)),  # a GPU run's state, damaged: refused on any device
+    )
+    for name, bad in bad_states:
         save_safetensors(run / "checkpoint.safetensors", tensors | {name: bad}, {"step": "4", "config": "{}"})
         code, err = _cli(capsys, *args, "--iterations", "6", "--resume")
         assert code == 2 and "is corrupt or not an atomdd checkpoint" in err and name in err, err

@@ -423,6 +423,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from atomdd.settings import CORESET_METHODS, CoresetConfig, EvalConfig, PoolSettings, TrainConfig
 
     datasets = _datasets(argv)
+    # `--print-config` runs nothing, so it needs no --out
+    needs_out = not {"--print-config", "--print_config"} & set(argv)
     parser = argparse.ArgumentParser(
         prog="atomdd", description="Dataset distillation: ATOM, DataDAM, DM.", formatter_class=Help
     )
@@ -449,7 +451,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="distil a dataset into a few synthetic images per class",
         usage="atomdd distill --out DIR [--dataset NAME] [--ipc N] [--method NAME] [options]",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="the run's folder")
+    p.add_argument("--out", required=needs_out, metavar="DIR", help="the run's folder")
     _own(p, fields, "dataset", now, metavar="NAME")
     _own(p, fields, "ipc", now, type=int, metavar="N")
     _own(p, fields, "method", now, metavar="NAME")
@@ -494,7 +496,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--dataset", default=None, metavar="NAME", help=f"required (here or in --config): {datasets}"
     )
     p.add_argument("--ipc", type=int, default=None, help="images per class; required (here or in --config)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the set's folder")
+    p.add_argument("--out", required=needs_out, metavar="DIR", help="the set's folder")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a different set or run in --out (default: refuse)"
     )
@@ -583,7 +585,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument(
         *option_names("truth_dir"), default=None, help="whole-data results cache (default OUT/truth)"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="results.jsonl, nas.json, nas.png go here")
+    p.add_argument("--out", required=needs_out, metavar="DIR", help="results.jsonl, nas.json, nas.png: here")
     _cache_flag(p)
     _runs_flags(p, "search settings (and space)")
     add_config_flags(
@@ -601,7 +603,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out",
-        required=True,
+        required=needs_out,
         metavar="DIR",
         help="the grid's folder: ipc<N>/<method>-seed<S>/, accuracy.json",
     )

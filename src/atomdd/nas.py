@@ -315,15 +315,18 @@ def run_search(
     if workers < 1:
         raise AtomddError(f"workers={workers}: at least 1 worker process")
     parallel.init(settings.device)  # joins torchrun's group, if it started this process
-    with hold(out):  # made, and one search's at a time, before the data is read
-        return _search(settings, Path(out), workers, truth_dir, log)
+    truth = Path(truth_dir) if truth_dir is not None else Path(out) / NAS_TRUTH
+    # made, and one search's at a time, before the data is read; the whole-data cache too, which
+    # searches with other --out may share (--truth-dir)
+    with hold(out), hold(truth):
+        return _search(settings, Path(out), workers, truth, log)
 
 
 def _search(
     settings: NasSettings,
     out: Path,
     workers: int,
-    truth_dir: str | os.PathLike | None,
+    truth_dir: Path,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     from atomdd.models import ModelRef
@@ -335,8 +338,7 @@ def _search(
         why = unbuildable(ModelRef.parse(text), ctx.data.channels, ctx.data.image_size[0])
         (skipped.append({"arch": text, "reason": why}) if why else archs.append(text))
     _check_folder(out, settings)
-    truth_path = truth_file(settings, Path(truth_dir or out / NAS_TRUTH), ctx.data.content_hash)
-    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    truth_path = truth_file(settings, truth_dir, ctx.data.content_hash)
     files = {True: truth_path, False: out / NAS_RESULTS}
     old = [r for f in files.values() if f.exists() for r in read_jsonl(f, RESULT_ROW)]
     done = {(r["arch"], r["proxy"], r["seed"]) for r in old}

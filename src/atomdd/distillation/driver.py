@@ -178,6 +178,9 @@ class Distiller:
             if t is None or tuple(t.shape) != shape or t.dtype != dtype:
                 got = f"{t.dtype} {tuple(t.shape)}" if t is not None else "missing"
                 raise ValueError(f"its {name} is {got}, this run's is {dtype} {shape}")
+        cuda = tensors.get("cuda_rng")  # a GPU run's; checked on any device, before it is used there
+        if cuda is not None and (cuda.dtype != torch.uint8 or cuda.dim() != 1 or not len(cuda)):
+            raise ValueError(f"its cuda_rng is {cuda.dtype} {tuple(cuda.shape)}, not a random state")
         try:
             torch.Generator().set_state(tensors["cpu_rng"])  # torch's own check of the state
         except RuntimeError as e:

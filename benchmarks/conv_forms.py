@@ -1,0 +1,86 @@
+"""The ConvNet's three 3×3 convolutions (forward) in three forms, per CPU kind, against the sgemm rate:
+oneDNN on NCHW maps (what the engine runs), oneDNN on channels-last maps, and an explicit im2col
+(`unfold`) followed by one sgemm, which the issue proposed because it reaches the sgemm rate by
+construction in its matmul. Each ISA in its own process (`avx2`: PyTorch's, oneDNN's and MKL's
+kernels held to AVX2); each form the fastest of 5 after a warm-up; the matmul rate (2048² sgemm)
+measured in the same process. GFLOP/s over the sgemm rate is the share of the machine a form gets.
+
+    python benchmarks/conv_forms.py --threads 1 --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from common import best_of, child, matmul_gflops
+
+ISAS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+LAYERS = [(3, 32), (128, 16), (128, 8)]  # (input channels, map size) of ConvNet-3 width 128 on 32×32
+
+
+def one(batch: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    from atomdd.hardware import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    rate = matmul_gflops()
+    rows = []
+    for cin, hw in LAYERS:
+        x, w, b = torch.randn(batch, cin, hw, hw), torch.randn(128, cin, 3, 3), torch.randn(128)
+        nhwc = x.contiguous(memory_format=torch.channels_last)
+
+        def im2col(x=x, w=w, b=b, hw=hw):
+            cols = F.unfold(x, 3, padding=1)  # N × 9·C_in × H·W
+            return (w.view(128, -1) @ cols).view(len(x), 128, hw, hw) + b.view(1, -1, 1, 1)
+
+        forms = {
+            "oneDNN NCHW": lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1),
+            "oneDNN channels-last": lambda x=nhwc, w=w, b=b: F.conv2d(x, w, b, padding=1),
+            "im2col + sgemm": im2col,
+        }
+        gflop = 2 * batch * 128 * cin * 9 * hw * hw / 1e9
+        for form, fn in forms.items():
+            s = best_of(fn, 5)
+            rows.append({"c_in": cin, "hw": hw, "form": form, "ms": 1000 * s, "gflops": gflop / s})
+    return {"isa": torch.backends.cpu.get_cpu_capability(), "matmul_gflops": rate, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default="benchmarks/results/conv_forms.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(one(**json.loads(args.child))))
+        return
+    results = {
+        isa: child(__file__, {"batch": args.batch, "threads": args.threads}, env=env)
+        for isa, env in ISAS.items()
+    }
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(
+        f"{args.batch} images, {args.threads} thread(s)\n\n"
+        "| ISA | layer (C_in, map) | form | ms | GFLOP/s | of sgemm |"
+    )
+    print("|---|---|---|---|---|---|")
+    for isa, r in results.items():
+        for row in r["rows"]:
+            print(
+                f"| {isa} ({r['isa']}, sgemm {r['matmul_gflops']:.0f}) | "
+                f"{row['c_in']}, {row['hw']}×{row['hw']} | "
+                f"{row['form']} | {row['ms']:.1f} | {row['gflops']:.0f} | "
+                f"{100 * row['gflops'] / r['matmul_gflops']:.0f} % |"
+            )
+
+
+if __name__ == "__main__":
+    main()
