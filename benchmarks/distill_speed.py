@@ -170,7 +170,8 @@ def main() -> None:
     options = [o for o in OPTIONS if o != "plain"] if args.options == ["all"] else args.options
     if unknown := sorted(set(options) - set(OPTIONS)):
         ap.error(f"unknown option(s) {unknown}; choose from {', '.join(OPTIONS)} or all")
-    pool = build_pool(tempfile.mkdtemp(prefix="atomdd-pool-")) if options else ""
+    scratch = tempfile.TemporaryDirectory(prefix="atomdd-pool-")  # removed when the benchmark exits
+    pool = build_pool(scratch.name) if options else ""
     jobs = [
         dict(method=m, ipc=i, precision="fp32", fused=True, tuned=True, option=o, pool=pool)
         for i in args.ipc
