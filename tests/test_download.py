@@ -275,6 +275,8 @@ def test_locate(tmp_path: Path) -> None:
     assert locate("digits", tmp_path)["found"] is True and locate("digits")["downloadable"] is False
     assert locate("imagefolder", tmp_path / "imgs")["found"] is False
     (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    assert locate("imagefolder", tmp_path / "imgs")["found"] is False  # a class folder, no image yet
+    (tmp_path / "imgs" / "cat" / "0.png").write_bytes(b"")  # names only: locate reads nothing
     assert locate("imagefolder", tmp_path / "imgs")["found"] is True
     with pytest.raises(AtomddError, match="valid datasets: cifar10"):
         locate("nope", tmp_path)
