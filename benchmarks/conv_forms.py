@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from common import best_of, child, matmul_gflops
 
-ISAS = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
+from atomdd.hardware import KERNEL_LIMITS
+
+ISAS = {"native": {}, "avx2": KERNEL_LIMITS["avx2"]}
 LAYERS = [(3, 32), (128, 16), (128, 8)]  # (input channels, map size) of ConvNet-3 width 128 on 32×32
 
 

@@ -24,15 +24,9 @@ from pathlib import Path
 
 import common
 
-ISAS = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-    "sse4.1": {
-        "ATEN_CPU_CAPABILITY": "default",
-        "ONEDNN_MAX_CPU_ISA": "SSE41",
-        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-    },
-}
+from atomdd.hardware import KERNEL_LIMITS
+
+ISAS = {"native": {}} | KERNEL_LIMITS
 VARIANTS = {  # name → overrides of the golden settings; "order" rows only reorder the arithmetic
     "fused": ("order", {}),
     "per-class": ("order", {"fused": False}),

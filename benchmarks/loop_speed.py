@@ -30,10 +30,9 @@ from dataclasses import replace
 import torch
 from common import child, cpu_seconds, matmul_gflops, synthetic_problem
 
-ISAS = {
-    "native": {},
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-}
+from atomdd.hardware import KERNEL_LIMITS
+
+ISAS = {"native": {}, "avx2": KERNEL_LIMITS["avx2"]}
 
 
 def _distiller(method: str, ipc: int, iterations: int, data_root: str | None):

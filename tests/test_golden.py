@@ -29,6 +29,7 @@ import torch
 
 from atomdd.api import distill
 from atomdd.evaluate import evaluate_set
+from atomdd.hardware import KERNEL_LIMITS
 from atomdd.settings import EvalConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "digits.json"
@@ -36,8 +37,7 @@ SETTINGS = dict(iterations=3, width=16, batch_real=16, log_every=1)
 EVAL = EvalConfig(epochs=2, repeats=2, batch_size=16, device="cpu")
 # 4 × the largest spread of benchmarks/golden_spread.py (see the docstring)
 TOLERANCE = {"pixel": 3e-4, "sum": 4e-3, "abs_sum": 3e-3}
-# the kernels of a CPU with AVX2 and no AVX-512, on any x86-64 machine
-AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+AVX2 = KERNEL_LIMITS["avx2"]  # the kernels of a CPU with AVX2 and no AVX-512, on any x86-64 machine
 
 
 def distil_quantities(overrides: dict | None = None) -> dict:

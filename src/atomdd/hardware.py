@@ -14,6 +14,18 @@ import torch
 from atomdd.errors import AtomddError
 from atomdd.settings import PRECISIONS
 
+# The environment that holds PyTorch's, oneDNN's and MKL's CPU kernels to an older instruction set,
+# read when each library loads (so: for a child process): how a CPU with AVX2 and no AVX-512, or an
+# older one, is reproduced on a newer machine (the golden test's tolerance, the speed benchmarks).
+KERNEL_LIMITS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "sse4.1": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+    },
+}
+
 
 def resolve_device(requested: str = "auto") -> torch.device:
     """The device asked for; a bare "cuda" (or "auto" on a GPU machine) is `cuda:LOCAL_RANK` under
