@@ -6,6 +6,11 @@ import torch
 
 from atomdd.data import load_dataset
 
+# The tests' thread count is fixed, in process and in the commands they start: the CLI would
+# otherwise fit its threads to the load it sees (hardware.threads_fitted_to_load), and a run
+# compared bitwise with another must sum in the same order.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -657,17 +657,21 @@ _READERS = ("report", "methods")
 @contextlib.contextmanager
 def _engine(args: argparse.Namespace) -> Iterator[None]:
     """What a command that reads data and trains gets from its entry point: the CPU allocator tuned
-    (process-wide, so never the library's doing), and a missing dataset's message naming
-    --download where the command has that flag."""
+    and its threads fitted to the cores other processes leave (process-wide, so never the library's
+    doing), and a missing dataset's message naming --download where the command has that flag."""
     if args.command in _READERS:
         yield
         return
     from atomdd.data import offer_download
     from atomdd.data.cache import cache_folder
-    from atomdd.hardware import tune_cpu_allocator
+    from atomdd.hardware import threads_fitted_to_load, tune_cpu_allocator
 
     tune_cpu_allocator()
-    with offer_download(hasattr(args, "download")), cache_folder(getattr(args, "cache_dir", None)):
+    with (
+        offer_download(hasattr(args, "download")),
+        cache_folder(getattr(args, "cache_dir", None)),
+        threads_fitted_to_load(lambda line: print(f"atomdd: {line}", file=sys.stderr)),
+    ):
         yield
 
 

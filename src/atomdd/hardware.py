@@ -6,8 +6,11 @@ fp32, so asking for bf16 there falls back to fp32 with a warning rather than cra
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -86,3 +89,50 @@ def tune_cpu_allocator() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def other_runnable(reads: int = 5, gap_s: float = 0.01, source: str = "/proc/loadavg") -> int | None:
+    """How many tasks besides this one are running or waiting for a CPU now: Linux's count of
+    runnable tasks (/proc/loadavg, its 4th field) less this process, the fewest of `reads` reads
+    `gap_s` apart, so that a passing blip is not taken for load. None where it cannot be read."""
+    counts = []
+    try:
+        for i in range(reads):
+            with open(source) as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+            if i + 1 < reads:
+                time.sleep(gap_s)
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, min(counts) - 1)
+
+
+def threads_beside(others: int, cores: int, threads: int) -> int:
+    """PyTorch's threads for a CPU that `others` tasks also want: the cores left, at least 1, never
+    more than `threads`. Its threads wait for each other at every parallel region, and one whose
+    core another process holds keeps the rest waiting a scheduler slice: on 2 cores the demo took
+    23 s alone, over 150 s beside one busy process with 2 threads, 36 s with 1
+    (benchmarks/shared_cores.sh, docs/performance.md)."""
+    return max(1, min(threads, cores - others))
+
+
+@contextlib.contextmanager
+def threads_fitted_to_load(say: Callable[[str], None]) -> Iterator[None]:
+    """For a command's duration, fewer PyTorch threads where other processes hold cores at its
+    start (the entry point's choice, as the allocator's is), unless OMP_NUM_THREADS chose; `say`
+    tells the user. Load that comes later is not followed."""
+    threads = torch.get_num_threads()
+    others = None if "OMP_NUM_THREADS" in os.environ else other_runnable()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    fit = threads_beside(others, cores, threads) if others else threads
+    if fit < threads:
+        say(
+            f"{others} other task(s) are using this machine's {cores} cores: running on {fit} thread(s), "
+            f"not {threads} (PyTorch's threads wait for each other where a core is taken); "
+            "OMP_NUM_THREADS chooses"
+        )
+        torch.set_num_threads(fit)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
