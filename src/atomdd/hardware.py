@@ -1,4 +1,5 @@
-"""Which device and precision a run gets: bf16 only where the hardware makes it fast.
+"""What a run gets of the machine: its device, its precision (bf16 only where the hardware makes it
+fast), and, chosen by the entry points, the CPU allocator and thread count.
 
 A CPU without AMX (or avx512_bf16) runs bf16 matmuls in emulation, hundreds of times slower than
 fp32, so asking for bf16 there falls back to fp32 with a warning rather than crawling.
