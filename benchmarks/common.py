@@ -19,6 +19,12 @@ from collections.abc import Callable
 
 import torch
 
+from atomdd.hardware import KERNEL_LIMITS
+
+# the CPU kinds the speed benchmarks compare, as the environment of a child process: this CPU's own
+# kernels, and the same machine held to AVX2 (a CPU with AVX2 and no AVX-512)
+ISAS = {"native": {}, "avx2": KERNEL_LIMITS["avx2"]}
+
 
 def synthetic_problem(classes: int = 10, per_class: int = 300):
     """CIFAR-shaped random pixels (3×32×32, seeded): a step's speed does not depend on content."""

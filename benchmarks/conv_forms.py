@@ -15,11 +15,8 @@ import json
 
 import torch
 import torch.nn.functional as F
-from common import best_of, child, matmul_gflops
+from common import ISAS, best_of, child, matmul_gflops
 
-from atomdd.hardware import KERNEL_LIMITS
-
-ISAS = {"native": {}, "avx2": KERNEL_LIMITS["avx2"]}
 LAYERS = [(3, 32), (128, 16), (128, 8)]  # (input channels, map size) of ConvNet-3 width 128 on 32×32
 
 

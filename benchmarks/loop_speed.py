@@ -28,11 +28,7 @@ import time
 from dataclasses import replace
 
 import torch
-from common import child, cpu_seconds, matmul_gflops, synthetic_problem
-
-from atomdd.hardware import KERNEL_LIMITS
-
-ISAS = {"native": {}, "avx2": KERNEL_LIMITS["avx2"]}
+from common import ISAS, child, cpu_seconds, matmul_gflops, synthetic_problem
 
 
 def _distiller(method: str, ipc: int, iterations: int, data_root: str | None):

@@ -142,7 +142,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     settings, _ = settings_from(args, PoolSettings)
     if args.print_config:
         return _print_config(dataclasses.asdict(settings))
-    say = None if args.quiet else lambda line: print(line, flush=True)
+    say = _lines(args.quiet)
     folder, record = build(settings, args.out, progress=not args.quiet, say=say)
     accuracy = ", ".join(f"{d['accuracy']:.2f}" for d in record["done"])
     print(f"pool of {record['members']} {record['model']} networks in {folder} (test accuracy %: {accuracy})")
@@ -248,6 +248,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lines(quiet: bool) -> Callable[[str], None] | None:
+    """The progress lines a long command prints as it goes (pool, nas, grid): none when quiet."""
+    return None if quiet else lambda line: print(line, flush=True)
+
+
 def _print_config(values: dict[str, Any]) -> int:
     """`--print-config`: the settings as a config file `--config` reads back; nothing is run."""
     from atomdd.config import config_text
@@ -299,7 +304,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
         return _print_config(
             {"space": name} | {k: v for k, v in dataclasses.asdict(settings).items() if k not in _NAS_OWN}
         )
-    log = None if args.quiet else lambda line: print(line, flush=True)
+    log = _lines(args.quiet)
     print(nas_table(run_search(settings, args.out, workers=args.workers, truth_dir=args.truth_dir, log=log)))
     return 0
 
@@ -311,7 +316,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     grid, _ = settings_from(args, GridSettings)
     if args.print_config:
         return _print_config(dataclasses.asdict(grid))
-    say = None if args.quiet else lambda line: print(line, flush=True)
+    say = _lines(args.quiet)
     table = tabulate(args.out, grid) if args.only_table else run_grid(grid, args.out, args.quiet, say)
     print(table)
     return 0
