@@ -376,3 +376,19 @@ def test_a_teacher_s_soft_labels_are_an_evaluation_of_their_own(small_set, digit
         ev.evaluate_set(zca_set, ("mlp",), replace(cfg, teacher=str(digits_pool)), dataset=digits)
     with pytest.raises(AtomddError, match="teacher_temperature .* needs teacher"):
         EvalConfig(teacher_temperature=2.0)
+
+
+def test_a_batch_norm_model_on_a_set_of_another_scale_is_warned_about(small_set, digits, caplog):
+    """The DataDAM code's sets sit at 9–20× the test images' pixel spread; a batch-norm model
+    tests with the set's running statistics, so the evaluation says so, naming the model."""
+    far = replace(small_set, images=small_set.images * 10)
+    config = replace(FAST, epochs=1, repeats=1)
+    with caplog.at_level("WARNING", logger="atomdd.evaluate"):
+        ev.evaluate_set(far, ["convnet(norm=batchnorm)", "convnet"], config, dataset=digits, progress=False)
+    said = [r.getMessage() for r in caplog.records if "spread" in r.getMessage()]
+    assert len(said) == 1 and "convnet(norm=batchnorm) has batch norm" in said[0], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atomdd.evaluate"):
+        ev.evaluate_set(far, ["convnet"], config, dataset=digits, progress=False)  # instance norm
+        ev.evaluate_set(small_set, ["convnet(norm=batchnorm)"], config, dataset=digits, progress=False)
+    assert not [r for r in caplog.records if "spread" in r.getMessage()]
