@@ -18,4 +18,8 @@ for job in "$@"; do
     ${iterations:+--iterations "$iterations"} --out "$dir" --resume-or-start --quiet
   preset=$(python -c "from atomdd.methods import get_method; print(get_method('$method').evaluation)")
   atomdd evaluate "$dir" --preset "$preset" --data-root "$DATA" --test-limit 1000 > "$dir/eval.txt"
+  if [ "$preset" = datadam-code ]; then  # and with the instance-norm ConvNet (docs/reproduce.md)
+    atomdd evaluate "$dir" --preset "$preset" --models convnet --data-root "$DATA" --test-limit 1000 \
+      --out "$dir/eval-instance-norm" > "$dir/eval-instance-norm.txt"
+  fi
 done
