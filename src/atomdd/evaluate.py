@@ -40,7 +40,7 @@ from atomdd.folders.layout import EVAL_FILE
 from atomdd.hardware import resolve_device, resolve_precision
 from atomdd.io import versions
 from atomdd.lock import hold
-from atomdd.models import ModelRef, check_model, create_model, parse_models
+from atomdd.models import ModelRef, check_model, create_model, has_batch_norm, parse_models
 from atomdd.progress import Progress, silenced, stage
 from atomdd.provenance import git_state
 from atomdd.sets import SyntheticSet
@@ -374,24 +374,34 @@ def warn_batch_norm_scale(
     the images it trains on: in eval mode it normalises the test images with the training images'
     running statistics (docs/reproduce.md, where the DataDAM code's sets sit at 9–20× the test
     images' spread); an instance-norm model normalises each image by itself and is unaffected."""
-    ratio = float(train.std()) / max(float(test.std()), 1e-12)
-    if 1 / BN_SCALE_RATIO <= ratio <= BN_SCALE_RATIO or not parallel.is_main_process():
+    if not parallel.is_main_process():
         return
     size = data.image_size[0]
-    for ref in refs:
-        with torch.device("meta"):
-            model = create_model(ref.name, data.channels, data.num_classes, size, **ref.options_for(size))
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            log.warning(
-                "evaluate: the training images' pixels spread %.1f× as wide as the test images' (std "
-                "%.3g against %.3g); %s has batch norm, which tests with the statistics of the images "
-                "it trained on, so its accuracy measures that mismatch as much as the set "
-                "(docs/reproduce.md). An instance-norm model (convnet) is not affected",
-                ratio,
-                float(train.std()),
-                float(test.std()),
-                ref,
+    with torch.device("meta"):  # built without memory, only to look at its layers
+        batch_norm = [
+            ref
+            for ref in refs
+            if has_batch_norm(
+                create_model(ref.name, data.channels, data.num_classes, size, **ref.options_for(size))
             )
+        ]
+    if not batch_norm:
+        return
+    train_std, test_std = float(train.std()), float(test.std())
+    ratio = train_std / max(test_std, 1e-12)
+    if 1 / BN_SCALE_RATIO <= ratio <= BN_SCALE_RATIO:
+        return
+    for ref in batch_norm:
+        log.warning(
+            "evaluate: the training images' pixels spread %.1f× as wide as the test images' (std "
+            "%.3g against %.3g); %s has batch norm, which tests with the statistics of the images "
+            "it trained on, so its accuracy measures that mismatch as much as the set "
+            "(docs/reproduce.md). An instance-norm model (convnet) is not affected",
+            ratio,
+            train_std,
+            test_std,
+            ref,
+        )
 
 
 def check_set(syn: SyntheticSet, data: Dataset) -> None:

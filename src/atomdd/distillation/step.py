@@ -25,7 +25,7 @@ from atomdd.data.transforms import Preprocess
 from atomdd.distillation.config import DistillConfig, step_seed
 from atomdd.errors import AtomddError
 from atomdd.matching import class_statistics, matching_loss
-from atomdd.models import FeatureModel, seeded_model
+from atomdd.models import FeatureModel, has_batch_norm, seeded_model
 from atomdd.parallel import chunks
 from atomdd.pool import Pool, for_run
 from atomdd.sets import decode, encode, factor_problem
@@ -148,7 +148,7 @@ class Task:
         if pool is not None:
             pool.check(data, prep.zca is not None, cfg.model, "this run")
         net = network(cfg, data.channels, data.num_classes, data.image_size, 0, device, pool)
-        batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        batch_norm = has_batch_norm(net)
         if batch_norm and cfg.bn_batch == "all" and len(own) < data.num_classes:
             raise AtomddError(
                 "bn_batch=all normalises every class's images in one batch-norm call, which cannot be "

@@ -86,6 +86,12 @@ def create_model(
     return spec.builder(channels, num_classes, size, **merged)
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether a layer normalises by batch statistics: its output then depends on the rest of the
+    batch in train mode, and on the running statistics of what it trained on in eval mode."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def check_model(
     name: str, channels: int, num_classes: int, image_size: int | tuple[int, int], **options: Any
 ) -> tuple[ModelSpec, int, dict[str, Any]]:
