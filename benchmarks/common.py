@@ -1,23 +1,30 @@
 """What the benchmarks share: a synthetic problem, the machine's dense rate, CPU time, GPU sync,
-a timer of the fastest call, child processes of a benchmark, and a launcher of torchrun-like
-ranks. The benchmarks import this module and no other benchmark; they time `Distiller.step()`, the
-step a run takes.
+a timer of the fastest call, child processes of a benchmark, a launcher of torchrun-like ranks, and
+the published DataDAM and DM codes' own distillation steps (run from a checkout the user gives). The
+benchmarks import this module and no other benchmark; they time `Distiller.step()`, the step a run
+takes.
 
 Run from the repository root (`python benchmarks/X.py`): Python puts benchmarks/ first on the path.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from atomdd.hardware import KERNEL_LIMITS
 
@@ -143,3 +150,111 @@ def launch(world: int, job: dict, script: str, tree: str | None = None) -> dict:
         if p.returncode != 0:
             raise SystemExit(f"rank {r} of {world} exited {p.returncode}:\n{err[-3000:]}")
     return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
+# --- the published codes' steps ------------------------------------------------------------------
+# Their modules import packages this project does not (torchvision, kornia), so the few functions a
+# step calls are read out of a checkout's files by name and run in a namespace; nothing of them is
+# kept in this repository. DSA's strategy is the one both codes run on CIFAR-10.
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+_OPS = ("scale", "rotate", "flip", "brightness", "saturation", "contrast", "crop", "cutout")
+_AUGMENT = {"ParamDiffAug", "set_seed_DiffAug", "DiffAugment", "AUGMENT_FNS"} | {f"rand_{op}" for op in _OPS}
+
+
+def read_functions(path: Path, names: set[str]) -> str:
+    """The source of the top-level functions, classes and assignments named `names` in `path`."""
+    src = path.read_text()
+    keep = [
+        n
+        for n in ast.parse(src).body
+        if getattr(n, "name", None) in names
+        or (isinstance(n, ast.Assign) and any(getattr(t, "id", "") in names for t in n.targets))
+    ]
+    return "\n".join(ast.get_source_segment(src, n) or "" for n in keep)
+
+
+def published_code(code: Path, extra: set[str] = frozenset()) -> dict:
+    """A namespace with a checkout's ConvNet (networks.py) and its augmentation (utils.py, and the
+    names in `extra`)."""
+    for name in ("networks.py", "utils.py"):
+        if not (code / name).is_file():
+            raise SystemExit(f"{code} has no {name}: give a checkout of the published code")
+    ns: dict = {"torch": torch, "nn": nn, "F": F, "np": np, "time": time}
+    exec(read_functions(code / "networks.py", {"ConvNet"}), ns)  # noqa: S102 (the user's checkout)
+    # DM's Siamese augmentation copies a tensor's first row onto itself (`t[:] = t[0]`), which
+    # torch 2 refuses; DataDAM's copy of the same functions clones the row first, which computes the
+    # same: that fix, applied where it is missing
+    utils = read_functions(code / "utils.py", _AUGMENT | extra)
+    exec(re.sub(r"(\w+)\[:\] = \1\[0\]$", r"\1[:] = \1[0].clone()", utils, flags=re.M), ns)  # noqa: S102
+    return ns
+
+
+def published_step(
+    code: Path, method: str, real: torch.Tensor, labels: torch.Tensor, syn: torch.Tensor, batch_real: int
+) -> Callable[[], float]:
+    """One step of the published code's distillation, as a call (the loss it returns as a float):
+    `method` "datadam" (DataDAM's main_DataDAM.py: a fresh batch-norm ConvNet-3 in train mode, every
+    class's real images in one forward call and every synthetic image in a second, attention of
+    power 1 on blocks 1 and 2 ×100 and the embedding ×100 × 0.01, over class means) or "dm" (DM's
+    main_DM.py: a fresh instance-norm ConvNet-3, each class's real and synthetic images embedded in
+    their own calls, squared distance of the class means). Both draw one augmentation seed per class
+    from the clock, as the codes do, and step `syn` (k × IPC images, class-major) by SGD lr 1,
+    momentum 0.5. `real`: the train images as the code feeds them (ZCA-whitened for DataDAM)."""
+    k = int(labels.max()) + 1
+    ipc = len(syn) // k
+    ns = published_code(code, {"get_attention"} if method == "datadam" else set())
+    by_class = [torch.where(labels == c)[0] for c in range(k)]
+    syn.requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
+    param = ns["ParamDiffAug"]()
+    norm = "batchnorm" if method == "datadam" else "instancenorm"
+
+    def augmented(c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = int(time.time() * 1000) % 100000  # the codes' seed: the clock, one per class
+        idx = by_class[c][torch.randperm(len(by_class[c]))[:batch_real]]
+        aug = ns["DiffAugment"]
+        return aug(real[idx], DSA_STRATEGY, seed=seed, param=param), aug(
+            syn[c * ipc : (c + 1) * ipc], DSA_STRATEGY, seed=seed, param=param
+        )
+
+    def class_means(a: torch.Tensor) -> torch.Tensor:
+        return a.reshape(k, -1, a[0].numel()).mean(1)
+
+    def datadam_loss(net: nn.Module) -> torch.Tensor:
+        reals, syns = zip(*(augmented(c) for c in range(k)), strict=True)
+        relus = [m for m in net.features if isinstance(m, nn.ReLU)]
+        acts: dict[int, torch.Tensor] = {}
+        hooks = [
+            m.register_forward_hook(lambda m, i, o, j=j: acts.__setitem__(j, o)) for j, m in enumerate(relus)
+        ]
+        emb_r = net(torch.cat(reals))[0].detach()
+        att_r = [acts[j].detach() for j in range(len(relus))]
+        emb_s = net(torch.cat(syns))[0]
+        att_s = [acts[j] for j in range(len(relus))]
+        for h in hooks:
+            h.remove()
+        att = ns["get_attention"]
+        loss = sum(
+            100 * ((class_means(att(r, 1, 1, "l2")) - class_means(att(s, 1, 1, "l2"))) ** 2).sum()
+            for r, s in zip(att_r[:-1], att_s[:-1], strict=True)
+        )
+        return loss + 100 * 0.01 * ((class_means(emb_r) - class_means(emb_s)) ** 2).sum()
+
+    def dm_loss(net: nn.Module) -> torch.Tensor:
+        loss = torch.tensor(0.0)
+        for c in range(k):
+            r, s = augmented(c)
+            loss = loss + ((net.embed(r).detach().mean(0) - net.embed(s).mean(0)) ** 2).sum()
+        return loss
+
+    def step() -> float:
+        net = ns["ConvNet"](3, k, 128, 3, "relu", norm, "avgpooling", (32, 32)).train()
+        for p in net.parameters():
+            p.requires_grad = False
+        loss = (datadam_loss if method == "datadam" else dm_loss)(net)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
