@@ -179,7 +179,7 @@ def published_code(code: Path, extra: set[str] = frozenset()) -> dict:
     for name in ("networks.py", "utils.py"):
         if not (code / name).is_file():
             raise SystemExit(f"{code} has no {name}: give a checkout of the published code")
-    ns: dict = {"torch": torch, "nn": nn, "F": F, "np": np, "time": time}
+    ns: dict = {"torch": torch, "nn": nn, "F": F, "np": np, "time": time, "Dataset": torch.utils.data.Dataset}
     exec(read_functions(code / "networks.py", {"ConvNet"}), ns)  # noqa: S102 (the user's checkout)
     # DM's Siamese augmentation copies a tensor's first row onto itself (`t[:] = t[0]`), which
     # torch 2 refuses; DataDAM's copy of the same functions clones the row first, which computes the
@@ -258,3 +258,30 @@ def published_step(
         return float(loss.detach())
 
     return step
+
+
+# the published codes' evaluation: (norm of their ConvNet, batch, our model with that norm)
+PUBLISHED_EVALUATION = {
+    "datadam": ("batchnorm", 64, "convnet(norm=batchnorm)"),
+    "dm": ("instancenorm", 256, "convnet"),
+}
+
+
+def published_epoch(
+    code: Path, method: str, images: torch.Tensor, labels: torch.Tensor
+) -> Callable[[], None]:
+    """One training epoch of the published code's evaluation (`utils.epoch`, as `evaluate_synset`
+    calls it): a fresh ConvNet-3 of its norm, its DataLoader over `images` (batch as
+    `PUBLISHED_EVALUATION`), DSA per batch, SGD 0.01 / 0.9 / 5e-4; a call trains one more epoch."""
+    import types
+
+    ns = published_code(code, {"epoch", "TensorDataset"})
+    norm, batch, _ = PUBLISHED_EVALUATION[method]
+    net = ns["ConvNet"](3, int(labels.max()) + 1, 128, 3, "relu", norm, "avgpooling", (32, 32))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
+    loader = torch.utils.data.DataLoader(ns["TensorDataset"](images, labels), batch_size=batch, shuffle=True)
+    args = types.SimpleNamespace(
+        device="cpu", dsa=True, dsa_strategy=DSA_STRATEGY, dsa_param=ns["ParamDiffAug"]()
+    )
+    criterion = nn.CrossEntropyLoss()
+    return lambda: ns["epoch"]("train", loader, net, opt, criterion, args, aug=True)
