@@ -34,7 +34,9 @@ class _AvgPool2x2(torch.autograd.Function):
     """2×2 average pooling, stride 2, of an even-sized N×C×H×W map: row pairs added, then column
     pairs, a few MB of maps at a time (in cache, and no half-size temporary: peak memory as before).
     PyTorch's CPU kernel for NCHW maps was 2.5–8× slower alone on a 2-core AVX2 CPU
-    (docs/performance.md). The backward spreads each gradient over its 2×2 block in one copy."""
+    (docs/performance.md). The backward spreads each gradient over its 2×2 block, columns then
+    rows: 1.3–1.9× faster than one copy through a 2×2-expanded view, whose innermost run of two
+    elements the copy kernel walks element by element (measured on both kinds of CPU, ibid.)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -50,9 +52,7 @@ class _AvgPool2x2(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        n, c, h2, w2 = grad.shape
-        spread = (grad * 0.25).view(n, c, h2, 1, w2, 1).expand(n, c, h2, 2, w2, 2)
-        return spread.reshape(n, c, 2 * h2, 2 * w2)
+        return (grad * 0.25).repeat_interleave(2, dim=3).repeat_interleave(2, dim=2)
 
 
 def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
