@@ -5,7 +5,9 @@ real CIFAR-10 images (each preset's ZCA or none) from the same initial pixels.
 The published steps run from checkouts given by `--datadam-code` and `--dm-code`
 (`common.published_step`; nothing of them is kept here). For each ISA (`native`, and `avx2`:
 PyTorch's, oneDNN's and MKL's kernels held to AVX2), method and IPC, one child process with
-`--threads` threads: one warm-up step of each, then `--rounds` rounds of `--steps` published steps and
+`--threads` threads and glibc's allocator as `--allocator` says (`run`, the default: tuned as
+`atomdd distill` tunes it, for both codes, process-wide; `default`: glibc's own, as the published
+scripts run): one warm-up step of each, then `--rounds` rounds of `--steps` published steps and
 `--steps` of atomdd's `Distiller.step()`, interleaved so that a change of load falls on both; the
 median step of each is compared. Then the evaluation's training epoch on the initial set (IPC × 10
 images: one batch or a few), the published code's `utils.epoch` (its ConvNet's norm and batch:
@@ -36,8 +38,11 @@ def one(job: dict) -> dict:
     """One (method, IPC) in this process: the published step and ours, interleaved."""
     from atomdd.distillation.config import make_config
     from atomdd.distillation.driver import Distiller
+    from atomdd.hardware import tune_cpu_allocator
 
     torch.set_num_threads(job["threads"])
+    if job["allocator"] == "run":  # as `atomdd distill` sets it up; process-wide, so both sides get it
+        tune_cpu_allocator()
     d = Distiller(make_config("cifar10", job["ipc"], PRESETS[job["method"]], data_root=job["data_root"]))
     real = torch.cat([d.prep(c) for c in d.data.train_images.split(5000)])
     syn = d.syn.detach().clone()
@@ -59,7 +64,7 @@ def one(job: dict) -> dict:
     med = {who: statistics.median(ts) for who, ts in times.items()}
     epochs = evaluation_epochs(job, syn.detach(), d.labels)
     return {
-        **{k: job[k] for k in ("isa", "method", "ipc", "threads")},
+        **{k: job[k] for k in ("isa", "method", "ipc", "threads", "allocator")},
         "capability": torch.backends.cpu.get_cpu_capability(),
         "published_s": med["published"],
         "atomdd_s": med["atomdd"],
@@ -107,6 +112,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=20, help="evaluation epochs timed of each")
+    ap.add_argument(
+        "--allocator",
+        choices=("run", "default"),
+        default="run",
+        help="run: glibc's allocator as `atomdd distill` tunes it (hardware.tune_cpu_allocator), for "
+        "both steps; default: glibc's own, as the published scripts run",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,6 +145,7 @@ def main() -> None:
                     "rounds": args.rounds,
                     "epochs": args.epochs,
                     "data_root": args.data_root,
+                    "allocator": args.allocator,
                 }
                 env = ISAS[isa] | {"OMP_NUM_THREADS": str(args.threads)}
                 r = child(__file__, job | {"code": str(code.resolve())}, env=env)
