@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from atomdd.folders.layout import EVAL_FILE, GRID_MEMBERS
 from atomdd.report.tables import markdown_table, paired, summary
 
 
@@ -28,9 +29,9 @@ def results(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
     the published code states them, np.std) with `summary`'s fields for `paired`, from every
     evaluation a set's folder holds (eval.json keeps each protocol it was evaluated under)."""
     found: dict[tuple[str, str], dict[str, dict]] = {}
-    for run in sorted(root.glob("ipc*/*-seed*")):
+    for run in sorted(root.glob(GRID_MEMBERS)):
         name = run.name.rsplit("-seed", 1)[0]
-        for file in [*run.glob("eval.json"), *sorted(run.glob("eval-*/eval.json"))]:
+        for file in [*run.glob(EVAL_FILE), *sorted(run.glob(f"eval-*/{EVAL_FILE}"))]:
             for key, models in json.loads(file.read_text()).get("results", {}).items():
                 for model, m in models.items():
                     one = {"seed": 0, "runs": m["runs"], "first": m.get("first", {}).get("runs")}
