@@ -189,6 +189,15 @@ def published_code(code: Path, extra: set[str] = frozenset()) -> dict:
     return ns
 
 
+# each code's ConvNet-3 (width 128, ReLU, average pooling, 32×32), in distillation and evaluation alike
+PUBLISHED_NORM = {"datadam": "batchnorm", "dm": "instancenorm"}
+
+
+def published_convnet(ns: dict, method: str, classes: int) -> nn.Module:
+    """A fresh ConvNet-3 of `method`'s published code, from its namespace (`published_code`)."""
+    return ns["ConvNet"](3, classes, 128, 3, "relu", PUBLISHED_NORM[method], "avgpooling", (32, 32))
+
+
 def published_step(
     code: Path, method: str, real: torch.Tensor, labels: torch.Tensor, syn: torch.Tensor, batch_real: int
 ) -> Callable[[], float]:
@@ -207,7 +216,6 @@ def published_step(
     syn.requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
     param = ns["ParamDiffAug"]()
-    norm = "batchnorm" if method == "datadam" else "instancenorm"
 
     def augmented(c: int) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(time.time() * 1000) % 100000  # the codes' seed: the clock, one per class
@@ -248,7 +256,7 @@ def published_step(
         return loss
 
     def step() -> float:
-        net = ns["ConvNet"](3, k, 128, 3, "relu", norm, "avgpooling", (32, 32)).train()
+        net = published_convnet(ns, method, k).train()
         for p in net.parameters():
             p.requires_grad = False
         loss = (datadam_loss if method == "datadam" else dm_loss)(net)
@@ -260,11 +268,8 @@ def published_step(
     return step
 
 
-# the published codes' evaluation: (norm of their ConvNet, batch, our model with that norm)
-PUBLISHED_EVALUATION = {
-    "datadam": ("batchnorm", 64, "convnet(norm=batchnorm)"),
-    "dm": ("instancenorm", 256, "convnet"),
-}
+# the published codes' evaluation: (its batch, our model with its ConvNet's norm)
+PUBLISHED_EVALUATION = {"datadam": (64, "convnet(norm=batchnorm)"), "dm": (256, "convnet")}
 
 
 def published_epoch(
@@ -276,8 +281,8 @@ def published_epoch(
     import types
 
     ns = published_code(code, {"epoch", "TensorDataset"})
-    norm, batch, _ = PUBLISHED_EVALUATION[method]
-    net = ns["ConvNet"](3, int(labels.max()) + 1, 128, 3, "relu", norm, "avgpooling", (32, 32))
+    batch, _ = PUBLISHED_EVALUATION[method]
+    net = published_convnet(ns, method, int(labels.max()) + 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
     loader = torch.utils.data.DataLoader(ns["TensorDataset"](images, labels), batch_size=batch, shuffle=True)
     args = types.SimpleNamespace(
