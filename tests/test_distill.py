@@ -71,6 +71,22 @@ def test_resume_is_bit_identical(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 7))
 
 
+def test_resuming_a_finished_run_remakes_its_set_and_keeps_its_record(tmp_path):
+    """A resume with nothing left to do (the set file deleted, say) writes the set again from the
+    checkpoint and leaves run.json as the run that made it wrote it: its time per step, command
+    and commit are not replaced by a process that took no step."""
+    cfg = dict(iterations=3, checkpoint_every=3)
+    out = tmp_path / "run"
+    made = distill("digits", 2, "atom", out=out, **FAST | cfg)
+    record = (out / "run.json").read_bytes()
+    (out / "synthetic.safetensors").unlink()
+    again = distill("digits", 2, "atom", out=out, resume=True, **FAST | cfg)
+    assert torch.equal(made.images, again.images)
+    assert (out / "synthetic.safetensors").exists()
+    assert (out / "run.json").read_bytes() == record
+    assert json.loads(record)["seconds_per_step"] is not None
+
+
 def test_resume_is_bit_identical_with_every_option_on(tmp_path, digits_pool):
     """Factor images, the pool with interpolation, calibration and the cf distance (whose
     frequencies are drawn per step) are pure in (seed, step) too."""

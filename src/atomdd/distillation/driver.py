@@ -273,13 +273,16 @@ class Distiller:
         cfg, folder = self.cfg, self.folder
         if resume == "auto":  # continue a run that has a checkpoint, else start one
             resume = folder is not None and folder.has_checkpoint()
+        kept = False  # a finished run resumed at its own length: its record stays as it is
         if folder is not None:
             if resume:
                 self.load_checkpoint(folder.path)
                 folder.truncate_metrics(self.steps_done)
+                kept = self.steps_done == cfg.iterations and folder.done_at(self.steps_done)
             else:
                 folder.start(overwrite)
-            folder.record(self._record("running", 0.0))
+            if not kept:
+                folder.record(self._record("running", 0.0))
         start, t0 = self.steps_done, time.perf_counter()
         self._t0 = t0
         loss = ""
@@ -317,11 +320,13 @@ class Distiller:
             with stage(
                 "distill", f"saving the set in {folder.path}" + (" and drawing it" if on_saved else "")
             ):
-                self.save_checkpoint(folder.path)
+                if not kept:
+                    self.save_checkpoint(folder.path)
                 folder.save_set(result)
                 if on_saved is not None and folder.main:
                     on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
-            folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
+            if not kept:
+                folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
         return result
 
     @torch.no_grad()

@@ -76,6 +76,16 @@ class RunFolder:
         if self.main:
             write_json(self.path / RUN_FILE, run)
 
+    def done_at(self, step: int) -> bool:
+        """Whether run.json records this run finished at `step`: a resume with nothing left to do
+        keeps that record (the time, memory, command and commit that made the set) instead of
+        writing its own over it."""
+        try:
+            run = json.loads((self.path / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(run, dict) and run.get("status") == "done" and run.get("step") == step
+
     def log(self, row: dict[str, Any]) -> None:
         if self.main:
             append_jsonl(self.path / METRICS, row)
