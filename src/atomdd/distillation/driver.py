@@ -324,7 +324,7 @@ class Distiller:
                     self.save_checkpoint(folder.path)
                 folder.save_set(result)
                 if on_saved is not None and folder.main:
-                    on_saved(folder.path, self.data)  # drawn from the folder's run.json ("running") and set
+                    on_saved(folder.path, self.data)  # drawn from the folder's run.json and set
             if not kept:
                 folder.record(self._record("done", seconds, steps_run=self.steps_done - start))  # last
         return result
