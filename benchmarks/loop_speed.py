@@ -7,8 +7,10 @@ kernels held to AVX2, what an AVX2-only laptop or server runs), method and IPC, 
 the real data (CIFAR-10 from `--data-root`, its preset's ZCA) or, without `--data-root`, the speed
 benchmarks' random CIFAR-shaped problem; then `--rounds` rounds of `--steps` pure steps and the run
 loop for `--steps` steps (each a fresh `run()` into a new folder; a step's time there is the gap
-between the ends of two steps, so the loop's own work is inside it), interleaved so that a change of
-load falls on both; the medians are compared. The machine's dense matmul rate is measured before and
+between the ends of two steps, so the loop's own work is inside it), with `--steps` pure steps
+between them that run PyTorch's ops in place of the fused block kernel (`ATOMDD_NO_FUSED=1`, the
+code before it: the "unfused" column), interleaved so that a change of load falls on all three; the
+medians are compared. The machine's dense matmul rate is measured before and
 after; the limit is the step's FLOPs over it. The load beside each figure is CPU time over wall time
 per thread during the timed steps (1.00: the cores were its own). A torch profile of `--profile`
 pure steps gives the self CPU time by operator.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,6 +32,9 @@ from dataclasses import replace
 
 import torch
 from common import ISAS, child, cpu_seconds, matmul_gflops, synthetic_problem
+
+from atomdd.models import fused
+from atomdd.models.fused import DISABLE_ENV
 
 
 def _distiller(method: str, ipc: int, iterations: int, data_root: str | None):
@@ -79,6 +85,7 @@ def one(
         d.step()
     rate_before = matmul_gflops()
     pure: list[float] = []
+    unfused: list[float] = []  # the pure step with PyTorch's ops in place of the fused kernel
     loop: list[float] = []
     ends: list[float] = []
     step = d.step
@@ -95,6 +102,12 @@ def one(
                 t = time.perf_counter()
                 d.step()
                 pure.append(time.perf_counter() - t)
+            os.environ[DISABLE_ENV] = "1"
+            for _ in range(steps):
+                t = time.perf_counter()
+                d.step()
+                unfused.append(time.perf_counter() - t)
+            del os.environ[DISABLE_ENV]
             d.cfg = replace(d.cfg, iterations=d.steps_done + steps)
             d.step, ends = timed_step, [time.perf_counter()]
             d.run(f"{tmp}/{r}", quiet=True)
@@ -114,6 +127,9 @@ def one(
         "ipc": ipc,
         "data": "cifar10" if data_root else "random32",
         "pure_s": pure_s,
+        "unfused_s": statistics.median(unfused),
+        "fused_speedup": statistics.median(unfused) / pure_s,
+        "fused_kernel": fused.library() is not None,
         "loop_s": loop_s,
         "loop_over_pure": loop_s / pure_s,
         "gflop_per_step": flops / 1e9,
@@ -124,6 +140,7 @@ def one(
         "load": load,
         "threads": threads,
         "pure_all": pure,
+        "unfused_all": unfused,
         "loop_all": loop,
         "profile": _profile(d, profile) if profile else [],
     }
@@ -158,7 +175,8 @@ def main() -> None:
                 row["isa_asked"] = isa
                 rows.append(row)
                 print(
-                    f"{isa:<6} ({row['isa']}) {method:<8} ipc {ipc:>2}: pure {row['pure_s']:.3f} s, loop "
+                    f"{isa:<6} ({row['isa']}) {method:<8} ipc {ipc:>2}: unfused {row['unfused_s']:.3f} s, "
+                    f"pure {row['pure_s']:.3f} s ({row['fused_speedup']:.2f}×), loop "
                     f"{row['loop_s']:.3f} s ({row['loop_over_pure']:.3f}×), limit {row['limit_s']:.3f} s "
                     f"({100 * row['pure_fraction_of_limit']:.0f} % / "
                     f"{100 * row['loop_fraction_of_limit']:.0f} %), "
@@ -176,14 +194,16 @@ def print_tables(rows: list[dict]) -> None:
         mine = [r for r in rows if r["isa_asked"] == isa]
         print(f"\n### {isa} (PyTorch capability {mine[0]['isa']}, {mine[0]['threads']} thread(s))\n")
         print(
-            "| method | IPC | data | pure s/step | run loop s/step | loop / pure | limit s | "
-            "% of limit (pure / loop) | matmul GFLOP/s | load |"
+            "| method | IPC | data | unfused s/step | pure s/step | speed-up | run loop s/step | "
+            "loop / pure | limit s | % of limit (unfused / pure / loop) | matmul GFLOP/s | load |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in mine:
             print(
-                f"| {r['method']} | {r['ipc']} | {r['data']} | {r['pure_s']:.3f} | {r['loop_s']:.3f} | "
-                f"{r['loop_over_pure']:.3f} | {r['limit_s']:.3f} | {100 * r['pure_fraction_of_limit']:.0f} / "
+                f"| {r['method']} | {r['ipc']} | {r['data']} | {r['unfused_s']:.3f} | {r['pure_s']:.3f} | "
+                f"{r['fused_speedup']:.2f}× | {r['loop_s']:.3f} | {r['loop_over_pure']:.3f} | "
+                f"{r['limit_s']:.3f} | "
+                f"{100 * r['limit_s'] / r['unfused_s']:.0f} / {100 * r['pure_fraction_of_limit']:.0f} / "
                 f"{100 * r['loop_fraction_of_limit']:.0f} | {r['matmul_gflops']:.0f} | {r['load']:.2f} |"
             )
     for r in rows:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from atomdd.distances import DEFAULT, DISTANCES
-from atomdd.models import Features
+from atomdd.models import FeatureModel, Features, Powers, PowerSums
 from atomdd.settings import MatchConfig
 
 SPATIAL, CHANNEL = (1,), (2, 3)  # the dimensions an attention map sums over (of B×C×H×W)
@@ -76,26 +76,52 @@ def channel_attention(f: torch.Tensor, p: float) -> torch.Tensor:
     return F.normalize(power_sums(f, p, [CHANNEL])[0], dim=1)
 
 
-def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
-    """Every matched quantity per class, as samples (K × n × D each); the images are class-major,
-    n of each class."""
-    k = num_classes
+def block_powers(num_blocks: int, cfg: MatchConfig) -> Powers:
+    """Per block, the powers of the spatial and the channel attention it is matched on (None: that
+    attention is not)."""
+    matched = set(cfg.layer_indices(num_blocks))
+    sp, ch = (cfg.p_spatial if cfg.spatial else None), (cfg.p_channel if cfg.channel else None)
+    return [(sp, ch) if i in matched else (None, None) for i in range(num_blocks)]
+
+
+def _from_sums(sums: PowerSums, embedding: torch.Tensor, k: int, cfg: MatchConfig) -> list[torch.Tensor]:
+    """The matched quantities from each block's power sums and the embedding (`term_weights`' order)."""
 
     def per_class(v: torch.Tensor) -> torch.Tensor:
         return v.reshape(k, v.shape[0] // k, -1)
 
-    wanted = [(SPATIAL, cfg.p_spatial)] * bool(cfg.spatial) + [(CHANNEL, cfg.p_channel)] * bool(cfg.channel)
-    stats = []
-    for i in cfg.layer_indices(len(feats.activations)):
-        f = feats.activations[i]
-        if len(wanted) == 2 and cfg.p_spatial == cfg.p_channel:
-            sums = power_sums(f, cfg.p_spatial, [dims for dims, _ in wanted])
-        else:
-            sums = [power_sums(f, p, [dims])[0] for dims, p in wanted]
-        stats += [per_class(F.normalize(s.flatten(1), dim=1)) for s in sums]
+    stats = [per_class(F.normalize(s.flatten(1), dim=1)) for pair in sums for s in pair if s is not None]
     if cfg.embedding:
-        stats.append(per_class(feats.embedding.float()))
+        stats.append(per_class(embedding.float()))
     return stats
+
+
+def class_statistics(feats: Features, num_classes: int, cfg: MatchConfig) -> list[torch.Tensor]:
+    """Every matched quantity per class, as samples (K × n × D each); the images are class-major,
+    n of each class."""
+    sums: PowerSums = []
+    for f, (p_sp, p_ch) in zip(feats.activations, block_powers(len(feats.activations), cfg), strict=True):
+        if p_sp is not None and p_sp == p_ch:
+            sp, ch = power_sums(f, p_sp, [SPATIAL, CHANNEL])
+        else:
+            sp = None if p_sp is None else power_sums(f, p_sp, [SPATIAL])[0]
+            ch = None if p_ch is None else power_sums(f, p_ch, [CHANNEL])[0]
+        sums.append((sp, ch))
+    return _from_sums(sums, feats.embedding, num_classes, cfg)
+
+
+def statistics(
+    net: FeatureModel, x: torch.Tensor, num_classes: int, cfg: MatchConfig, num_blocks: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`class_statistics` of `net` on the images x, and their embedding: by the network's fused
+    path where it has one for x (`FeatureModel.power_sums`: the ConvNet's one pass per block after
+    each convolution, without keeping the maps), else from `net.features(x)`."""
+    fused = net.power_sums(x, block_powers(num_blocks, cfg))
+    if fused is not None:
+        sums, embedding = fused
+        return _from_sums(sums, embedding, num_classes, cfg), embedding
+    feats = net.features(x)
+    return class_statistics(feats, num_classes, cfg), feats.embedding
 
 
 def term_weights(num_blocks: int, cfg: MatchConfig) -> list[tuple[str, float]]:

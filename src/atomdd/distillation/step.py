@@ -24,7 +24,7 @@ from atomdd.data import Dataset
 from atomdd.data.transforms import Preprocess
 from atomdd.distillation.config import DistillConfig, step_seed
 from atomdd.errors import AtomddError
-from atomdd.matching import class_statistics, matching_loss
+from atomdd.matching import matching_loss, statistics
 from atomdd.models import FeatureModel, has_batch_norm, seeded_model
 from atomdd.parallel import chunks
 from atomdd.pool import Pool, for_run
@@ -253,16 +253,16 @@ def loss_and_grad(
             real = aug.apply(
                 task.real_images(idx[chunk.start : chunk.stop].flatten()), labels.repeat_interleave(b)
             )
-            real_stats = class_statistics(net.features(real), len(chunk), task.match)
+            real_stats, _ = statistics(net, real, len(chunk), task.match, task.num_blocks)
         with _autocast(task):
             own = syn[(chunk.start - task.own.start) * ipc : (chunk.stop - task.own.start) * ipc]
             own, own_labels = decode(own, labels.repeat_interleave(ipc), factor)
-            feats = net.features(aug.apply(own, own_labels))
-            syn_stats = class_statistics(feats, len(chunk), task.match)
+            images = aug.apply(own, own_labels)
+            syn_stats, embedding = statistics(net, images, len(chunk), task.match, task.num_blocks)
         loss, chunk_terms = matching_loss(syn_stats, real_stats, task.num_blocks, task.match, seed)
         if task.match.calib:
             with _autocast(task):
-                logits = net.classifier(feats.embedding)
+                logits = net.classifier(embedding)
             ce = F.cross_entropy(logits.float(), own_labels, reduction="sum") / n  # Σ_k class means
             chunk_terms["calib"] = (task.match.calib * ce).detach()
             loss = loss + task.match.calib * ce

@@ -31,6 +31,12 @@ class Features(NamedTuple):
     embedding: torch.Tensor  # B×D, the classifier's input
 
 
+# per block: the powers of its spatial and channel attention a fast path computes (None: not wanted),
+# and the sums it gives, Σ_c |a|^p (B×H×W) and Σ_{h,w} |a|^p (B×C)
+Powers = list[tuple[float | None, float | None]]
+PowerSums = list[tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
 class FeatureModel(nn.Module):
     """Base class: subclasses implement `features`; `classifier` maps the embedding to logits."""
 
@@ -38,6 +44,13 @@ class FeatureModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> Features:
         raise NotImplementedError
+
+    def power_sums(self, x: torch.Tensor, powers: Powers) -> tuple[PowerSums, torch.Tensor] | None:
+        """A fast path for the matching loss, where a model has one for x: per block, Σ_c |a|^p
+        (B×H×W) and Σ_{h,w} |a|^p (B×C) of its activation a for the powers `powers[i]` names
+        (None: not wanted), and the embedding, without keeping the maps. None: no such path
+        (the loss then reads `features`)."""
+        return None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).embedding

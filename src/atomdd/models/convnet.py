@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atomdd.models import FeatureModel, Features, ModelSpec, register
+from atomdd.models import FeatureModel, Features, ModelSpec, Powers, PowerSums, fused, register
 from atomdd.models.layers import (
     ACTIVATIONS,
     NORMS,
@@ -57,6 +57,13 @@ class ConvNet(FeatureModel):
     def features(self, x: torch.Tensor) -> Features:
         x, acts = run_conv_blocks(self.blocks, x)
         return Features(acts, x.flatten(1))
+
+    def power_sums(self, x: torch.Tensor, powers: Powers) -> tuple[PowerSums, torch.Tensor] | None:
+        """The fused kernel's pass after each convolution (`fused.py`), where it applies."""
+        if not fused.fusable(self.blocks, x, powers):
+            return None
+        out, sums = fused.block_sums(self.blocks, x, powers)
+        return sums, out.flatten(1)
 
 
 register(

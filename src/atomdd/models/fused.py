@@ -1,0 +1,175 @@
+"""A ConvNet block's memory-bound half in one pass: instance norm, ReLU, attention powers, pool.
+
+Between two convolutions PyTorch's ops move a block's whole map through memory six to eight times
+(norm statistics, norm, ReLU, |f|^p, two sums, the pool), each a kernel of its own over maps of
+hundreds of MB: 30–40 % of an ATOM step on a 2-core CPU, and none of it counted by the FLOP limit
+(docs/performance.md). `fused_block.c` does all of it per H×W plane while the plane sits in the L1
+cache, forward and backward, so the map is read once after the convolution writes it.
+
+It is compiled with the system's C compiler on first use (a second; kept in `$ATOMDD_KERNEL_DIR`,
+default ~/.cache/atomdd/kernels, under a name keyed by the source and the flags) for the kernels
+PyTorch itself runs (`torch.backends.cpu.get_cpu_capability()`: AVX-512, AVX2, or the baseline),
+and called through ctypes. It is built with OpenMP and loaded after PyTorch, so the loader links it
+to the libgomp PyTorch brought: it runs on PyTorch's own threads, as many as `torch.set_num_threads`
+says (a second thread pool beside PyTorch's would spin against it). Each sample's result is computed
+by one thread in a fixed order, so the thread count changes no bit. Without a compiler, or with
+`ATOMDD_NO_FUSED=1`, PyTorch's ops run as before; the two agree to float rounding
+(`tests/test_fused.py`).
+
+`ConvNet.power_sums` is the caller: the pooled maps and the power sums the matching loss needs,
+with autograd through a Function whose backward is the kernel's (only the input gets a gradient:
+distillation freezes the network; where a parameter needs one, PyTorch's path runs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from atomdd.models import Powers, PowerSums
+from atomdd.models.layers import AvgPool2x2
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV = "ATOMDD_NO_FUSED"  # 1: PyTorch's ops only (the A/B benchmarks, a suspected kernel bug)
+KERNEL_DIR_ENV = "ATOMDD_KERNEL_DIR"  # where the built kernel is kept (default ~/.cache/atomdd/kernels)
+SOURCE = Path(__file__).with_name("fused_block.c")
+# gcc's flags for the ISA PyTorch runs: reassociation lets the sums vectorise; no -ffast-math,
+# whose startup code would flush denormals to zero in the whole process
+FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros"]
+FLAGS += ["-fassociative-math", "-funroll-loops"]
+MARCH = {"AVX512": "-march=x86-64-v4", "AVX2": "-march=x86-64-v3"}
+POWERS = (1, 2, 4)  # the attention powers the kernel computes (|f| = f after the ReLU)
+
+
+def _kernel_dir() -> Path:
+    return Path(os.environ.get(KERNEL_DIR_ENV) or Path.home() / ".cache" / "atomdd" / "kernels")
+
+
+@cache
+def _library(capability: str) -> ctypes.CDLL | None:
+    """The compiled kernel for `capability`, built on first use; None where it cannot be built."""
+    flags = FLAGS + ([MARCH[capability]] if capability in MARCH else [])
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
+    target = _kernel_dir() / f"fused_block-{key}.so"
+    if not target.exists():
+        cc = os.environ.get("CC", "cc")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                out = Path(tmp) / target.name
+                subprocess.run(
+                    [cc, *flags, str(SOURCE), "-o", str(out), "-lm"],
+                    check=True,
+                    capture_output=True,
+                    timeout=120,
+                )
+                os.replace(out, target)  # atomic: concurrent processes build the same file
+        except (OSError, subprocess.SubprocessError) as e:
+            log.info("the fused ConvNet kernel could not be built (%s): PyTorch's ops run instead", e)
+            return None
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError:
+        return None
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    i32 = ctypes.c_int
+    lib.block_forward.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, f32, i32, i32] + [ptr] * 5
+    lib.block_backward.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32] + [ptr] * 5
+    lib.block_forward.restype = lib.block_backward.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernel for the ISA PyTorch runs now, or None (disabled, or no compiler)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    return _library(torch.backends.cpu.get_cpu_capability())
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _Block(torch.autograd.Function):
+    """y (the convolution's output) → (pooled map, Σ_c a^p_sp, Σ_hw a^p_ch), a = ReLU(norm(y))."""
+
+    @staticmethod
+    def forward(ctx, y, norm: nn.GroupNorm, p_sp: int, p_ch: int, sp: bool, ch: bool):
+        n, c, h, w = y.shape
+        y = y.contiguous()
+        gamma, beta = norm.weight.detach().contiguous(), norm.bias.detach().contiguous()
+        mean, rstd = y.new_empty(n, c), y.new_empty(n, c)
+        pooled = y.new_empty(n, c, h // 2, w // 2)
+        sums_sp = y.new_empty(n, h, w) if sp else None
+        sums_ch = y.new_empty(n, c) if ch else None
+        library().block_forward(
+            *(y.data_ptr(), n, c, h, w, gamma.data_ptr(), beta.data_ptr(), norm.eps, p_sp, p_ch),
+            *map(_ptr, (mean, rstd, pooled, sums_sp, sums_ch)),
+        )
+        ctx.save_for_backward(y, gamma, beta, mean, rstd)
+        ctx.powers = (p_sp, p_ch)
+        ctx.set_materialize_grads(False)
+        return pooled, sums_sp, sums_ch
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        if all(g is None for g in grads):
+            return (None,) * 6
+        y, gamma, beta, mean, rstd = ctx.saved_tensors
+        n, c, h, w = y.shape
+        g_y, zeros = torch.empty_like(y), y.new_zeros(h * w)
+        grads = [None if g is None else g.contiguous() for g in grads]  # kept alive through the call
+        library().block_backward(
+            *(y.data_ptr(), n, c, h, w, *map(_ptr, (gamma, beta, mean, rstd)), *ctx.powers),
+            *map(_ptr, (*grads, zeros, g_y)),
+        )
+        return g_y, None, None, None, None, None
+
+
+def fusable(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> bool:
+    """Whether `block_sums` runs these ConvNet blocks on x: a float32 CPU map outside autocast and
+    vmap, instance norm, ReLU and the 2×2 average pool in every block on even-sized square maps,
+    frozen parameters, powers the kernel has, and the kernel built."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or len(powers) != len(blocks):
+        return False
+    if any(p is not None and p not in POWERS for pair in powers for p in pair) or x.shape[-2] != x.shape[-1]:
+        return False
+    size = x.shape[-1]
+    for block in blocks:
+        norm, conv = block["norm"], block["conv"]
+        if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels and norm.affine):
+            return False
+        if not (isinstance(block["act"], nn.ReLU) and isinstance(block["pool"], AvgPool2x2)):
+            return False
+        if any(p.requires_grad for p in block.parameters()):
+            return False
+        size = size + 2 * conv.padding[0] - conv.kernel_size[0] + 1
+        if size % 2:
+            return False
+        size //= 2
+    return library() is not None
+
+
+def block_sums(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> tuple[torch.Tensor, PowerSums]:
+    """Run ConvNet blocks on x (where `fusable`): the last block's pooled map and, per block, the
+    sums Σ_c a^p (B×H×W) and Σ_{h,w} a^p (B×C) of its activation a for the powers `powers[i]`
+    names (None: that sum is not made)."""
+    sums = []
+    for block, (p_sp, p_ch) in zip(blocks, powers, strict=True):
+        wanted = (p_sp is not None, p_ch is not None)
+        x, sp, ch = _Block.apply(block["conv"](x), block["norm"], int(p_sp or 1), int(p_ch or 1), *wanted)
+        sums.append((sp, ch))
+    return x, sums
