@@ -65,6 +65,13 @@ class ConvNet(FeatureModel):
         out, sums = fused.block_sums(self.blocks, x, powers)
         return sums, out.flatten(1)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass through the fused kernel where it applies (training, testing)."""
+        none: Powers = [(None, None)] * len(self.blocks)
+        if not fused.fusable(self.blocks, x, none):
+            return super().embed(x)
+        return fused.block_sums(self.blocks, x, none)[0].flatten(1)
+
 
 register(
     ModelSpec(

@@ -16,9 +16,9 @@ by one thread in a fixed order, so the thread count changes no bit. Without a co
 `ATOMDD_NO_FUSED=1`, PyTorch's ops run as before; the two agree to float rounding
 (`tests/test_fused.py`).
 
-`ConvNet.power_sums` is the caller: the pooled maps and the power sums the matching loss needs,
-with autograd through a Function whose backward is the kernel's (only the input gets a gradient:
-distillation freezes the network; where a parameter needs one, PyTorch's path runs).
+Its callers: `ConvNet.power_sums`, the pooled maps and the power sums the matching loss needs, and
+`ConvNet.embed`, the network's forward pass in training and testing; autograd runs through a
+Function whose backward is the kernel's, for the input and the norm's weight and bias.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _library(capability: str) -> ctypes.CDLL | None:
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     i32 = ctypes.c_int
     lib.block_forward.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, f32, i32, i32] + [ptr] * 5
-    lib.block_backward.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32] + [ptr] * 5
+    lib.block_backward.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32] + [ptr] * 7
     lib.block_forward.restype = lib.block_backward.restype = None
     return lib
 
@@ -102,22 +102,22 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class _Block(torch.autograd.Function):
-    """y (the convolution's output) → (pooled map, Σ_c a^p_sp, Σ_hw a^p_ch), a = ReLU(norm(y))."""
+    """y (the convolution's output) → (pooled map, Σ_c a^p_sp, Σ_hw a^p_ch), a = ReLU(norm(y)) with
+    the norm's weight and bias."""
 
     @staticmethod
-    def forward(ctx, y, norm: nn.GroupNorm, p_sp: int, p_ch: int, sp: bool, ch: bool):
+    def forward(ctx, y, weight, bias, eps: float, p_sp: int, p_ch: int, sp: bool, ch: bool):
         n, c, h, w = y.shape
-        y = y.contiguous()
-        gamma, beta = norm.weight.detach().contiguous(), norm.bias.detach().contiguous()
+        y, weight, bias = y.contiguous(), weight.contiguous(), bias.contiguous()
         mean, rstd = y.new_empty(n, c), y.new_empty(n, c)
         pooled = y.new_empty(n, c, h // 2, w // 2)
         sums_sp = y.new_empty(n, h, w) if sp else None
         sums_ch = y.new_empty(n, c) if ch else None
         library().block_forward(
-            *(y.data_ptr(), n, c, h, w, gamma.data_ptr(), beta.data_ptr(), norm.eps, p_sp, p_ch),
+            *(y.data_ptr(), n, c, h, w, weight.data_ptr(), bias.data_ptr(), eps, p_sp, p_ch),
             *map(_ptr, (mean, rstd, pooled, sums_sp, sums_ch)),
         )
-        ctx.save_for_backward(y, gamma, beta, mean, rstd)
+        ctx.save_for_backward(y, weight, bias, mean, rstd)
         ctx.powers = (p_sp, p_ch)
         ctx.set_materialize_grads(False)
         return pooled, sums_sp, sums_ch
@@ -125,22 +125,26 @@ class _Block(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):
         if all(g is None for g in grads):
-            return (None,) * 6
-        y, gamma, beta, mean, rstd = ctx.saved_tensors
+            return (None,) * 8
+        y, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, h, w = y.shape
         g_y, zeros = torch.empty_like(y), y.new_zeros(h * w)
+        # each plane's share of the weight and bias gradients, summed over the samples below
+        g_weight = y.new_empty(n, c) if ctx.needs_input_grad[1] else None
+        g_bias = y.new_empty(n, c) if ctx.needs_input_grad[2] else None
         grads = [None if g is None else g.contiguous() for g in grads]  # kept alive through the call
         library().block_backward(
-            *(y.data_ptr(), n, c, h, w, *map(_ptr, (gamma, beta, mean, rstd)), *ctx.powers),
-            *map(_ptr, (*grads, zeros, g_y)),
+            *(y.data_ptr(), n, c, h, w, *map(_ptr, (weight, bias, mean, rstd)), *ctx.powers),
+            *map(_ptr, (*grads, zeros, g_y, g_weight, g_bias)),
         )
-        return g_y, None, None, None, None, None
+        g_weight, g_bias = (None if g is None else g.sum(0) for g in (g_weight, g_bias))
+        return g_y, g_weight, g_bias, None, None, None, None, None
 
 
 def fusable(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> bool:
     """Whether `block_sums` runs these ConvNet blocks on x: a float32 CPU map outside autocast and
     vmap, instance norm, ReLU and the 2×2 average pool in every block on even-sized square maps,
-    frozen parameters, powers the kernel has, and the kernel built."""
+    powers the kernel has, and the kernel built."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return False
     if torch._C._functorch.is_functorch_wrapped_tensor(x) or len(powers) != len(blocks):
@@ -153,8 +157,6 @@ def fusable(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> bool:
         if not (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels and norm.affine):
             return False
         if not (isinstance(block["act"], nn.ReLU) and isinstance(block["pool"], AvgPool2x2)):
-            return False
-        if any(p.requires_grad for p in block.parameters()):
             return False
         size = size + 2 * conv.padding[0] - conv.kernel_size[0] + 1
         if size % 2:
@@ -170,6 +172,7 @@ def block_sums(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> tuple[
     sums = []
     for block, (p_sp, p_ch) in zip(blocks, powers, strict=True):
         wanted = (p_sp is not None, p_ch is not None)
-        x, sp, ch = _Block.apply(block["conv"](x), block["norm"], int(p_sp or 1), int(p_ch or 1), *wanted)
+        norm, powers_ = block["norm"], (int(p_sp or 1), int(p_ch or 1))
+        x, sp, ch = _Block.apply(block["conv"](x), norm.weight, norm.bias, norm.eps, *powers_, *wanted)
         sums.append((sp, ch))
     return x, sums

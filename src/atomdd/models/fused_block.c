@@ -108,10 +108,12 @@ void block_forward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, c
     }
 }
 
-/* one plane's gradient; inlined with the powers as constants, so that the loop vectorises */
+/* one plane's gradient; inlined with the powers as constants, so that the loop vectorises. Into
+ * *dgamma and *dbeta (unless NULL) the plane's share of the norm's weight and bias gradients. */
 static inline __attribute__((always_inline)) void plane_backward(
     const float *x, int64_t H, int64_t W, float m, float r, float gamma, float beta, const int p_sp,
-    const int p_ch, const float *gp, const float *gs, float gc, float *g_y, float *buf, float *row) {
+    const int p_ch, const float *gp, const float *gs, float gc, float *g_y, float *dgamma,
+    float *dbeta, float *buf, float *row) {
     const int64_t hw = H * W;
     const float scale = r * gamma, shift = beta - m * scale;
     for (int64_t h = 0; h < H; h++) {
@@ -121,22 +123,25 @@ static inline __attribute__((always_inline)) void plane_backward(
         for (int64_t j = 0; j < W; j++) {
             const float a = relu(xr[j] * scale + shift);
             const float g = row[j] + dpower(a, p_sp) * gsr[j] + dpower(a, p_ch) * gc;
-            br[j] = a > 0.0f ? g * gamma : 0.0f; /* the gradient of the normalised map */
+            br[j] = a > 0.0f ? g : 0.0f; /* the gradient of the norm's output */
         }
     }
     float s1 = 0.0f, s2 = 0.0f;
     LANE_SUM(s1, hw, buf[j]);
     LANE_SUM(s2, hw, buf[j] * (x[j] - m));
-    const float k1 = s1 / (float)hw, k2 = s2 * r * r / (float)hw;
-    for (int64_t i = 0; i < hw; i++) g_y[i] = r * (buf[i] - k1 - (x[i] - m) * k2);
+    if (dgamma) *dgamma = s2 * r;
+    if (dbeta) *dbeta = s1;
+    const float k1 = s1 / (float)hw, k2 = s2 * r * r / (float)hw, rg = r * gamma;
+    for (int64_t i = 0; i < hw; i++) g_y[i] = rg * (buf[i] - k1 - (x[i] - m) * k2);
 }
 
 /* g_pooled, g_sp, g_ch: the gradients of block_forward's outputs (NULL: none, as zeros);
- * zeros: H*W zeros. Planes over the threads. */
+ * zeros: H*W zeros; dgamma, dbeta: N×C, each plane's share of the norm's parameter gradients
+ * (NULL: not wanted). Planes over the threads. */
 void block_backward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, const float *gamma,
                     const float *beta, const float *mean, const float *rstd, int p_sp, int p_ch,
                     const float *g_pooled, const float *g_sp, const float *g_ch, const float *zeros,
-                    float *g_y) {
+                    float *g_y, float *dgamma, float *dbeta) {
     const int64_t hw = H * W;
 #pragma omp parallel
     {
@@ -147,8 +152,9 @@ void block_backward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, 
             const float *gp = g_pooled ? g_pooled + k * (hw / 4) : zeros;
             const float *gs = g_sp ? g_sp + n * hw : zeros;
             const float gc = g_ch ? g_ch[k] : 0.0f;
+            float *dg = dgamma ? dgamma + k : 0, *db = dbeta ? dbeta + k : 0;
 #define PLANE(PS, PC) plane_backward(y + k * hw, H, W, mean[k], rstd[k], gamma[c], beta[c], PS, PC, \
-                                     gp, gs, gc, g_y + k * hw, buf, buf + hw)
+                                     gp, gs, gc, g_y + k * hw, dg, db, buf, buf + hw)
             switch (p_sp * 8 + p_ch) {
                 case 1 * 8 + 1: PLANE(1, 1); break;
                 case 2 * 8 + 2: PLANE(2, 2); break;
