@@ -11,8 +11,10 @@ fastest step and "all"'s time over it (below 1: the rewrite wins).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from common import distiller
 import atomdd.matching as matching
 import atomdd.models.layers as layers
 from atomdd.hardware import tune_cpu_allocator
+from atomdd.models.fused import DISABLE_ENV
 
 
 def plain_power_sums(f: torch.Tensor, p: float, dims: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -29,9 +32,22 @@ def plain_power_sums(f: torch.Tensor, p: float, dims: list[tuple[int, ...]]) -> 
     return [powered.sum(d) for d in dims]
 
 
-PLAIN = {  # rewrite → (module, attribute, the plain PyTorch version)
-    "pool": (layers, "avg_pool2x2", lambda x: F.avg_pool2d(x, 2)),
-    "attention": (matching, "power_sums", plain_power_sums),
+def _swap(module, attribute: str, plain_version) -> Callable[[bool], None]:
+    ours = getattr(module, attribute)
+    return lambda plain: setattr(module, attribute, plain_version if plain else ours)
+
+
+def _fused(plain: bool) -> None:
+    if plain:
+        os.environ[DISABLE_ENV] = "1"
+    else:
+        os.environ.pop(DISABLE_ENV, None)
+
+
+PLAIN = {  # rewrite → put back to plain PyTorch (True) or not (False)
+    "fused block kernel": _fused,  # while it runs, the pool and attention rewrites below do not
+    "pool": _swap(layers, "avg_pool2x2", lambda x: F.avg_pool2d(x, 2)),
+    "attention": _swap(matching, "power_sums", plain_power_sums),
 }
 
 
@@ -45,13 +61,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()
     d = distiller("digits", args.ipc, args.method)
-    ours = {name: getattr(mod, attr) for name, (mod, attr, _) in PLAIN.items()}
     variants = {"all": [], **{f"plain {n}": [n] for n in PLAIN}, "none": list(PLAIN)}
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds + 1):  # round 0 warms up
         for v, plain in variants.items():
-            for name, (mod, attr, alt) in PLAIN.items():
-                setattr(mod, attr, alt if name in plain else ours[name])
+            for name, put_back in PLAIN.items():
+                put_back(name in plain)
             t = time.perf_counter()
             d.step()  # the step a run takes
             if r:

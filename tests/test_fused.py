@@ -15,7 +15,9 @@ from atomdd.matching import CHANNEL, SPATIAL, power_sums, statistics
 from atomdd.models import create_model, fused
 from atomdd.settings import MatchConfig
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C compiler: PyTorch's ops run")
+# where no C compiler is found the kernel is not built and PyTorch's ops run (the test below without
+# a compiler checks that on every machine); the comparisons need the kernel
+needs_kernel = pytest.mark.skipif(fused.library() is None, reason="no C compiler here: nothing to compare")
 
 
 def _net(width: int = 8, size: int = 16, **options) -> torch.nn.Module:
@@ -47,6 +49,7 @@ POWER_CASES = [
 ]
 
 
+@needs_kernel
 @pytest.mark.parametrize("powers", POWER_CASES)
 def test_sums_and_gradients_match_pytorch(powers):
     net = _net()
@@ -72,6 +75,7 @@ def test_sums_and_gradients_match_pytorch(powers):
     torch.testing.assert_close(grad.double(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
 
+@needs_kernel
 def test_training_through_the_kernel_gives_pytorchs_gradients():
     """The forward pass a model trains and tests with (`embed`): the logits and every parameter's
     gradient (convolutions, norms, classifier) against PyTorch's ops in float64."""
@@ -88,6 +92,7 @@ def test_training_through_the_kernel_gives_pytorchs_gradients():
         torch.testing.assert_close(p.grad.double(), p64.grad, rtol=1e-4, atol=1e-4 * scale, msg=name)
 
 
+@needs_kernel
 def test_the_matching_statistics_are_those_of_the_features():
     net, cfg = _net(), MatchConfig()
     x = torch.randn(6, 3, 16, 16)
@@ -100,6 +105,7 @@ def test_the_matching_statistics_are_those_of_the_features():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@needs_kernel
 @pytest.mark.parametrize(
     "why",
     ["batchnorm", "maxpool", "odd map", "bfloat16", "vmap", "power 3", "not square"],
@@ -138,6 +144,7 @@ def test_without_a_compiler_or_when_disabled_pytorch_runs(tmp_path, monkeypatch)
         fused._library.cache_clear()
 
 
+@needs_kernel
 def test_a_nan_reaches_the_sums_as_in_pytorch():
     net = _net()
     x = torch.randn(3, 3, 16, 16)
@@ -147,6 +154,7 @@ def test_a_nan_reaches_the_sums_as_in_pytorch():
     assert torch.isfinite(sums[0][0][[0, 2]]).all()  # the other samples untouched
 
 
+@needs_kernel
 def test_the_thread_count_does_not_change_a_bit():
     net = _net(width=16, size=32)
     x = torch.randn(7, 3, 32, 32, requires_grad=True)
@@ -172,6 +180,7 @@ def _problem() -> Dataset:
     return Dataset("random32", images, labels, images[:8], labels[:8], names, (0.5,) * 3, (0.25,) * 3)
 
 
+@needs_kernel
 @pytest.mark.parametrize("method", ["atom", "dm"])
 def test_a_distillation_is_the_same_with_and_without_the_kernel(method, monkeypatch):
     """Three steps both ways: the images agree within the golden test's pixel tolerance (the
@@ -186,3 +195,15 @@ def test_a_distillation_is_the_same_with_and_without_the_kernel(method, monkeypa
         sets.append(d.syn.detach().clone())
     assert (sets[0] - sets[1]).abs().max() < 3e-4
     assert not torch.equal(sets[0], sets[1])  # the kernel did run (it rounds otherwise)
+
+
+@pytest.mark.parametrize(("channels", "size", "padding"), [(3, 32, 1), (1, 28, 3)])
+def test_the_first_convolutions_input_gradient_as_a_matmul_and_a_fold(channels, size, padding):
+    conv = torch.nn.Conv2d(channels, 16, 3, padding=padding).requires_grad_(False)
+    x = torch.randn(3, channels, size, size, dtype=torch.float64, requires_grad=True)
+    conv.double()
+    assert torch.autograd.gradcheck(lambda v: fused._conv(conv, v), (x,))
+    g = torch.randn(conv(x).shape, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(fused._conv(conv, x), x, g)
+    (theirs,) = torch.autograd.grad(conv(x), x, g)
+    torch.testing.assert_close(ours, theirs)

@@ -33,6 +33,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atomdd.models import Powers, PowerSums
@@ -165,6 +166,32 @@ def fusable(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> bool:
     return library() is not None
 
 
+class _ThinConv(torch.autograd.Function):
+    """A frozen convolution of an image with few channels (the first block's), whose input gradient
+    is one matmul and a fold: oneDNN's backward for 3 output channels ran at 18 GFLOP/s natively and
+    41 held to AVX2 on a 2-core AMD EPYC (100 images, 128 → 3 channels, 3×3), the matmul and fold at
+    72 and 51 (docs/performance.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        ctx.conv, ctx.size = conv, x.shape[-2:]
+        return conv(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        conv = ctx.conv
+        weight = conv.weight.detach()
+        n, c_out = grad.shape[:2]
+        cols = torch.matmul(weight.reshape(c_out, -1).t(), grad.reshape(n, c_out, -1))
+        return F.fold(cols, ctx.size, conv.kernel_size, padding=conv.padding), None
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)`, through `_ThinConv` where only x needs a gradient and it has few channels."""
+    thin = x.requires_grad and x.shape[1] <= 4 and not any(p.requires_grad for p in conv.parameters())
+    return _ThinConv.apply(x, conv) if thin and torch.is_grad_enabled() else conv(x)
+
+
 def block_sums(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> tuple[torch.Tensor, PowerSums]:
     """Run ConvNet blocks on x (where `fusable`): the last block's pooled map and, per block, the
     sums Σ_c a^p (B×H×W) and Σ_{h,w} a^p (B×C) of its activation a for the powers `powers[i]`
@@ -173,6 +200,6 @@ def block_sums(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> tuple[
     for block, (p_sp, p_ch) in zip(blocks, powers, strict=True):
         wanted = (p_sp is not None, p_ch is not None)
         norm, powers_ = block["norm"], (int(p_sp or 1), int(p_ch or 1))
-        x, sp, ch = _Block.apply(block["conv"](x), norm.weight, norm.bias, norm.eps, *powers_, *wanted)
+        x, sp, ch = _Block.apply(_conv(block["conv"], x), norm.weight, norm.bias, norm.eps, *powers_, *wanted)
         sums.append((sp, ch))
     return x, sums
