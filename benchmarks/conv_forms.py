@@ -4,6 +4,8 @@ oneDNN on NCHW maps (what the engine runs), oneDNN on channels-last maps, and an
 construction in its matmul. Each ISA in its own process (`avx2`: PyTorch's, oneDNN's and MKL's
 kernels held to AVX2); each form the fastest of 5 after a warm-up; the matmul rate (2048² sgemm)
 measured in the same process. GFLOP/s over the sgemm rate is the share of the machine a form gets.
+For the first layer also its forward with the images' gradient, as distillation takes it (the
+network frozen): oneDNN's backward, and the matmul and fold the engine runs (`fused._ThinConv`).
 
     python benchmarks/conv_forms.py --threads 1 --batch 256
 """
@@ -17,7 +19,25 @@ import torch
 import torch.nn.functional as F
 from common import ISAS, best_of, child, matmul_gflops
 
+from atomdd.models.fused import _conv
+
 LAYERS = [(3, 32), (128, 16), (128, 8)]  # (input channels, map size) of ConvNet-3 width 128 on 32×32
+
+
+def _first_layer_backward(x: torch.Tensor, batch: int, hw: int, gflop: float) -> list[dict]:
+    """The first layer's forward and input gradient, the network frozen: oneDNN's, and the engine's
+    matmul and fold."""
+    conv = torch.nn.Conv2d(x.shape[1], 128, 3, padding=1).requires_grad_(False)
+    xg, g = x.clone().requires_grad_(True), torch.randn(batch, 128, hw, hw)
+    forms = {
+        "forward + input gradient, oneDNN": lambda: torch.autograd.grad(conv(xg), xg, g),
+        "forward + input gradient, matmul + fold": lambda: torch.autograd.grad(_conv(conv, xg), xg, g),
+    }
+    rows = []
+    for form, fn in forms.items():
+        s = best_of(fn, 5)
+        rows.append({"c_in": x.shape[1], "hw": hw, "form": form, "ms": 1000 * s, "gflops": 2 * gflop / s})
+    return rows
 
 
 def one(batch: int, threads: int) -> dict:
@@ -44,6 +64,8 @@ def one(batch: int, threads: int) -> dict:
         for form, fn in forms.items():
             s = best_of(fn, 5)
             rows.append({"c_in": cin, "hw": hw, "form": form, "ms": 1000 * s, "gflops": gflop / s})
+        if cin <= 4:  # the first layer in distillation: the forward and the images' gradient
+            rows += _first_layer_backward(x, batch, hw, gflop)
     return {"isa": torch.backends.cpu.get_cpu_capability(), "matmul_gflops": rate, "rows": rows}
 
 

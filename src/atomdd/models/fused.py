@@ -44,10 +44,11 @@ log = logging.getLogger(__name__)
 DISABLE_ENV = "ATOMDD_NO_FUSED"  # 1: PyTorch's ops only (the A/B benchmarks, a suspected kernel bug)
 KERNEL_DIR_ENV = "ATOMDD_KERNEL_DIR"  # where the built kernel is kept (default ~/.cache/atomdd/kernels)
 SOURCE = Path(__file__).with_name("fused_block.c")
-# gcc's flags for the ISA PyTorch runs: reassociation lets the sums vectorise; no -ffast-math,
-# whose startup code would flush denormals to zero in the whole process
-FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros"]
-FLAGS += ["-fassociative-math", "-funroll-loops"]
+# the compiler's flags: reassociation lets the sums vectorise; no -ffast-math, whose startup code
+# would flush denormals to zero in the whole process
+FLAGS = ["-O3", "-funroll-loops", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+FLAGS += ["-fno-signed-zeros", "-fassociative-math"]
+# the ISA PyTorch runs; a compiler without these names (gcc before 11) builds for the baseline
 MARCH = {"AVX512": "-march=x86-64-v4", "AVX2": "-march=x86-64-v3"}
 POWERS = (1, 2, 4)  # the attention powers the kernel computes (|f| = f after the ReLU)
 
@@ -56,29 +57,32 @@ def _kernel_dir() -> Path:
     return Path(os.environ.get(KERNEL_DIR_ENV) or Path.home() / ".cache" / "atomdd" / "kernels")
 
 
+def _build(flags: list[str]) -> Path | None:
+    """The kernel built with `flags` (kept, and reused while the source and flags are the same)."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    target = _kernel_dir() / f"fused_block-{key}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            command = [os.environ.get("CC", "cc"), *flags, str(SOURCE), "-o", str(out), "-lm"]
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+            os.replace(out, target)  # atomic: concurrent processes build the same file
+    except (OSError, subprocess.SubprocessError) as e:
+        log.info("the fused ConvNet kernel could not be built with %s (%s)", " ".join(flags), e)
+        return None
+    return target
+
+
 @cache
 def _library(capability: str) -> ctypes.CDLL | None:
-    """The compiled kernel for `capability`, built on first use; None where it cannot be built."""
-    flags = FLAGS + ([MARCH[capability]] if capability in MARCH else [])
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
-    target = _kernel_dir() / f"fused_block-{key}.so"
-    if not target.exists():
-        cc = os.environ.get("CC", "cc")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                out = Path(tmp) / target.name
-                subprocess.run(
-                    [cc, *flags, str(SOURCE), "-o", str(out), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                os.replace(out, target)  # atomic: concurrent processes build the same file
-        except (OSError, subprocess.SubprocessError) as e:
-            log.info("the fused ConvNet kernel could not be built (%s): PyTorch's ops run instead", e)
-            return None
+    """The compiled kernel for `capability`, built on first use; None where it cannot be built
+    (PyTorch's ops then run)."""
+    target = (capability in MARCH and _build([*FLAGS, MARCH[capability]])) or _build(FLAGS)
+    if not target:
+        return None
     try:
         lib = ctypes.CDLL(str(target))
     except OSError:
@@ -168,9 +172,9 @@ def fusable(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> bool:
 
 class _ThinConv(torch.autograd.Function):
     """A frozen convolution of an image with few channels (the first block's), whose input gradient
-    is one matmul and a fold: oneDNN's backward for 3 output channels ran at 18 GFLOP/s natively and
-    41 held to AVX2 on a 2-core AMD EPYC (100 images, 128 → 3 channels, 3×3), the matmul and fold at
-    72 and 51 (docs/performance.md)."""
+    is one matmul and a fold: oneDNN's backward to 3 channels is slow (the forward and input
+    gradient of 256 CIFAR images took 72.7 ms natively and 56.2 held to AVX2 on a 2-core AMD EPYC,
+    this 44.8 and 43.7: `benchmarks/conv_forms.py`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
