@@ -18,6 +18,16 @@ static inline float dpower(float a, int p) { /* d a^p / da */
     return p == 1 ? 1.0f : (p == 2 ? a * 2.0f : (a * a) * a * 4.0f);
 }
 
+/* PLANE(p_sp, p_ch) with the powers as constants where they are the common ones (the same power
+ * for both sums: 1, 2 or 4), so that its loops are compiled for them */
+#define BY_POWERS(p_sp, p_ch)                                   \
+    switch ((p_sp) * 8 + (p_ch)) {                              \
+        case 1 * 8 + 1: PLANE(1, 1); break;                     \
+        case 2 * 8 + 2: PLANE(2, 2); break;                     \
+        case 4 * 8 + 4: PLANE(4, 4); break;                     \
+        default: PLANE(p_sp, p_ch);                             \
+    }
+
 /* Sums over a plane in LANES partial sums (then added in order): independent accumulators, so a
  * reduction is not one chain of dependent adds, and the same order whatever the vector width. */
 #define LANES 64
@@ -95,12 +105,7 @@ void block_forward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, c
                 const float scale = r * gamma[c], shift = beta[c] - m * scale;
                 float *o = pooled + k * (hw / 4), *chk = ch ? ch + k : 0;
 #define PLANE(PS, PC) plane_forward(x, H, W, scale, shift, PS, PC, buf, o, spn, chk)
-                switch (p_sp * 8 + p_ch) {
-                    case 1 * 8 + 1: PLANE(1, 1); break;
-                    case 2 * 8 + 2: PLANE(2, 2); break;
-                    case 4 * 8 + 4: PLANE(4, 4); break;
-                    default: PLANE(p_sp, p_ch);
-                }
+                BY_POWERS(p_sp, p_ch);
 #undef PLANE
             }
         }
@@ -155,12 +160,7 @@ void block_backward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, 
             float *dg = dgamma ? dgamma + k : 0, *db = dbeta ? dbeta + k : 0;
 #define PLANE(PS, PC) plane_backward(y + k * hw, H, W, mean[k], rstd[k], gamma[c], beta[c], PS, PC, \
                                      gp, gs, gc, g_y + k * hw, dg, db, buf, buf + hw)
-            switch (p_sp * 8 + p_ch) {
-                case 1 * 8 + 1: PLANE(1, 1); break;
-                case 2 * 8 + 2: PLANE(2, 2); break;
-                case 4 * 8 + 4: PLANE(4, 4); break;
-                default: PLANE(p_sp, p_ch);
-            }
+            BY_POWERS(p_sp, p_ch);
 #undef PLANE
         }
         free(buf);
