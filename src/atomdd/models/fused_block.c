@@ -28,8 +28,8 @@ static inline float dpower(float a, int p) { /* d a^p / da */
         default: PLANE(p_sp, p_ch);                             \
     }
 
-/* Sums over a plane in LANES partial sums (then added in order): independent accumulators, so a
- * reduction is not one chain of dependent adds, and the same order whatever the vector width. */
+/* Sums over a plane in LANES partial sums, then added: independent accumulators, so that a
+ * reduction is not one chain of dependent adds. */
 #define LANES 64
 #define LANE_SUM(acc, n, body)                                                                      \
     do {                                                                                            \
