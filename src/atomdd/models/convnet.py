@@ -67,10 +67,8 @@ class ConvNet(FeatureModel):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass through the fused kernel where it applies (training, testing)."""
-        none: Powers = [(None, None)] * len(self.blocks)
-        if not fused.fusable(self.blocks, x, none):
-            return super().embed(x)
-        return fused.block_sums(self.blocks, x, none)[0].flatten(1)
+        fast = self.power_sums(x, [(None, None)] * len(self.blocks))
+        return super().embed(x) if fast is None else fast[1]
 
 
 register(
