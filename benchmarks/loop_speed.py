@@ -13,10 +13,13 @@ code before it: the "unfused" column), interleaved so that a change of load fall
 medians are compared. The machine's dense matmul rate is measured before and
 after; the limit is the step's FLOPs over it. The load beside each figure is CPU time over wall time
 per thread during the timed steps (1.00: the cores were its own). A torch profile of `--profile`
-pure steps gives the self CPU time by operator.
+pure steps gives the self CPU time by operator. `--trees before=PATH after=src` runs each
+configuration once per source tree (a checkout's `src` first on PYTHONPATH), back to back, and adds
+each later tree's speed-up over the first.
 
     python benchmarks/loop_speed.py --data-root ../shared/data --ipc 1 10 --threads 1
     python benchmarks/loop_speed.py --isa avx2 --methods atom --ipc 10 --steps 5
+    python benchmarks/loop_speed.py --data-root ../shared/data --trees before=../before/src after=src
 """
 
 from __future__ import annotations
@@ -158,58 +161,77 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=3, help="pure steps profiled by operator (0: none)")
     ap.add_argument("--data-root", help="CIFAR-10's folder; without it, a random CIFAR-shaped problem")
     ap.add_argument("--json", default="benchmarks/results/loop_speed.json")
+    ap.add_argument("--trees", nargs="+", default=[], metavar="NAME=SRC", help="source trees to interleave")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(one(**json.loads(args.child))))
         return
+    trees = [t.split("=", 1) for t in args.trees] or [("this", None)]
     rows = []
     for ipc in args.ipc:
         for method in args.methods:
-            for isa in args.isa:  # interleaved: each configuration's ISAs back to back
-                job = dict(method=method, ipc=ipc, steps=args.steps, rounds=args.rounds, warmup=args.warmup)
-                job |= {"threads": args.threads}
-                row = child(
-                    __file__, job | {"data_root": args.data_root, "profile": args.profile}, env=ISAS[isa]
-                )
-                row["isa_asked"] = isa
-                rows.append(row)
-                print(
-                    f"{isa:<6} ({row['isa']}) {method:<8} ipc {ipc:>2}: unfused {row['unfused_s']:.3f} s, "
-                    f"pure {row['pure_s']:.3f} s ({row['fused_speedup']:.2f}×), loop "
-                    f"{row['loop_s']:.3f} s ({row['loop_over_pure']:.3f}×), limit {row['limit_s']:.3f} s "
-                    f"({100 * row['pure_fraction_of_limit']:.0f} % / "
-                    f"{100 * row['loop_fraction_of_limit']:.0f} %), "
-                    f"load {row['load']:.2f}",
-                    file=sys.stderr,
-                )
-                with open(args.json, "w") as f:  # after every row: a long run keeps what it measured
-                    json.dump(rows, f, indent=1)
+            for isa in args.isa:  # interleaved: each configuration's ISAs and trees back to back
+                for tree, src in trees:
+                    job = dict(method=method, ipc=ipc, steps=args.steps, rounds=args.rounds)
+                    job |= dict(warmup=args.warmup, threads=args.threads, data_root=args.data_root)
+                    job |= {"profile": args.profile}
+                    row = child(__file__, job, tree=src, env=ISAS[isa]) | {"isa_asked": isa, "tree": tree}
+                    rows.append(row)
+                    _report(row)
+                    with open(args.json, "w") as f:  # after every row: a long run keeps what it measured
+                        json.dump(rows, f, indent=1)
     print_tables(rows)
 
 
+def _report(row: dict) -> None:
+    print(
+        f"{row['isa_asked']:<6} ({row['isa']}) {row['tree']} {row['method']:<8} ipc {row['ipc']:>2}: "
+        f"unfused {row['unfused_s']:.3f} s, "
+        f"pure {row['pure_s']:.3f} s ({row['fused_speedup']:.2f}×), loop "
+        f"{row['loop_s']:.3f} s ({row['loop_over_pure']:.3f}×), limit {row['limit_s']:.3f} s "
+        f"({100 * row['pure_fraction_of_limit']:.0f} % / {100 * row['loop_fraction_of_limit']:.0f} %), "
+        f"load {row['load']:.2f}",
+        file=sys.stderr,
+    )
+
+
 def print_tables(rows: list[dict]) -> None:
-    """A table per ISA, then each configuration's top operators."""
+    """A table per ISA, with the trees' ratios where there are several, then each configuration's
+    top operators."""
     for isa in dict.fromkeys(r["isa_asked"] for r in rows):
         mine = [r for r in rows if r["isa_asked"] == isa]
         print(f"\n### {isa} (PyTorch capability {mine[0]['isa']}, {mine[0]['threads']} thread(s))\n")
         print(
-            "| method | IPC | data | unfused s/step | pure s/step | speed-up | run loop s/step | "
+            "| tree | method | IPC | data | unfused s/step | pure s/step | speed-up | run loop s/step | "
             "loop / pure | limit s | % of limit (unfused / pure / loop) | matmul GFLOP/s | load |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in mine:
             print(
-                f"| {r['method']} | {r['ipc']} | {r['data']} | {r['unfused_s']:.3f} | {r['pure_s']:.3f} | "
-                f"{r['fused_speedup']:.2f}× | {r['loop_s']:.3f} | {r['loop_over_pure']:.3f} | "
-                f"{r['limit_s']:.3f} | "
+                f"| {r['tree']} | {r['method']} | {r['ipc']} | {r['data']} | {r['unfused_s']:.3f} | "
+                f"{r['pure_s']:.3f} | {r['fused_speedup']:.2f}× | {r['loop_s']:.3f} | "
+                f"{r['loop_over_pure']:.3f} | {r['limit_s']:.3f} | "
                 f"{100 * r['limit_s'] / r['unfused_s']:.0f} / {100 * r['pure_fraction_of_limit']:.0f} / "
                 f"{100 * r['loop_fraction_of_limit']:.0f} | {r['matmul_gflops']:.0f} | {r['load']:.2f} |"
             )
+        trees = list(dict.fromkeys(r["tree"] for r in mine))
+        if len(trees) > 1:  # each later tree's speed-up over the first, the same configuration
+            heads = " | ".join(f"{t} over {trees[0]} (pure / loop)" for t in trees[1:])
+            print(f"\n| method | IPC | {heads} |")
+            print("|---|---|" + "---|" * (len(trees) - 1))
+            for first in (r for r in mine if r["tree"] == trees[0]):
+                key = (first["method"], first["ipc"])
+                same = {r["tree"]: r for r in mine if (r["method"], r["ipc"]) == key}
+                cells = [
+                    f"{first['pure_s'] / same[t]['pure_s']:.2f}× / {first['loop_s'] / same[t]['loop_s']:.2f}×"
+                    for t in trees[1:]
+                ]
+                print(f"| {first['method']} | {first['ipc']} | {' | '.join(cells)} |")
     for r in rows:
         if r["profile"]:
             ops = ", ".join(f"{p['op']} {100 * p['share']:.0f} %" for p in r["profile"][:8])
-            print(f"\n{r['isa_asked']} {r['method']} IPC {r['ipc']}: {ops}")
+            print(f"\n{r['isa_asked']} {r['tree']} {r['method']} IPC {r['ipc']}: {ops}")
 
 
 if __name__ == "__main__":

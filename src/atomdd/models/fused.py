@@ -51,6 +51,9 @@ FLAGS += ["-fno-signed-zeros", "-fassociative-math"]
 # the ISA PyTorch runs; a compiler without these names (gcc before 11) builds for the baseline
 MARCH = {"AVX512": "-march=x86-64-v4", "AVX2": "-march=x86-64-v3"}
 POWERS = (1, 2, 4)  # the attention powers the kernel computes (|f| = f after the ReLU)
+# the maps' layout: channels-last, in which oneDNN's convolutions are fastest on AVX2 and AVX-512
+# (`benchmarks/conv_forms.py`) and the kernel's loops run over a position's channels
+LAYOUT = torch.channels_last
 
 
 def _kernel_dir() -> Path:
@@ -113,9 +116,9 @@ class _Block(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, bias, eps: float, p_sp: int, p_ch: int, sp: bool, ch: bool):
         n, c, h, w = y.shape
-        y, weight, bias = y.contiguous(), weight.contiguous(), bias.contiguous()
+        y, weight, bias = y.contiguous(memory_format=LAYOUT), weight.contiguous(), bias.contiguous()
         mean, rstd = y.new_empty(n, c), y.new_empty(n, c)
-        pooled = y.new_empty(n, c, h // 2, w // 2)
+        pooled = torch.empty(n, c, h // 2, w // 2, memory_format=LAYOUT)
         sums_sp = y.new_empty(n, h, w) if sp else None
         sums_ch = y.new_empty(n, c) if ch else None
         library().block_forward(
@@ -133,11 +136,13 @@ class _Block(torch.autograd.Function):
             return (None,) * 8
         y, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, h, w = y.shape
-        g_y, zeros = torch.empty_like(y), y.new_zeros(h * w)
+        g_y, zeros = torch.empty_like(y), y.new_zeros(max(h * w, h // 2 * (w // 2) * c))
         # each plane's share of the weight and bias gradients, summed over the samples below
         g_weight = y.new_empty(n, c) if ctx.needs_input_grad[1] else None
         g_bias = y.new_empty(n, c) if ctx.needs_input_grad[2] else None
-        grads = [None if g is None else g.contiguous() for g in grads]  # kept alive through the call
+        formats = (LAYOUT, torch.contiguous_format, torch.contiguous_format)  # the pooled map's, the sums'
+        # kept alive through the call
+        grads = [None if g is None else g.contiguous(memory_format=f) for g, f in zip(grads, formats, strict=True)]
         library().block_backward(
             *(y.data_ptr(), n, c, h, w, *map(_ptr, (weight, bias, mean, rstd)), *ctx.powers),
             *map(_ptr, (*grads, zeros, g_y, g_weight, g_bias)),
@@ -200,7 +205,7 @@ def block_sums(blocks: nn.ModuleList, x: torch.Tensor, powers: Powers) -> tuple[
     """Run ConvNet blocks on x (where `fusable`): the last block's pooled map and, per block, the
     sums Σ_c a^p (B×H×W) and Σ_{h,w} a^p (B×C) of its activation a for the powers `powers[i]`
     names (None: that sum is not made)."""
-    sums = []
+    sums, x = [], x.contiguous(memory_format=LAYOUT)
     for block, (p_sp, p_ch) in zip(blocks, powers, strict=True):
         wanted = (p_sp is not None, p_ch is not None)
         norm, powers_ = block["norm"], (int(p_sp or 1), int(p_ch or 1))

@@ -1,8 +1,11 @@
 /* One ConvNet block after its convolution, fused: instance norm (affine), ReLU, the attention
  * power sums (over channels and over positions) and the 2x2 average pool, in one pass over each
- * H x W plane while it sits in the L1 cache; and the backward of the same. Built and loaded by
- * fused.py, with OpenMP: loaded after PyTorch, whose libgomp.so.1 the loader then links it to, it
- * runs on PyTorch's own threads (torch.set_num_threads holds for it too). */
+ * pair of rows while they sit in the L1 cache; and the backward of the same. Maps are channels-last
+ * (N×H×W×C: a position's C channels side by side), the layout in which oneDNN's convolutions run
+ * fastest on AVX2 and AVX-512 alike, and in which every loop here runs over the channels, so it
+ * vectorises. Built and loaded by fused.py, with OpenMP: loaded after PyTorch, whose libgomp.so.1
+ * the loader then links it to, it runs on PyTorch's own threads (torch.set_num_threads holds for it
+ * too). Each sample is one thread's, in a fixed order: the thread count changes no bit. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,131 +21,160 @@ static inline float dpower(float a, int p) { /* d a^p / da */
     return p == 1 ? 1.0f : (p == 2 ? a * 2.0f : (a * a) * a * 4.0f);
 }
 
-/* PLANE(p_sp, p_ch) with the powers as constants where they are the common ones (the same power
- * for both sums: 1, 2 or 4), so that its loops are compiled for them */
-#define BY_POWERS(p_sp, p_ch)                                   \
-    switch ((p_sp) * 8 + (p_ch)) {                              \
-        case 1 * 8 + 1: PLANE(1, 1); break;                     \
-        case 2 * 8 + 2: PLANE(2, 2); break;                     \
-        case 4 * 8 + 4: PLANE(4, 4); break;                     \
-        default: PLANE(p_sp, p_ch);                             \
+/* ROWS(p_sp, p_ch) with the powers as constants (each of 1, 2, 4: the powers fused.py lets through),
+ * so that its loops are compiled for them */
+#define BY_POWERS(p_sp, p_ch)                                                   \
+    switch (p_sp) {                                                             \
+        case 1: BY_CHANNEL_POWER(1, p_ch); break;                               \
+        case 2: BY_CHANNEL_POWER(2, p_ch); break;                               \
+        default: BY_CHANNEL_POWER(4, p_ch);                                     \
+    }
+#define BY_CHANNEL_POWER(PS, p_ch)                                              \
+    switch (p_ch) {                                                             \
+        case 1: ROWS(PS, 1); break;                                             \
+        case 2: ROWS(PS, 2); break;                                             \
+        default: ROWS(PS, 4);                                                   \
     }
 
-/* Sums over a plane in LANES partial sums, then added: independent accumulators, so that a
- * reduction is not one chain of dependent adds. */
-#define LANES 64
-#define LANE_SUM(acc, n, body)                                                                      \
-    do {                                                                                            \
-        float part_[LANES] = {0};                                                                   \
-        int64_t i = 0;                                                                              \
-        for (; i + LANES <= (n); i += LANES)                                                        \
-            for (int64_t l_ = 0; l_ < LANES; l_++) { const int64_t j = i + l_; part_[l_] += (body); } \
-        for (int64_t l_ = 0; l_ < LANES; l_++) acc += part_[l_];                                    \
-        for (int64_t j = i; j < (n); j++) acc += (body);                                            \
-    } while (0)
-
-/* mean and 1/sqrt(var + eps) of one plane (biased variance, as instance norm), two passes */
-static void moments(const float *x, int64_t hw, float eps, float *mean, float *rstd) {
-    float s = 0.0f, q = 0.0f;
-    LANE_SUM(s, hw, x[j]);
-    const float m = s / (float)hw;
-    LANE_SUM(q, hw, (x[j] - m) * (x[j] - m));
-    *mean = m;
-    *rstd = 1.0f / sqrtf(q / (float)hw + eps);
-}
-
-/* one plane: its activation a into `a` (H*W + W scratch), Σ a^p_sp added into sp (unless NULL),
- * Σ_hw a^p_ch into *ch (unless NULL), the 2×2 mean into pooled (unless NULL); inlined with the
- * powers as constants */
-static inline __attribute__((always_inline)) void plane_forward(
-    const float *x, int64_t H, int64_t W, float scale, float shift, const int p_sp, const int p_ch,
-    float *a, float *pooled, float *sp, float *ch) {
-    const int64_t hw = H * W;
-    float s = 0.0f;
-    if (sp && ch) { /* one pass: the activation, its powers into both sums */
-        for (int64_t i = 0; i < hw; i++) {
-            const float v = relu(x[i] * scale + shift);
-            a[i] = v;
-            sp[i] += power(v, p_sp);
-            s += power(v, p_ch);
-        }
-    } else {
-        for (int64_t i = 0; i < hw; i++) a[i] = relu(x[i] * scale + shift);
-        if (sp) for (int64_t i = 0; i < hw; i++) sp[i] += power(a[i], p_sp);
-        if (ch) for (int64_t i = 0; i < hw; i++) s += power(a[i], p_ch);
+/* Per channel over a sample's H×W positions, in one pass: the mean and 1/sqrt(var + eps) (biased
+ * variance, as instance norm) from the sums of x - k and of its square, k the first position's
+ * value (the shift keeps the squares from cancelling), each row summed apart and the rows then
+ * added (two levels: a long sum is not one chain of rounding). scratch: 5C floats. */
+static void moments(const float *restrict x, int64_t H, int64_t W, int64_t C, float eps,
+                    float *restrict scratch, float *restrict mean, float *restrict rstd) {
+    float *restrict s = scratch, *restrict q = s + C, *restrict rs = q + C, *restrict rq = rs + C;
+    float *restrict k = rq + C;
+    for (int64_t c = 0; c < C; c++) {
+        k[c] = x[c];
+        s[c] = q[c] = 0.0f;
     }
-    if (ch) *ch = s;
-    if (pooled) {
-        float *t = a + hw; /* a row's pairs: rows added first, then columns (the engine's pool order) */
-        for (int64_t i = 0; i < H / 2; i++) {
-            const float *r0 = a + 2 * i * W, *r1 = r0 + W;
-            for (int64_t j = 0; j < W; j++) t[j] = r0[j] + r1[j];
-            for (int64_t j = 0; j < W / 2; j++) pooled[i * (W / 2) + j] = (t[2 * j] + t[2 * j + 1]) * 0.25f;
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t c = 0; c < C; c++) rs[c] = rq[c] = 0.0f;
+        for (int64_t w = 0; w < W; w++) {
+            const float *restrict r = x + (h * W + w) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float d = r[c] - k[c];
+                rs[c] += d;
+                rq[c] += d * d;
+            }
         }
+        for (int64_t c = 0; c < C; c++) {
+            s[c] += rs[c];
+            q[c] += rq[c];
+        }
+    }
+    const float n = (float)(H * W);
+    for (int64_t c = 0; c < C; c++) {
+        const float d = s[c] / n, var = q[c] / n - d * d;
+        mean[c] = k[c] + d;
+        rstd[c] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
     }
 }
 
-/* y: the convolution's output, N×C×H×W; mean, rstd: N×C, kept for the backward; pooled:
- * N×C×H/2×W/2; sp: N×H×W; ch: N×C. Samples over the threads (a sample's planes all add into its sp). */
+/* n positions (C channels each): the activation into a, Σ_c a^p_sp of each position into sp
+ * (unless NULL), Σ over these positions of a^p_ch into ch (unless NULL); inlined with the powers
+ * as constants */
+static inline __attribute__((always_inline)) void rows_forward(
+    const float *restrict x, int64_t n, int64_t C, const float *restrict scale,
+    const float *restrict shift, const int p_sp, const int p_ch, float *restrict a,
+    float *restrict sp, float *restrict ch) {
+    if (ch) for (int64_t c = 0; c < C; c++) ch[c] = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float *restrict xi = x + i * C;
+        float *restrict ai = a + i * C;
+        float s = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            const float v = relu(xi[c] * scale[c] + shift[c]);
+            ai[c] = v;
+            if (sp) s += power(v, p_sp);
+            if (ch) ch[c] += power(v, p_ch);
+        }
+        if (sp) sp[i] = s;
+    }
+}
+
+/* y: the convolution's output, N×H×W×C; mean, rstd: N×C, kept for the backward; pooled:
+ * N×H/2×W/2×C; sp: N×H×W; ch: N×C (sp, ch NULL: not made). Samples over the threads. */
 void block_forward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, const float *gamma,
                    const float *beta, float eps, int p_sp, int p_ch, float *mean, float *rstd,
                    float *pooled, float *sp, float *ch) {
-    const int64_t hw = H * W;
+    const int64_t hw = H * W, W2 = W / 2;
 #pragma omp parallel
     {
-        float *buf = malloc(sizeof(float) * (hw + W));
+        float *buf = malloc(sizeof(float) * (2 * W * C + 8 * C));
+        float *a = buf, *scale = a + 2 * W * C, *shift = scale + C, *rows = shift + C, *scratch = rows + C;
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
-            float *spn = sp ? sp + n * hw : 0;
-            if (spn) for (int64_t i = 0; i < hw; i++) spn[i] = 0.0f;
+            const float *x = y + n * hw * C;
+            float *m = mean + n * C, *r = rstd + n * C, *chn = ch ? ch + n * C : 0;
+            moments(x, H, W, C, eps, scratch, m, r);
             for (int64_t c = 0; c < C; c++) {
-                const int64_t k = n * C + c;
-                const float *x = y + k * hw;
-                float m, r;
-                moments(x, hw, eps, &m, &r);
-                mean[k] = m;
-                rstd[k] = r;
-                const float scale = r * gamma[c], shift = beta[c] - m * scale;
-                float *o = pooled + k * (hw / 4), *chk = ch ? ch + k : 0;
-#define PLANE(PS, PC) plane_forward(x, H, W, scale, shift, PS, PC, buf, o, spn, chk)
+                scale[c] = r[c] * gamma[c];
+                shift[c] = beta[c] - m[c] * scale[c];
+                if (chn) chn[c] = 0.0f;
+            }
+            for (int64_t i = 0; i < H / 2; i++) { /* rows 2i and 2i+1 */
+                float *spi = sp ? sp + n * hw + 2 * i * W : 0, *rs = chn ? rows : 0;
+#define ROWS(PS, PC) rows_forward(x + 2 * i * W * C, 2 * W, C, scale, shift, PS, PC, a, spi, rs)
                 BY_POWERS(p_sp, p_ch);
-#undef PLANE
+#undef ROWS
+                if (chn) for (int64_t c = 0; c < C; c++) chn[c] += rows[c];
+                float *o = pooled + (n * (hw / 4) + i * W2) * C;
+                for (int64_t j = 0; j < W2; j++) { /* rows added first, then columns (the engine's pool order) */
+                    const float *a0 = a + 2 * j * C, *a1 = a0 + W * C;
+                    for (int64_t c = 0; c < C; c++)
+                        o[j * C + c] = ((a0[c] + a1[c]) + (a0[C + c] + a1[C + c])) * 0.25f;
+                }
             }
         }
         free(buf);
     }
 }
 
-/* one plane's gradient; inlined with the powers as constants, so that the loop vectorises. Into
- * *dgamma and *dbeta (unless NULL) the plane's share of the norm's weight and bias gradients. */
-static inline __attribute__((always_inline)) void plane_backward(
-    const float *x, int64_t H, int64_t W, float m, float r, float gamma, float beta, const int p_sp,
-    const int p_ch, const float *gp, const float *gs, float gc, float *g_y, float *dgamma,
-    float *dbeta, float *buf, float *row) {
-    const int64_t hw = H * W;
-    const float scale = r * gamma, shift = beta - m * scale;
-    for (int64_t h = 0; h < H; h++) {
-        const float *xr = x + h * W, *gsr = gs + h * W, *gpr = gp + (h / 2) * (W / 2);
-        float *br = buf + h * W;
-        for (int64_t j = 0; j < W / 2; j++) row[2 * j] = row[2 * j + 1] = gpr[j] * 0.25f;
-        for (int64_t j = 0; j < W; j++) {
-            const float a = relu(xr[j] * scale + shift);
-            const float g = row[j] + dpower(a, p_sp) * gsr[j] + dpower(a, p_ch) * gc;
-            br[j] = a > 0.0f ? g : 0.0f; /* the gradient of the norm's output */
-        }
-    }
-    float s1 = 0.0f, s2 = 0.0f;
-    LANE_SUM(s1, hw, buf[j]);
-    LANE_SUM(s2, hw, buf[j] * (x[j] - m));
-    if (dgamma) *dgamma = s2 * r;
-    if (dbeta) *dbeta = s1;
-    const float k1 = s1 / (float)hw, k2 = s2 * r * r / (float)hw, rg = r * gamma;
-    for (int64_t i = 0; i < hw; i++) g_y[i] = rg * (buf[i] - k1 - (x[i] - m) * k2);
+/* the gradient of the norm's output at x (a channel's scale and shift; gp, gs, gc: the gradients of
+ * the pooled map, the spatial sum and the channel sum there) */
+static inline __attribute__((always_inline)) float norm_grad(
+    float x, float scale, float shift, float gp, float gs, float gc, const int p_sp, const int p_ch) {
+    const float a = relu(x * scale + shift);
+    const float g = gp * 0.25f + dpower(a, p_sp) * gs + dpower(a, p_ch) * gc;
+    return a > 0.0f ? g : 0.0f;
 }
 
-/* g_pooled, g_sp, g_ch: the gradients of block_forward's outputs (NULL: none, as zeros);
- * zeros: H*W zeros; dgamma, dbeta: N×C, each plane's share of the norm's parameter gradients
- * (NULL: not wanted). Planes over the threads. */
+/* one row of W positions, the norm's output gradient g recomputed (cheaper than a pass over a
+ * stored copy): with gy NULL, Σ g and Σ g·(x - m) per channel added into s1 and s2; else the input
+ * gradient scale·(g - s1 - (x - m)·s2) written into gy (s1, s2 then the sums' scaled means).
+ * Inlined with the powers as constants. */
+static inline __attribute__((always_inline)) void row_backward(
+    const float *restrict x, int64_t W, int64_t C, const float *restrict m,
+    const float *restrict scale, const float *restrict shift, const int p_sp, const int p_ch,
+    const float *restrict gp, const float *restrict gs, const float *restrict gc,
+    float *restrict s1, float *restrict s2, float *restrict gy) {
+    for (int64_t w = 0; w < W; w++) {
+        const float *restrict xw = x + w * C, *restrict gpw = gp + (w / 2) * C;
+        const float gsw = gs[w];
+        if (gy) {
+            float *restrict gyw = gy + w * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float g = norm_grad(xw[c], scale[c], shift[c], gpw[c], gsw, gc[c], p_sp, p_ch);
+                gyw[c] = scale[c] * (g - s1[c] - (xw[c] - m[c]) * s2[c]);
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float g = norm_grad(xw[c], scale[c], shift[c], gpw[c], gsw, gc[c], p_sp, p_ch);
+                s1[c] += g;
+                s2[c] += g * (xw[c] - m[c]);
+            }
+        }
+    }
+}
+
+/* g_pooled (N×H/2×W/2×C), g_sp (N×H×W), g_ch (N×C): the gradients of block_forward's outputs
+ * (NULL: none, read as zeros: `zeros` holds at least max(H·W, H/2·W/2·C) of them); g_y: N×H×W×C;
+ * dgamma, dbeta: N×C, each sample's share of the norm's parameter gradients (NULL: not wanted).
+ * Samples over the threads; two passes over each, the first for the sums, the second writes. */
 void block_backward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, const float *gamma,
                     const float *beta, const float *mean, const float *rstd, int p_sp, int p_ch,
                     const float *g_pooled, const float *g_sp, const float *g_ch, const float *zeros,
@@ -150,18 +182,42 @@ void block_backward(const float *y, int64_t N, int64_t C, int64_t H, int64_t W, 
     const int64_t hw = H * W;
 #pragma omp parallel
     {
-        float *buf = malloc(sizeof(float) * (hw + W));
+        float *buf = malloc(sizeof(float) * 6 * C);
+        float *scale = buf, *shift = buf + C, *s1 = buf + 2 * C, *s2 = buf + 3 * C;
+        float *r1 = buf + 4 * C, *r2 = buf + 5 * C;
 #pragma omp for schedule(static)
-        for (int64_t k = 0; k < N * C; k++) {
-            const int64_t n = k / C, c = k % C;
-            const float *gp = g_pooled ? g_pooled + k * (hw / 4) : zeros;
-            const float *gs = g_sp ? g_sp + n * hw : zeros;
-            const float gc = g_ch ? g_ch[k] : 0.0f;
-            float *dg = dgamma ? dgamma + k : 0, *db = dbeta ? dbeta + k : 0;
-#define PLANE(PS, PC) plane_backward(y + k * hw, H, W, mean[k], rstd[k], gamma[c], beta[c], PS, PC, \
-                                     gp, gs, gc, g_y + k * hw, dg, db, buf, buf + hw)
-            BY_POWERS(p_sp, p_ch);
-#undef PLANE
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = y + n * hw * C, *m = mean + n * C, *r = rstd + n * C;
+            const float *gp = g_pooled ? g_pooled + n * (hw / 4) * C : zeros;
+            const float *gs = g_sp ? g_sp + n * hw : zeros, *gc = g_ch ? g_ch + n * C : zeros;
+            for (int64_t c = 0; c < C; c++) {
+                scale[c] = r[c] * gamma[c];
+                shift[c] = beta[c] - m[c] * scale[c];
+                s1[c] = s2[c] = 0.0f;
+            }
+            for (int64_t h = 0; h < H; h++) { /* each row's sums apart, then added (two levels) */
+                for (int64_t c = 0; c < C; c++) r1[c] = r2[c] = 0.0f;
+#define ROWS(PS, PC) row_backward(x + h * W * C, W, C, m, scale, shift, PS, PC, gp + (h / 2) * (W / 2) * C, \
+                                  gs + h * W, gc, r1, r2, 0)
+                BY_POWERS(p_sp, p_ch);
+#undef ROWS
+                for (int64_t c = 0; c < C; c++) {
+                    s1[c] += r1[c];
+                    s2[c] += r2[c];
+                }
+            }
+            for (int64_t c = 0; c < C; c++) {
+                if (dgamma) dgamma[n * C + c] = s2[c] * r[c];
+                if (dbeta) dbeta[n * C + c] = s1[c];
+                s1[c] /= (float)hw;
+                s2[c] *= r[c] * r[c] / (float)hw;
+            }
+            for (int64_t h = 0; h < H; h++) {
+#define ROWS(PS, PC) row_backward(x + h * W * C, W, C, m, scale, shift, PS, PC, gp + (h / 2) * (W / 2) * C, \
+                                  gs + h * W, gc, s1, s2, g_y + (n * hw + h * W) * C)
+                BY_POWERS(p_sp, p_ch);
+#undef ROWS
+            }
         }
         free(buf);
     }
