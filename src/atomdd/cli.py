@@ -25,6 +25,7 @@ from atomdd.flags import (
     settings_from,
     shown_value,
 )
+from atomdd.io import user_cache
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -178,7 +179,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 
 
 # where `evaluate --whole` keeps its result without --out
-WHOLE_CACHE = Path.home() / ".cache" / "atomdd" / "whole"
+WHOLE_CACHE = user_cache("whole")
 
 
 @command

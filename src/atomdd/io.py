@@ -170,6 +170,12 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         raise write_error(path, e) from None
 
 
+def user_cache(*parts: str) -> Path:
+    """atomdd's folder in the user's cache, ~/.cache/atomdd, joined with `parts`: the datasets, the
+    built kernel, `evaluate --whole`'s results, each under its own name."""
+    return Path.home().joinpath(".cache", "atomdd", *parts)
+
+
 def make_folder(path: str | os.PathLike) -> Path:
     """`mkdir -p`, a failure a `WriteError` naming the folder."""
     try:

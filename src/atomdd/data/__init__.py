@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from atomdd.errors import AtomddError
+from atomdd.io import user_cache
 from atomdd.registry import Registry
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
         return Path(data_root).expanduser()
     if env := os.environ.get("ATOMDD_DATA"):
         return Path(env).expanduser()
-    return Path.home() / ".cache" / "atomdd" / "data"
+    return user_cache("data")
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False) -> Dataset:
