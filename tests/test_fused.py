@@ -51,8 +51,9 @@ POWER_CASES = [
 
 @needs_kernel
 @pytest.mark.parametrize("powers", POWER_CASES)
-def test_sums_and_gradients_match_pytorch(powers):
-    net = _net()
+@pytest.mark.parametrize("width", [8, 13])  # 13 channels: the vector loops' tails
+def test_sums_and_gradients_match_pytorch(powers, width):
+    net = _net(width)
     x = torch.randn(5, 3, 16, 16, requires_grad=True)
     assert fused.fusable(net.blocks, x, powers)
     sums, embedding = net.power_sums(x, powers)

@@ -3,8 +3,10 @@
 Between two convolutions PyTorch's ops move a block's whole map through memory six to eight times
 (norm statistics, norm, ReLU, |f|^p, two sums, the pool), each a kernel of its own over maps of
 hundreds of MB: 30–40 % of an ATOM step on a 2-core CPU, and none of it counted by the FLOP limit
-(docs/performance.md). `fused_block.c` does all of it per H×W plane while the plane sits in the L1
-cache, forward and backward, so the map is read once after the convolution writes it.
+(docs/performance.md). `fused_block.c` does all of it in one pass per image (its statistics) and
+one per pair of rows (the rest, while they sit in the L1 cache), forward and backward. The maps are
+channels-last (N×H×W×C in memory), the layout in which oneDNN's convolutions run fastest on AVX2
+above all (`benchmarks/conv_forms.py`), so `block_sums` runs the blocks' convolutions on it too.
 
 It is compiled with the system's C compiler on first use (a second; kept in `$ATOMDD_KERNEL_DIR`,
 default ~/.cache/atomdd/kernels, under a name keyed by the source and the flags) for the kernels
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atomdd.io import user_cache
 from atomdd.models import Powers, PowerSums
 from atomdd.models.layers import AvgPool2x2
 
@@ -57,7 +60,7 @@ LAYOUT = torch.channels_last
 
 
 def _kernel_dir() -> Path:
-    return Path(os.environ.get(KERNEL_DIR_ENV) or Path.home() / ".cache" / "atomdd" / "kernels")
+    return Path(os.environ.get(KERNEL_DIR_ENV) or user_cache("kernels"))
 
 
 def _build(flags: list[str]) -> Path | None:
@@ -141,8 +144,9 @@ class _Block(torch.autograd.Function):
         g_weight = y.new_empty(n, c) if ctx.needs_input_grad[1] else None
         g_bias = y.new_empty(n, c) if ctx.needs_input_grad[2] else None
         formats = (LAYOUT, torch.contiguous_format, torch.contiguous_format)  # the pooled map's, the sums'
-        # kept alive through the call
-        grads = [None if g is None else g.contiguous(memory_format=f) for g, f in zip(grads, formats, strict=True)]
+        grads = [  # kept alive through the call
+            None if g is None else g.contiguous(memory_format=f) for g, f in zip(grads, formats, strict=True)
+        ]
         library().block_backward(
             *(y.data_ptr(), n, c, h, w, *map(_ptr, (weight, bias, mean, rstd)), *ctx.powers),
             *map(_ptr, (*grads, zeros, g_y, g_weight, g_bias)),
