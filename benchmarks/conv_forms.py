@@ -5,7 +5,8 @@ construction in its matmul. Each ISA in its own process (`avx2`: PyTorch's, oneD
 kernels held to AVX2); each form the fastest of 5 after a warm-up; the matmul rate (2048² sgemm)
 measured in the same process. GFLOP/s over the sgemm rate is the share of the machine a form gets.
 For the first layer also its forward with the images' gradient, as distillation takes it (the
-network frozen): oneDNN's backward, and the matmul and fold the engine runs (`fused._ThinConv`).
+network frozen): oneDNN's backward, and the matmul and fold the engine runs (`fused._ThinConv`); for
+the others their input and weight gradients alone, on NCHW and channels-last maps.
 
     python benchmarks/conv_forms.py --threads 1 --batch 256
 """
@@ -40,6 +41,21 @@ def _first_layer_backward(x: torch.Tensor, batch: int, hw: int, gflop: float) ->
     return rows
 
 
+def _backward(x: torch.Tensor, w: torch.Tensor, gflop: float) -> list[dict]:
+    """A 128-channel layer's input gradient (what distillation takes through a frozen network) and
+    weight gradient (what training adds), oneDNN's backward alone on NCHW and channels-last maps."""
+    rows = []
+    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
+        xs = x.contiguous(memory_format=fmt)  # the weights as the engine keeps them
+        g = torch.randn_like(F.conv2d(xs, w, padding=1))
+        for what, mask in (("input", [True, False, False]), ("weight", [False, True, False])):
+            args = (g, xs, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+            s = best_of(lambda args=args: torch.ops.aten.convolution_backward(*args), 5)
+            rows.append({"c_in": x.shape[1], "hw": x.shape[-1], "form": f"{what} gradient, oneDNN {layout}",
+                         "ms": 1000 * s, "gflops": gflop / s})  # fmt: skip
+    return rows
+
+
 def one(batch: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     from atomdd.hardware import tune_cpu_allocator
@@ -66,6 +82,8 @@ def one(batch: int, threads: int) -> dict:
             rows.append({"c_in": cin, "hw": hw, "form": form, "ms": 1000 * s, "gflops": gflop / s})
         if cin <= 4:  # the first layer in distillation: the forward and the images' gradient
             rows += _first_layer_backward(x, batch, hw, gflop)
+        else:
+            rows += _backward(x, w, gflop)
     return {"isa": torch.backends.cpu.get_cpu_capability(), "matmul_gflops": rate, "rows": rows}
 
 
