@@ -121,7 +121,7 @@ class _Block(torch.autograd.Function):
         n, c, h, w = y.shape
         y, weight, bias = y.contiguous(memory_format=LAYOUT), weight.contiguous(), bias.contiguous()
         mean, rstd = y.new_empty(n, c), y.new_empty(n, c)
-        pooled = torch.empty(n, c, h // 2, w // 2, memory_format=LAYOUT)
+        pooled = torch.empty(n, c, h // 2, w // 2, dtype=y.dtype, device=y.device, memory_format=LAYOUT)
         sums_sp = y.new_empty(n, h, w) if sp else None
         sums_ch = y.new_empty(n, c) if ch else None
         library().block_forward(
