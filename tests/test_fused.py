@@ -77,6 +77,20 @@ def test_sums_and_gradients_match_pytorch(powers, width):
 
 
 @needs_kernel
+def test_the_convolutions_run_on_channels_last_maps():
+    """The layout oneDNN's convolutions are fastest in (docs/performance.md): every convolution of a
+    fused ConvNet gets its input channels-last, the images' included."""
+    net, seen = _net(), []
+    for block in net.blocks:
+        block["conv"].register_forward_hook(
+            lambda _m, args, _out: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    net.power_sums(torch.randn(2, 3, 16, 16), POWER_CASES[0])
+    net.embed(torch.randn(2, 3, 16, 16))
+    assert seen == [True] * 6
+
+
+@needs_kernel
 def test_training_through_the_kernel_gives_pytorchs_gradients():
     """The forward pass a model trains and tests with (`embed`): the logits and every parameter's
     gradient (convolutions, norms, classifier) against PyTorch's ops in float64."""
