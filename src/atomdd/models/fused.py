@@ -140,7 +140,7 @@ class _Block(torch.autograd.Function):
         y, weight, bias, mean, rstd = ctx.saved_tensors
         n, c, h, w = y.shape
         g_y, zeros = torch.empty_like(y), y.new_zeros(max(h * w, h // 2 * (w // 2) * c))
-        # each plane's share of the weight and bias gradients, summed over the samples below
+        # each sample's share of the weight and bias gradients, summed over the samples below
         g_weight = y.new_empty(n, c) if ctx.needs_input_grad[1] else None
         g_bias = y.new_empty(n, c) if ctx.needs_input_grad[2] else None
         formats = (LAYOUT, torch.contiguous_format, torch.contiguous_format)  # the pooled map's, the sums'
